@@ -1,0 +1,28 @@
+# Quick start: `make demo` (train on the bundled digits data) and `make test` (the suite).
+# Each target creates the virtualenv .venv inside the clone on first use.
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-full clean
+
+install: $(STAMP)
+
+$(STAMP): requirements.txt requirements-test.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements.txt -r requirements-test.txt
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) tools/quickstart.py
+
+test: $(STAMP)
+	$(PY) -m pytest -q
+
+test-full: $(STAMP)
+	MDISTILLER_E2E=full $(PY) -m pytest -q -m e2e
+
+clean:
+	rm -rf output/quickstart .pytest_cache

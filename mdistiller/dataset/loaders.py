@@ -1,0 +1,58 @@
+"""From a config to datasets and DataLoaders: :func:`build_datasets`, :func:`build_loaders`,
+:func:`get_dataset` (MDistiller's entry point, both in one call)."""
+
+from typing import Optional, Tuple
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+from yacs.config import CfgNode
+
+from mdistiller.dataset.base import dataset_registry
+
+__all__ = ["build_datasets", "build_loaders", "get_dataset"]
+
+
+def build_datasets(cfg: CfgNode) -> Tuple[Dataset, Dataset, int]:
+    """``(train_set, val_set, num_classes)`` for ``cfg.DATASET.TYPE``.
+
+    Raises :class:`~mdistiller.errors.UnknownNameError` for an unregistered type and
+    :class:`~mdistiller.errors.DatasetNotFoundError` when the data is not on disk.
+    """
+    return dataset_registry.get(cfg.DATASET.TYPE)(cfg)
+
+
+def build_loaders(
+    cfg: CfgNode,
+    train_set: Dataset,
+    val_set: Dataset,
+    train_sampler: Optional[Sampler] = None,
+) -> Tuple[DataLoader, DataLoader]:
+    """Train and validation loaders: train shuffled unless ``train_sampler`` is given (e.g. a
+    ``DistributedSampler``), validation in order; batches of ``SOLVER.BATCH_SIZE`` and
+    ``DATASET.TEST.BATCH_SIZE``; ``DATASET.NUM_WORKERS`` workers (persistent when > 0); pinned
+    memory when CUDA is available; the last partial batch kept."""
+    num_workers = int(cfg.DATASET.NUM_WORKERS)
+    common = dict(
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+        persistent_workers=num_workers > 0,
+        drop_last=False,
+    )
+    train_loader = DataLoader(
+        train_set,
+        batch_size=int(cfg.SOLVER.BATCH_SIZE),
+        shuffle=train_sampler is None,
+        sampler=train_sampler,
+        **common,
+    )
+    val_loader = DataLoader(
+        val_set, batch_size=int(cfg.DATASET.TEST.BATCH_SIZE), shuffle=False, **common
+    )
+    return train_loader, val_loader
+
+
+def get_dataset(cfg: CfgNode) -> Tuple[DataLoader, DataLoader, int, int]:
+    """MDistiller's ``(train_loader, val_loader, num_data, num_classes)``."""
+    train_set, val_set, num_classes = build_datasets(cfg)
+    train_loader, val_loader = build_loaders(cfg, train_set, val_set)
+    return train_loader, val_loader, len(train_set), num_classes

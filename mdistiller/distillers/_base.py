@@ -1,0 +1,80 @@
+"""The distiller base class and the registry every method adds itself to."""
+
+from typing import Dict, List, Optional, Tuple
+
+import torch
+import torch.nn as nn
+from yacs.config import CfgNode as CN
+
+from mdistiller.registry import Registry
+
+distiller_dict = Registry("distiller")
+method_defaults: Dict[str, CN] = {}
+
+
+def register_distiller(name: str, defaults: Optional[CN] = None):
+    """Class decorator: registers a distiller under `name` and its config section `cfg.<name>`."""
+
+    def add(cls):
+        distiller_dict.register(name, cls)
+        if defaults is not None:
+            method_defaults[name] = defaults
+        return cls
+
+    return add
+
+
+class Distiller(nn.Module):
+    """A student, a frozen teacher and the modules a method adds between them.
+
+    Subclasses implement `forward_train(image, target, **batch) -> (logits, {name: loss})`.
+    The teacher is kept in eval mode with `requires_grad` off; its parameters never learn.
+    """
+
+    def __init__(self, student: nn.Module, teacher: Optional[nn.Module]) -> None:
+        super().__init__()
+        self.student = student
+        self.teacher = teacher
+        if teacher is not None:
+            teacher.eval()
+            teacher.requires_grad_(False)
+
+    def train(self, mode: bool = True) -> "Distiller":
+        if not isinstance(mode, bool):
+            raise ValueError("training mode is expected to be boolean")
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    def distiller_modules(self) -> List[nn.Module]:
+        """The learnable modules a method adds beside the student (none by default)."""
+        return [m for name, m in self.named_children() if name not in ("student", "teacher")]
+
+    def get_learnable_parameters(self) -> List[nn.Parameter]:
+        params = list(self.student.parameters())
+        for module in self.distiller_modules():
+            params += [p for p in module.parameters() if p.requires_grad]
+        return params
+
+    def get_extra_parameters(self) -> int:
+        """Number of parameters the method adds beside the student."""
+        return sum(p.numel() for m in self.distiller_modules() for p in m.parameters())
+
+    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **batch):
+        raise NotImplementedError
+
+    def forward_test(self, image: torch.Tensor) -> torch.Tensor:
+        return self.student(image)[0]
+
+    @torch.no_grad()
+    def teacher_forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, dict]:
+        """The teacher's logits and features, computed without building a graph."""
+        return self.teacher(image)
+
+    def forward(self, **kwargs):
+        if self.training:
+            return self.forward_train(**kwargs)
+        return self.forward_test(kwargs["image"])
+
+

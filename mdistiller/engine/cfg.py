@@ -1,0 +1,221 @@
+"""The configuration: MDistiller's sections, keys and defaults, plus each method's own section.
+
+`CFG` holds every default. Build a run's config with :func:`build_cfg` (defaults <- YAML file <-
+command line); merging is strict: an unknown key fails naming the closest valid keys and a value
+of the wrong type fails naming the expected type.
+"""
+
+import ast
+import difflib
+import os
+from typing import Any, Iterable, List, Optional, Sequence, Tuple
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from mdistiller.distillers import method_defaults
+from mdistiller.errors import ConfigError
+
+CFG = CN()
+
+CFG.EXPERIMENT = CN()
+CFG.EXPERIMENT.PROJECT = "distill"
+CFG.EXPERIMENT.NAME = ""
+CFG.EXPERIMENT.TAG = "default"
+CFG.EXPERIMENT.SEED = 0
+CFG.EXPERIMENT.DETERMINISTIC = False
+
+CFG.DATASET = CN()
+CFG.DATASET.TYPE = "cifar100"
+CFG.DATASET.ROOT = "data"
+CFG.DATASET.DOWNLOAD = False
+CFG.DATASET.IMAGE_SIZE = 32
+CFG.DATASET.NUM_WORKERS = 2
+CFG.DATASET.TEST = CN()
+CFG.DATASET.TEST.BATCH_SIZE = 64
+
+CFG.DISTILLER = CN()
+CFG.DISTILLER.TYPE = "NONE"
+CFG.DISTILLER.TEACHER = "ResNet50"
+CFG.DISTILLER.STUDENT = "resnet32"
+CFG.DISTILLER.TEACHER_WEIGHTS = ""
+
+CFG.SOLVER = CN()
+CFG.SOLVER.TRAINER = "base"
+CFG.SOLVER.BATCH_SIZE = 64
+CFG.SOLVER.EPOCHS = 240
+CFG.SOLVER.LR = 0.05
+CFG.SOLVER.LR_SCHEDULER = "step"
+CFG.SOLVER.LR_DECAY_STAGES = [150, 180, 210]
+CFG.SOLVER.LR_DECAY_RATE = 0.1
+CFG.SOLVER.WARMUP_EPOCHS = 0
+CFG.SOLVER.WEIGHT_DECAY = 0.0001
+CFG.SOLVER.MOMENTUM = 0.9
+CFG.SOLVER.TYPE = "SGD"
+CFG.SOLVER.DEVICE = "auto"
+CFG.SOLVER.AMP = False
+CFG.SOLVER.AMP_DTYPE = "bfloat16"
+CFG.SOLVER.DOT = CN()
+CFG.SOLVER.DOT.DELTA = 0.075
+
+CFG.LOG = CN()
+CFG.LOG.TENSORBOARD_FREQ = 500
+CFG.LOG.SAVE_CHECKPOINT_FREQ = 40
+CFG.LOG.PREFIX = "./output"
+CFG.LOG.WANDB = False
+CFG.LOG.PROGRESS_BAR = True
+
+for _name, _section in method_defaults.items():
+    CFG[_name] = _section.clone()
+
+
+def _all_keys(node: CN, prefix: str = "") -> List[str]:
+    keys = []
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        keys.append(full)
+        if isinstance(value, CN):
+            keys += _all_keys(value, full + ".")
+    return keys
+
+
+def _unknown_key(cfg: CN, full_key: str, source: str) -> ConfigError:
+    close = difflib.get_close_matches(full_key, _all_keys(cfg), n=3, cutoff=0.5)
+    hint = f"; closest valid keys: {', '.join(close)}" if close else ""
+    return ConfigError(f"Unknown config key '{full_key}' in {source}{hint}.")
+
+
+def _coerce(value: Any, default: Any, full_key: str, source: str) -> Any:
+    """`value` converted to the type of `default`, or a ConfigError naming the expected type."""
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+    elif isinstance(default, int):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif isinstance(default, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return str(value)
+    elif isinstance(default, (list, tuple)):
+        if isinstance(value, (list, tuple)):
+            return type(default)(value)
+    elif default is None or isinstance(value, type(default)):
+        return value
+    raise ConfigError(
+        f"Config key '{full_key}' in {source} expects {type(default).__name__} "
+        f"(default {default!r}), got {type(value).__name__} {value!r}."
+    )
+
+
+def _set(cfg: CN, full_key: str, value: Any, source: str) -> None:
+    node = cfg
+    parts = full_key.split(".")
+    for part in parts[:-1]:
+        if part not in node or not isinstance(node[part], CN):
+            raise _unknown_key(cfg, full_key, source)
+        node = node[part]
+    leaf = parts[-1]
+    if leaf not in node:
+        raise _unknown_key(cfg, full_key, source)
+    if isinstance(node[leaf], CN):
+        if not isinstance(value, dict):
+            raise ConfigError(f"Config key '{full_key}' in {source} is a section; set its keys instead.")
+        for key, sub_value in value.items():
+            _set(cfg, f"{full_key}.{key}", sub_value, source)
+        return
+    node[leaf] = _coerce(value, node[leaf], full_key, source)
+
+
+def _decode(text: str) -> Any:
+    """A command-line value: a Python / YAML literal where it parses, else the string itself."""
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        pass
+    if text.lower() in ("true", "false"):
+        return text.lower() == "true"
+    return text
+
+
+def parse_overrides(opts: Sequence[str]) -> List[Tuple[str, str]]:
+    """`KEY VALUE`, `KEY=VALUE` and `--KEY=VALUE` command-line overrides as (key, raw value) pairs."""
+    pairs = []
+    items = list(opts)
+    i = 0
+    while i < len(items):
+        item = items[i].lstrip("-") if items[i].startswith("--") else items[i]
+        if "=" in item:
+            key, raw = item.split("=", 1)
+            i += 1
+        else:
+            if i + 1 >= len(items):
+                raise ConfigError(f"Override '{items[i]}' has no value: write KEY VALUE or KEY=VALUE.")
+            key, raw = item, items[i + 1]
+            i += 2
+        pairs.append((key, raw))
+    return pairs
+
+
+def merge_file(cfg: CN, path: str) -> None:
+    """Merge a YAML file into `cfg`, strictly; a `_BASE_: other.yaml` entry is merged first."""
+    if not os.path.isfile(path):
+        raise ConfigError(f"Config file not found: {path}. Pass an existing YAML file to --cfg.")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as err:
+        raise ConfigError(f"Config file {path} is not valid YAML: {str(err).splitlines()[0]}.") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"Config file {path} must hold a mapping of sections, not {type(data).__name__}.")
+    base = data.pop("_BASE_", None)
+    if base:
+        merge_file(cfg, os.path.join(os.path.dirname(path), base))
+    for key, value in data.items():
+        _set(cfg, key, value, path)
+
+
+def merge_overrides(cfg: CN, opts: Iterable[str]) -> None:
+    """Merge command-line overrides into `cfg`, strictly."""
+    for key, raw in parse_overrides(list(opts)):
+        _set(cfg, key, _decode(raw), "the command line")
+
+
+def build_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """Defaults <- YAML file <- command line; returns a frozen copy."""
+    cfg = CFG.clone()
+    if cfg_file:
+        merge_file(cfg, cfg_file)
+    merge_overrides(cfg, opts)
+    cfg.freeze()
+    return cfg
+
+
+def dump_cfg(cfg: CN) -> str:
+    """The config as YAML text (what the run directory and checkpoints keep)."""
+    return cfg.dump()
+
+
+def load_cfg_text(text: str) -> CN:
+    """A config saved by :func:`dump_cfg`, merged strictly over the current defaults."""
+    cfg = CFG.clone()
+    for key, value in (yaml.safe_load(text) or {}).items():
+        _set(cfg, key, value, "the saved config")
+    cfg.freeze()
+    return cfg
+
+
+def show_cfg(cfg: CN) -> None:
+    """Print the sections that matter for this run, as MDistiller does."""
+    shown = CN()
+    for section in ("EXPERIMENT", "DATASET", "DISTILLER", "SOLVER", "LOG"):
+        shown[section] = cfg[section]
+    if cfg.DISTILLER.TYPE in cfg:
+        shown[cfg.DISTILLER.TYPE] = cfg[cfg.DISTILLER.TYPE]
+    print(f"CONFIG:\n{shown.dump()}")

@@ -1,0 +1,29 @@
+"""One training run from a config: data, models, distiller, trainer (tools/train.py and the demo)."""
+
+from typing import Optional, Sequence, Union
+
+from yacs.config import CfgNode as CN
+
+from mdistiller.dataset import get_dataset
+from mdistiller.engine.build import build_distiller
+from mdistiller.engine.cfg import show_cfg
+from mdistiller.engine.experiment import experiment_name
+from mdistiller.engine.trainer import Trainer, trainer_dict
+from mdistiller.engine.utils import seed_everything
+
+
+def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = False,
+              run_dir: Optional[str] = None, verbose: bool = True) -> Trainer:
+    """Build everything `cfg` names, train it, and return the finished trainer."""
+    name, _ = experiment_name(cfg, opts)
+    seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
+    if verbose:
+        show_cfg(cfg)
+    train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
+    distiller = build_distiller(cfg, num_data, num_classes)
+    if cfg.DISTILLER.TYPE != "NONE":
+        print(f"Extra parameters of {cfg.DISTILLER.TYPE}: {distiller.get_extra_parameters()}")
+    trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, val_loader, cfg, run_dir=run_dir)
+    print(f"Run directory: {trainer.run_dir}")
+    trainer.train(resume=resume)
+    return trainer

@@ -1,0 +1,27 @@
+"""Learning-rate schedules, evaluated per epoch (epochs count from 1, as in MDistiller)."""
+
+import math
+
+from yacs.config import CfgNode as CN
+
+from mdistiller.errors import ConfigError
+
+SCHEDULERS = ("step", "cosine")
+
+
+def learning_rate(epoch: int, solver: CN) -> float:
+    """LR for `epoch`: MDistiller's step decay or cosine, after an optional linear warm-up.
+
+    Step: `LR * LR_DECAY_RATE ** (number of LR_DECAY_STAGES below epoch)`. Cosine: from LR at the
+    end of warm-up down to 0 at EPOCHS. Warm-up: `LR * epoch / WARMUP_EPOCHS` for the first epochs.
+    """
+    if solver.WARMUP_EPOCHS > 0 and epoch <= solver.WARMUP_EPOCHS:
+        return solver.LR * epoch / solver.WARMUP_EPOCHS
+    if solver.LR_SCHEDULER == "step":
+        steps = sum(epoch > stage for stage in solver.LR_DECAY_STAGES)
+        return solver.LR * solver.LR_DECAY_RATE**steps
+    if solver.LR_SCHEDULER == "cosine":
+        span = max(solver.EPOCHS - solver.WARMUP_EPOCHS, 1)
+        progress = (epoch - 1 - solver.WARMUP_EPOCHS) / span
+        return 0.5 * solver.LR * (1.0 + math.cos(math.pi * progress))
+    raise ConfigError(f"SOLVER.LR_SCHEDULER must be one of {', '.join(SCHEDULERS)}, got '{solver.LR_SCHEDULER}'.")

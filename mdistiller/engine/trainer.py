@@ -1,0 +1,258 @@
+"""The training loop shared by every distiller: step, validate, checkpoint, log, resume."""
+
+import contextlib
+import os
+import time
+from collections import OrderedDict
+from typing import Dict, Optional, Tuple, Union
+
+import torch
+from tqdm import tqdm
+from yacs.config import CfgNode as CN
+
+from mdistiller.engine.cfg import dump_cfg
+from mdistiller.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from mdistiller.engine.evaluate import evaluate
+from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, WorkLog
+from mdistiller.engine.optim import build_optimizer
+from mdistiller.engine.schedule import learning_rate
+from mdistiller.engine.utils import AverageMeter, accuracy, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
+from mdistiller.errors import CheckpointError, ConfigError, NonFiniteLossError, OutputDirError
+from mdistiller.registry import Registry
+
+trainer_dict = Registry("trainer")
+
+Losses = Dict[str, torch.Tensor]
+
+
+def ensure_writable_dir(path: str) -> None:
+    """Create `path` if needed and check a file can be written in it; OutputDirError otherwise."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".write_test")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.unlink(probe)
+    except OSError as err:
+        raise OutputDirError(
+            f"Cannot write to output directory {path} ({err.strerror}); set LOG.PREFIX to a writable directory."
+        ) from None
+
+
+@trainer_dict.register("base")
+class Trainer:
+    """Trains `distiller` on `train_loader`, validating on `val_loader` after every epoch.
+
+    Owns the device, autocast and the optimizer. Checkpoints keep MDistiller's names (`latest`,
+    `best`, `student_latest`, `student_best`, `epoch_N`, `student_N`) under `LOG.PREFIX/<name>`.
+    Batches are `(image, target, index[, contrastive_index])`; all but image and target reach the
+    distiller as keyword arguments.
+    """
+
+    def __init__(self, experiment_name: str, distiller, train_loader, val_loader, cfg: CN,
+                 run_dir: Optional[str] = None) -> None:
+        self.cfg = cfg
+        self.experiment_name = experiment_name
+        self.device = resolve_device(cfg.SOLVER.DEVICE)
+        self.distiller = distiller.to(self.device)
+        self.train_loader = train_loader
+        self.val_loader = val_loader
+        self.run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, experiment_name)
+        ensure_writable_dir(self.run_dir)
+        self.optimizer = self.init_optimizer()
+        self.amp_dtype = self._amp_dtype()
+        use_scaler = self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
+        self.best_acc = -1.0
+        self.wandb_id: Optional[str] = None
+
+    # -- set-up -------------------------------------------------------------------------------
+    def init_optimizer(self) -> torch.optim.Optimizer:
+        return build_optimizer(self.distiller.get_learnable_parameters(), self.cfg.SOLVER)
+
+    def _amp_dtype(self) -> Optional[torch.dtype]:
+        if not self.cfg.SOLVER.AMP:
+            return None
+        if self.cfg.SOLVER.AMP_DTYPE not in ("bfloat16", "float16"):
+            raise ConfigError(f"SOLVER.AMP_DTYPE must be bfloat16 or float16, got '{self.cfg.SOLVER.AMP_DTYPE}'.")
+        return autocast_dtype(self.device, self.cfg.SOLVER.AMP_DTYPE)
+
+    def autocast(self):
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    # -- the loop -----------------------------------------------------------------------------
+    def train(self, resume: Union[bool, str] = False) -> float:
+        """Train to SOLVER.EPOCHS; `resume` is True (this run's `latest`) or a checkpoint path."""
+        epoch = 1
+        metrics_file = MetricsFile(self.run_dir)
+        if resume:
+            path = os.path.join(self.run_dir, "latest") if resume is True else resume
+            epoch = self.load_state(load_checkpoint(path)) + 1
+            metrics_file.truncate_after(epoch - 1)
+            print(f"Resumed from {path} at epoch {epoch} (best_acc {self.best_acc:.2f}).")
+        else:
+            metrics_file.truncate_after(0)
+        with open(os.path.join(self.run_dir, "cfg.yaml"), "w") as f:
+            f.write(dump_cfg(self.cfg))
+        worklog = WorkLog(self.run_dir)
+        tensorboard = TensorBoardLog(self.run_dir)
+        wandb_log = None
+        if self.cfg.LOG.WANDB:
+            tags = self.cfg.EXPERIMENT.TAG.split(",")
+            wandb_log = WandbLog(self.cfg, self.run_dir, self.experiment_name, tags, self.wandb_id)
+            self.wandb_id = wandb_log.run_id
+        try:
+            while epoch <= self.cfg.SOLVER.EPOCHS:
+                lr, metrics = self.train_epoch(epoch)
+                self.best_acc = max(self.best_acc, metrics["test_acc"])
+                worklog.log(epoch, lr, metrics)
+                tensorboard.log(epoch, dict(metrics, lr=lr))
+                metrics_file.log(dict(epoch=epoch, lr=lr, **metrics))
+                if wandb_log is not None:
+                    wandb_log.log(epoch, dict(metrics, lr=lr), self.best_acc)
+                self.save(epoch, metrics["test_acc"])
+                epoch += 1
+        finally:
+            tensorboard.close()
+            if wandb_log is not None:
+                wandb_log.finish()
+        print(f"Best accuracy: {self.best_acc:.2f}")
+        worklog.finish(self.best_acc)
+        return self.best_acc
+
+    def train_epoch(self, epoch: int) -> Tuple[float, "OrderedDict[str, float]"]:
+        seed_everything(self.cfg.EXPERIMENT.SEED * 100_003 + epoch)
+        lr = learning_rate(epoch, self.cfg.SOLVER)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        meters = {"loss": AverageMeter(), "top1": AverageMeter(), "top5": AverageMeter()}
+        term_meters: Dict[str, AverageMeter] = {}
+        self.distiller.train()
+        bar = tqdm(total=len(self.train_loader), desc=f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS}",
+                   disable=not self.cfg.LOG.PROGRESS_BAR, dynamic_ncols=True, leave=False)
+        images_seen, start = 0, time.perf_counter()
+        for step, batch in enumerate(self.train_loader):
+            image, target, extra = self.to_device(batch)
+            preds, losses, loss = self.train_iter(image, target, extra, epoch, step)
+            n = image.size(0)
+            images_seen += n
+            top1, top5 = accuracy(preds.detach().float(), target, topk=(1, 5))
+            meters["loss"].update(loss, n)
+            meters["top1"].update(top1, n)
+            meters["top5"].update(top5, n)
+            for name, value in losses.items():
+                term_meters.setdefault(name, AverageMeter()).update(value, n)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(loss=f"{meters['loss'].avg:.4f}", top1=f"{meters['top1'].avg:.2f}",
+                            img_s=f"{images_seen / max(elapsed, 1e-9):.0f}")
+            bar.update()
+        bar.close()
+        train_seconds = time.perf_counter() - start
+        test_acc, test_acc_top5, test_loss = self.validate()
+        metrics = OrderedDict(
+            train_acc=meters["top1"].avg,
+            train_loss=meters["loss"].avg,
+            test_acc=test_acc,
+            test_acc_top5=test_acc_top5,
+            test_loss=test_loss,
+        )
+        metrics.update((name, m.avg) for name, m in term_meters.items())
+        metrics.update(train_seconds=train_seconds, img_per_s=images_seen / max(train_seconds, 1e-9))
+        print(f"Epoch {epoch}: lr {lr:.4g} | train loss {metrics['train_loss']:.4f} top1 {metrics['train_acc']:.2f} "
+              f"| test top1 {test_acc:.2f} top5 {test_acc_top5:.2f} | {metrics['img_per_s']:.0f} img/s")
+        return lr, metrics
+
+    def to_device(self, batch) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
+        image, target = batch[0], batch[1]
+        names = ("index", "contrastive_index")
+        extra = {name: value.to(self.device, non_blocking=True) for name, value in zip(names, batch[2:])}
+        image = image.to(self.device, non_blocking=True).float()
+        return image, target.to(self.device, non_blocking=True), extra
+
+    def train_iter(self, image: torch.Tensor, target: torch.Tensor, extra: Dict[str, torch.Tensor],
+                   epoch: int, step: int) -> Tuple[torch.Tensor, Dict[str, float], float]:
+        """One optimisation step; returns predictions, each loss term and the total as floats."""
+        with self.autocast():
+            preds, losses = self.distiller(image=image, target=target, epoch=epoch, **extra)
+        losses = {name: value.mean() for name, value in losses.items()}
+        values = self.check_finite(losses, epoch, step)
+        self.backward_and_step(losses)
+        return preds, values, sum(values.values())
+
+    def backward_and_step(self, losses: Losses) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(sum(losses.values())).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+
+    def check_finite(self, losses: Losses, epoch: int, step: int) -> Dict[str, float]:
+        """Loss terms as floats; NonFiniteLossError naming the term when one is NaN or inf."""
+        values = {name: float(value.detach()) for name, value in losses.items()}
+        bad = [name for name, value in values.items() if not torch.isfinite(torch.tensor(value))]
+        if bad:
+            raise NonFiniteLossError(
+                f"Non-finite loss {', '.join(f'{n}={values[n]}' for n in bad)} at epoch {epoch} step {step}; "
+                f"'latest' in {self.run_dir} holds the last good state. Lower SOLVER.LR or the loss weights, "
+                "or turn off SOLVER.AMP, then resume with --resume."
+            )
+        return values
+
+    def validate(self) -> Tuple[float, float, float]:
+        """Top-1, top-5 (percent) and mean cross-entropy on the validation set."""
+        self.distiller.eval()
+        return evaluate(lambda image: self.distiller(image=image), self.val_loader, self.device, self.autocast)
+
+    # -- checkpoints --------------------------------------------------------------------------
+    def state(self, epoch: int) -> dict:
+        return {
+            "epoch": epoch,
+            "model": self.distiller.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": {"last_epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
+            "scaler": self.scaler.state_dict(),
+            "best_acc": self.best_acc,
+            "rng": rng_state(),
+            "cfg": dump_cfg(self.cfg),
+            "wandb_id": self.wandb_id or "",
+        }
+
+    def student_state(self, epoch: int, acc: float) -> dict:
+        return {"model": self.distiller.student.state_dict(), "epoch": epoch, "acc": acc,
+                "cfg": dump_cfg(self.cfg)}
+
+    def save(self, epoch: int, test_acc: float) -> None:
+        state, student = self.state(epoch), self.student_state(epoch, test_acc)
+        join = lambda name: os.path.join(self.run_dir, name)  # noqa: E731
+        save_checkpoint(state, join("latest"))
+        save_checkpoint(student, join("student_latest"))
+        if epoch % self.cfg.LOG.SAVE_CHECKPOINT_FREQ == 0:
+            save_checkpoint(state, join(f"epoch_{epoch}"))
+            save_checkpoint(student, join(f"student_{epoch}"))
+        if test_acc >= self.best_acc:
+            save_checkpoint(state, join("best"))
+            save_checkpoint(student, join("student_best"))
+
+    def load_state(self, state: dict) -> int:
+        """Restore a full checkpoint (ours or MDistiller's); returns its epoch."""
+        missing = [k for k in ("epoch", "model", "optimizer") if k not in state]
+        if missing:
+            raise CheckpointError(
+                f"Cannot resume: checkpoint lacks {', '.join(missing)} (a student-only file?). Resume from 'latest'."
+            )
+        model = state["model"]
+        if model and all(k.startswith("module.") for k in model):
+            model = {k[len("module."):]: v for k, v in model.items()}
+        load_weights(self.distiller, model, "Resume checkpoint")
+        self.optimizer.load_state_dict(state["optimizer"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        if "rng" in state:
+            set_rng_state(state["rng"])
+        self.best_acc = float(state.get("best_acc", -1.0))
+        self.wandb_id = state.get("wandb_id") or None
+        return int(state["epoch"])
+
+
+trainer_dict.register("crd", Trainer)
