@@ -3,8 +3,9 @@
     python tools/eval.py -m resnet8x4 -c output/.../student_best -d cifar100 [-bs 64] [KEY VALUE ...]
     python tools/eval.py -m ResNet34 -c pretrain -d imagenet
 
-Works on student files and full checkpoints. The dataset settings (root, image size) come from the
-config saved in the checkpoint when it has one, then from the KEY VALUE overrides.
+Works on student files and full checkpoints. The dataset settings (root, image size) and the
+precision (SOLVER.AMP: the autocast the run validated with, so the numbers match its log) come from
+the config saved in the checkpoint when it has one, then from the KEY VALUE overrides.
 """
 
 import argparse
@@ -18,7 +19,7 @@ from mdistiller.engine.cfg import CFG, load_cfg_text, merge_overrides
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
 from mdistiller.engine.cli import run_tool
 from mdistiller.engine.evaluate import evaluate
-from mdistiller.engine.utils import resolve_device
+from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device
 
 DATASETS = ("cifar100", "imagenet", "tiny_imagenet", "digits")
 
@@ -46,7 +47,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         load_weights(model, student_state_dict(state), f"Checkpoint {args.ckpt}")
     device = resolve_device(cfg.SOLVER.DEVICE)
     model = model.to(device).eval()
-    top1, top5, loss = evaluate(lambda image: model(image)[0], val_loader, device)
+    dtype = autocast_dtype(device, cfg.SOLVER)
+    top1, top5, loss = evaluate(lambda image: model(image)[0], val_loader, device,
+                                lambda: autocast_context(device, dtype))
     print(f"Top-1: {top1:.2f}  Top-5: {top5:.2f}  Loss: {loss:.4f}")
 
 

@@ -6,6 +6,7 @@ weights_only=True)` reads it and a file carrying pickled code is refused, never 
 
 import os
 import pickle
+import re
 import tempfile
 import zipfile
 from typing import Any, Dict
@@ -13,6 +14,9 @@ from typing import Any, Dict
 import torch
 
 from mdistiller.errors import CheckpointError
+
+# How torch's weights-only unpickler names an object it refuses to build.
+UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
 
 
 def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
@@ -39,6 +43,13 @@ def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
         os.close(dir_fd)
 
 
+def corrupt_checkpoint(path: str, why: str) -> CheckpointError:
+    return CheckpointError(
+        f"Checkpoint {path} is truncated or corrupt ({why}); use another checkpoint "
+        "(e.g. 'best' or an 'epoch_N' file) or re-create it."
+    )
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
     """Read a checkpoint on the CPU with weights-only unpickling; CheckpointError on any problem."""
     if not os.path.isfile(path):
@@ -46,16 +57,15 @@ def load_checkpoint(path: str) -> Dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else "unsupported object"
+        found = UNSAFE_GLOBAL.search(str(err))
+        if found is None:
+            raise corrupt_checkpoint(path, "not a torch.save file") from None
         raise CheckpointError(
-            f"Refused to load {path}: it holds objects other than tensors and plain data ({first}). "
+            f"Refused to load {path}: it holds {found.group(1)}, not only tensors and plain data. "
             "Only load checkpoints you trust; re-save its state_dict with torch.save."
         ) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError) as err:
-        raise CheckpointError(
-            f"Checkpoint {path} is truncated or corrupt ({type(err).__name__}); use another checkpoint "
-            "(e.g. 'best' or an 'epoch_N' file) or re-create it."
-        ) from None
+        raise corrupt_checkpoint(path, type(err).__name__) from None
     if not isinstance(state, dict):
         raise CheckpointError(f"Checkpoint {path} holds a {type(state).__name__}, expected a dict with a 'model' entry.")
     return state

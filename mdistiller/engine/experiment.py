@@ -8,16 +8,21 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.engine.cfg import parse_overrides
 
+# Overrides that say where and how a run is logged, not what it trains: left out of the name.
+NAME_NEUTRAL_SECTIONS = ("LOG.", "EXPERIMENT.")
+
 
 def experiment_name(cfg: CN, opts: Sequence[str]) -> Tuple[str, List[str]]:
-    """`PROJECT/<NAME or TAG><,KEY:VALUE for each override>` and the wandb tags.
+    """`PROJECT/<name>` and the wandb tags.
 
+    With `EXPERIMENT.NAME` set, the name is exactly that. Otherwise it is MDistiller's: the TAG
+    followed by `,KEY:VALUE` for each command-line override (LOG.* and EXPERIMENT.* overrides
+    are left out). Tags are the TAG's comma-separated parts plus every such `KEY:VALUE`.
     Characters that cannot stand in a file name are replaced by '_'.
     """
-    name = cfg.EXPERIMENT.NAME or cfg.EXPERIMENT.TAG
-    tags = cfg.EXPERIMENT.TAG.split(",")
-    extra = [f"{key}:{value}" for key, value in parse_overrides(list(opts))]
-    tags += extra
-    name += "".join("," + tag for tag in extra) if extra else ""
+    extra = [f"{key}:{value}" for key, value in parse_overrides(list(opts))
+             if not key.startswith(NAME_NEUTRAL_SECTIONS)]
+    tags = cfg.EXPERIMENT.TAG.split(",") + extra
+    name = cfg.EXPERIMENT.NAME or ",".join([cfg.EXPERIMENT.TAG] + extra)
     name = re.sub(r"[^\w,.:=+\-]", "_", name)
     return os.path.join(cfg.EXPERIMENT.PROJECT, name), tags

@@ -1,6 +1,5 @@
 """The training loop shared by every distiller: step, validate, checkpoint, log, resume."""
 
-import contextlib
 import os
 import time
 from collections import OrderedDict
@@ -16,8 +15,9 @@ from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, WorkLog
 from mdistiller.engine.optim import build_optimizer
 from mdistiller.engine.schedule import learning_rate
-from mdistiller.engine.utils import AverageMeter, accuracy, autocast_dtype, resolve_device, rng_state, seed_everything, set_rng_state
-from mdistiller.errors import CheckpointError, ConfigError, NonFiniteLossError, OutputDirError
+from mdistiller.engine.utils import (AverageMeter, accuracy, autocast_context, autocast_dtype, resolve_device, rng_state,
+                                     seed_everything, set_rng_state)
+from mdistiller.errors import CheckpointError, NonFiniteLossError, OutputDirError
 from mdistiller.registry import Registry
 
 trainer_dict = Registry("trainer")
@@ -60,7 +60,7 @@ class Trainer:
         self.run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, experiment_name)
         ensure_writable_dir(self.run_dir)
         self.optimizer = self.init_optimizer()
-        self.amp_dtype = self._amp_dtype()
+        self.amp_dtype = autocast_dtype(self.device, cfg.SOLVER)
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.best_acc = -1.0
@@ -70,17 +70,8 @@ class Trainer:
     def init_optimizer(self) -> torch.optim.Optimizer:
         return build_optimizer(self.distiller.get_learnable_parameters(), self.cfg.SOLVER)
 
-    def _amp_dtype(self) -> Optional[torch.dtype]:
-        if not self.cfg.SOLVER.AMP:
-            return None
-        if self.cfg.SOLVER.AMP_DTYPE not in ("bfloat16", "float16"):
-            raise ConfigError(f"SOLVER.AMP_DTYPE must be bfloat16 or float16, got '{self.cfg.SOLVER.AMP_DTYPE}'.")
-        return autocast_dtype(self.device, self.cfg.SOLVER.AMP_DTYPE)
-
     def autocast(self):
-        if self.amp_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+        return autocast_context(self.device, self.amp_dtype)
 
     # -- the loop -----------------------------------------------------------------------------
     def train(self, resume: Union[bool, str] = False) -> float:

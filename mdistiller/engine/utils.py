@@ -1,11 +1,15 @@
 """Small helpers of the training loop: meters, accuracy, seeding, devices."""
 
+import contextlib
 import os
 import random
-from typing import Dict, List, Sequence
+from typing import ContextManager, Dict, List, Optional, Sequence
 
 import numpy as np
 import torch
+from yacs.config import CfgNode as CN
+
+from mdistiller.errors import ConfigError
 
 
 class AverageMeter:
@@ -89,8 +93,22 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def autocast_dtype(device: torch.device, name: str) -> torch.dtype:
-    """The autocast dtype for `name` ('bfloat16' / 'float16') on `device` (CPU autocast is bf16 only)."""
+def autocast_dtype(device: torch.device, solver: CN) -> Optional[torch.dtype]:
+    """The autocast dtype SOLVER.AMP / SOLVER.AMP_DTYPE ask for on `device`, or None for full precision.
+
+    CPU autocast runs in bfloat16 whatever AMP_DTYPE says; CUDA takes bfloat16 or float16.
+    """
+    if not solver.AMP:
+        return None
+    if solver.AMP_DTYPE not in ("bfloat16", "float16"):
+        raise ConfigError(f"SOLVER.AMP_DTYPE must be bfloat16 or float16, got '{solver.AMP_DTYPE}'.")
     if device.type == "cpu":
         return torch.bfloat16
-    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[name]
+    return {"bfloat16": torch.bfloat16, "float16": torch.float16}[solver.AMP_DTYPE]
+
+
+def autocast_context(device: torch.device, dtype: Optional[torch.dtype]) -> ContextManager:
+    """`torch.autocast` on `device` in `dtype`, or a no-op context when `dtype` is None."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)

@@ -11,6 +11,7 @@ from typing import Callable, Dict, Optional, Tuple
 
 from torch import nn
 
+from mdistiller.models.checkpoint_dir import download_ckpts_dir
 from mdistiller.registry import Registry
 
 from .mobilenetv2 import mobile_half
@@ -43,9 +44,8 @@ __all__ = [
 
 ModelFn = Callable[..., nn.Module]
 
-_REPO_ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
-CIFAR_TEACHER_DIR = os.path.join(_REPO_ROOT, "download_ckpts", "cifar_teachers")
-TINY_IMAGENET_TEACHER_DIR = os.path.join(_REPO_ROOT, "download_ckpts", "tiny_imagenet_teachers")
+CIFAR_TEACHER_DIR = os.path.join(download_ckpts_dir(), "cifar_teachers")
+TINY_IMAGENET_TEACHER_DIR = os.path.join(download_ckpts_dir(), "tiny_imagenet_teachers")
 
 
 def _cifar_teacher(name: str) -> str:

@@ -2,7 +2,7 @@
 
 Parameter names and shapes are MDistiller's (``model.<i>.<j>``, ``fc``), so MDistiller MobileNetV1
 checkpoints load with ``strict=True``. torchvision has no MobileNetV1 weights: ``pretrained=True``
-reads a local file, by default ``<repo>/download_ckpts/imagenet_teachers/MobileNetV1.pth``.
+reads a local file, by default ``download_ckpts/imagenet_teachers/MobileNetV1.pth`` (see :mod:`mdistiller.models.checkpoint_dir`).
 """
 
 from pathlib import Path
@@ -13,13 +13,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mdistiller.errors import CheckpointError
+from mdistiller.models.checkpoint_dir import download_ckpts_dir
 from mdistiller.models.imagenet._weights import load_state_dict_file, load_weights
 
 __all__ = ["MobileNetV1", "mobilenet_v1", "DEFAULT_CHECKPOINT"]
 
-DEFAULT_CHECKPOINT = (
-    Path(__file__).resolve().parents[3] / "download_ckpts" / "imagenet_teachers" / "MobileNetV1.pth"
-)
+DEFAULT_CHECKPOINT = Path(download_ckpts_dir()) / "imagenet_teachers" / "MobileNetV1.pth"
 
 # (output channels, stride) of the stem and of the 13 depthwise-separable blocks.
 _LAYERS = [(32, 2), (64, 1), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2)]

@@ -1,0 +1,136 @@
+"""The tools as a user runs them: subprocesses, real files, one-line errors with exit status 2.
+
+Marked `e2e`. `make test` runs them in a short form (one or two epochs); `make test-full`
+(MDISTILLER_E2E=full) runs the quick start at its real length and checks its accuracies.
+"""
+
+import json
+import os
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from fake_data import write_fake_cifar100
+from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
+from mdistiller.models import cifar_model_dict
+from mdistiller.models.checkpoint_dir import CKPT_ROOT_ENV
+
+pytestmark = pytest.mark.e2e
+
+TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
+EVAL = os.path.join(REPO_ROOT, "tools", "eval.py")
+QUICKSTART = os.path.join(REPO_ROOT, "tools", "quickstart.py")
+DIGITS_STUDENT = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
+
+
+def assert_ok(result) -> None:
+    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+
+
+def assert_user_error(result, *fragments: str) -> None:
+    """Exit status 2 and one `error: ...` line on stderr, no traceback."""
+    assert result.returncode == 2, result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]
+
+
+def test_train_then_eval_on_digits(tool, tmp_path):
+    result = tool(TRAIN, "--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", "SOLVER.EPOCHS", "2",
+                  "--EXPERIMENT.NAME=cli", "DATASET.IMAGE_SIZE=8", cwd=str(tmp_path))
+    assert_ok(result)
+    run = tmp_path / "quickstart" / "cli"
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2]
+    best = max(r["test_acc"] for r in records)
+    assert f"Best accuracy: {best:.2f}" in result.stdout
+    saved = (run / "cfg.yaml").read_text()
+    assert "EPOCHS: 2" in saved and "IMAGE_SIZE: 8" in saved
+
+    for ckpt in ("student_best", "best"):
+        evaluated = tool(EVAL, "-m", "resnet8", "-c", str(run / ckpt), "-d", "digits", "-bs", "100", cwd=str(tmp_path))
+        assert_ok(evaluated)
+        assert f"Top-1: {best:.2f}" in evaluated.stdout, evaluated.stdout
+
+
+def test_resume_from_the_command_line_continues_the_run(tool, tmp_path):
+    common = ["--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", "EXPERIMENT.NAME=r", "DATASET.IMAGE_SIZE=8"]
+    assert_ok(tool(TRAIN, *common, "SOLVER.EPOCHS=1", cwd=str(tmp_path)))
+    run = tmp_path / "quickstart" / "r"
+    resumed = tool(TRAIN, *common, "SOLVER.EPOCHS=2", "--resume", str(run), cwd=str(tmp_path))
+    assert_ok(resumed)
+    assert "Resumed from" in resumed.stdout and "at epoch 2" in resumed.stdout
+    assert torch.load(run / "latest", weights_only=True)["epoch"] == 2
+
+
+def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
+    """configs/cifar100/kd/res32x4_res8x4.yaml against data/ in torchvision's format and
+    download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth, as MDistiller users lay them out."""
+    write_fake_cifar100(tmp_path / "data", num_train=32, num_test=16)
+    teacher_file = tmp_path / "download_ckpts" / "cifar_teachers" / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
+    teacher_file.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    teacher = cifar_model_dict["resnet32x4"][0](num_classes=100)
+    torch.save({"model": teacher.state_dict(), "epoch": 240, "best_acc": 79.42}, teacher_file)
+    env = {SKIP_MD5_ENV: "1", CKPT_ROOT_ENV: str(tmp_path / "download_ckpts")}
+
+    config = os.path.join(REPO_ROOT, "configs", "cifar100", "kd", "res32x4_res8x4.yaml")
+    result = tool(TRAIN, "--cfg", config, "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "16", "DATASET.NUM_WORKERS", "0",
+                  "LOG.PROGRESS_BAR", "False", cwd=str(tmp_path), env=env)
+    assert_ok(result)
+    runs = list((tmp_path / "output" / "cifar100_baselines").iterdir())
+    assert len(runs) == 1 and runs[0].name.startswith("kd,res32x4,res8x4")
+    student = torch.load(runs[0] / "student_best", weights_only=True)
+    assert set(student["model"]) == set(cifar_model_dict["resnet8x4"][0]().state_dict())
+    full = torch.load(runs[0] / "latest", weights_only=True)
+    for key, value in teacher.state_dict().items():  # the teacher was loaded and never changed
+        assert torch.equal(full["model"][f"teacher.{key}"], value), key
+
+    evaluated = tool(EVAL, "-m", "resnet8x4", "-c", str(runs[0] / "student_best"), "-d", "cifar100",
+                     "DATASET.NUM_WORKERS=0", cwd=str(tmp_path), env=env)
+    assert_ok(evaluated)
+    assert "Top-1:" in evaluated.stdout
+
+
+@pytest.mark.parametrize(
+    "args, fragments",
+    [
+        (["SOLVER.LRR", "0.1"], ["Unknown config key 'SOLVER.LRR'", "SOLVER.LR"]),
+        (["SOLVER.EPOCHS", "many"], ["SOLVER.EPOCHS", "expects int"]),
+        (["DATASET.TYPE=cifar100", "DATASET.ROOT=nowhere"], ["CIFAR-100 not found", "DATASET.DOWNLOAD True"]),
+        (["DISTILLER.TYPE=KD", "DISTILLER.TEACHER_WEIGHTS=none.pth"], ["Teacher checkpoint", "none.pth"]),
+        (["DISTILLER.TYPE=KDD"], ["Unknown distiller 'KDD'", "KD"]),
+    ],
+)
+def test_train_user_errors_are_one_line(tool, tmp_path, args, fragments):
+    result = tool(TRAIN, "--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", *args, cwd=str(tmp_path))
+    assert_user_error(result, *fragments)
+
+
+def test_eval_corrupt_checkpoint_is_one_line(tool, tmp_path):
+    bad = tmp_path / "student_best"
+    bad.write_bytes(b"not a checkpoint")
+    result = tool(EVAL, "-m", "resnet8", "-c", str(bad), "-d", "digits", cwd=str(tmp_path))
+    assert_user_error(result, "truncated or corrupt")
+
+
+def test_quickstart_writes_results_table_and_plot(tool, tmp_path, e2e_full):
+    out = tmp_path / "quickstart"
+    args = [QUICKSTART, "--out", str(out)] + ([] if e2e_full else ["--epochs", "1"])
+    result = tool(*args, cwd=str(tmp_path))
+    assert_ok(result)
+    results = json.loads((out / "results.json").read_text())
+    assert set(results) == {"teacher", "students"}
+    assert set(results["students"]) >= {"NONE", "KD"}
+    for row in results["students"].values():
+        assert 0.0 <= row["top1"] <= 100.0 and row["train_seconds"] > 0
+    table = (out / "results.md").read_text()
+    assert all(f"| {method} |" in table for method in results["students"])
+    assert table.strip() in result.stdout
+    png = (out / "accuracy.png").read_bytes()
+    assert png.startswith(b"\x89PNG") and len(png) > 10_000
+    if e2e_full:
+        assert results["teacher"]["top1"] > 97.0
+        assert all(row["top1"] > 90.0 for row in results["students"].values())
