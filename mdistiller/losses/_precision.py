@@ -9,7 +9,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 
 def _to_float32(value: Any) -> Any:
-    if isinstance(value, torch.Tensor) and value.is_floating_point():
+    if isinstance(value, torch.Tensor) and value.dtype in (torch.float16, torch.bfloat16):
         return value.float()
     if isinstance(value, (list, tuple)):
         return type(value)(_to_float32(v) for v in value)
@@ -28,7 +28,7 @@ def _device_type(values) -> str:
 
 
 def float32_loss(fn: F) -> F:
-    """Decorator: floating tensor arguments (also inside lists) go to float32 and autocast is off.
+    """Decorator: half-precision tensor arguments (also inside lists) go to float32, autocast is off.
 
     Similarity matrices, SVDs and normalisations lose most of their digits in bfloat16; in full
     precision runs this changes nothing (the casts are no-ops).
