@@ -47,7 +47,9 @@ def kdsvd_loss(g_s: Sequence[torch.Tensor], g_t: Sequence[torch.Tensor], k: int 
     are scaled by the teacher's normalised singular values; the RBF `exp(-(v_i - v'_j)^2 / 8)` is
     taken between a stage and the previous one. Stage pairs zip from the first stage. Where the
     student and teacher maps differ in size (MDistiller fails there) the larger is pooled to the
-    smaller first.
+    smaller first. The teacher's vectors keep the SVD routine's arbitrary signs, on which the
+    RBF between stages depends, as in MDistiller. Gradients through the SVD are undefined where
+    singular values repeat (e.g. several all-zero columns).
     """
     losses = []
     prev_s = prev_t = None
