@@ -13,6 +13,8 @@ from mdistiller.engine.cfg import build_cfg
 from mdistiller.errors import ConfigError
 from mdistiller.losses.crd import AliasSampler, ContrastMemory, Embed, contrast_loss
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def unit(*v):
     a = np.asarray(v, dtype=np.float64)

@@ -11,6 +11,8 @@ from mdistiller.losses.dkd import dkd_loss
 from mdistiller.losses.kd import kd_loss
 from mdistiller.losses.logit_standardization import standardize_logits
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def reference_dkd(s: np.ndarray, t: np.ndarray, y: np.ndarray, alpha: float, beta: float, T: float) -> float:
     """Eq. 7 of the DKD paper from probabilities in float64: b = [p_y, sum of the other p_j] and

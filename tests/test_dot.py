@@ -16,6 +16,8 @@ from mdistiller.engine.dot import DistillationOrientedTrainer, DOTTrainer
 from mdistiller.engine.trainer import trainer_dict
 from mdistiller.errors import ConfigError
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 LR, MOMENTUM, DELTA, WD = 0.1, 0.9, 0.075, 0.01
 
 

@@ -9,6 +9,8 @@ from distiller_step import build, train_step
 from mdistiller.errors import ConfigError
 from mdistiller.losses.reviewkd import ABF, ReviewFusion, hcl_loss
 
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
 
 def block_mean(a: np.ndarray, size: int) -> np.ndarray:
     n, c, h, w = a.shape
