@@ -16,15 +16,16 @@ def feature_shapes(model: nn.Module, image_size: int) -> FeatureShapes:
     """`{"feats": [...], "preact_feats": [...], "pooled_feat": ...}` shapes for one image_size^2 image.
 
     The probe runs in eval mode (MDistiller probes in train mode, which moves the teacher's
-    BatchNorm running statistics towards those of a random image), on the model's device, and
+    BatchNorm running statistics towards those of a random image), on the model's device and dtype, and
     leaves the model's mode as it found it.
     """
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None else torch.float32
     was_training = model.training
     model.eval()
     try:
-        _, feats = model(torch.zeros(1, 3, image_size, image_size, device=device))
+        _, feats = model(torch.zeros(1, 3, image_size, image_size, device=device, dtype=dtype))
     finally:
         model.train(was_training)
     return {
