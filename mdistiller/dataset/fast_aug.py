@@ -1,0 +1,203 @@
+"""In-memory datasets with batched augmentation on the device (DATASET.FAST_AUG).
+
+CIFAR-100 (uint8, 150 MB) and the digits fit in memory. Instead of one PIL image and one Python
+transform call per item in worker processes, :class:`InMemoryLoader` keeps the whole set as one
+NHWC tensor (on the training device once the trainer calls ``.to(device)``) and augments a batch
+at a time: zero padding, a random crop, a horizontal flip and the normalisation, as one gather.
+
+The draws follow torchvision's transforms exactly in distribution: ``RandomCrop(S, padding=p)``
+takes the top and left offsets independently and uniformly in ``{0, ..., 2p}`` of the zero-padded
+image, ``RandomHorizontalFlip(q)`` flips with probability ``q``, ``ToTensor`` divides uint8 by
+255 and ``Normalize`` subtracts the mean and divides by the std. The pipeline is read from the
+dataset's own transform (:func:`batched_augmentation`), so a dataset whose transform holds anything
+else keeps the ordinary DataLoader.
+"""
+
+from dataclasses import dataclass
+from typing import Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import BatchSampler, Dataset, RandomSampler, Sampler, SequentialSampler
+from torchvision import datasets, transforms
+
+from mdistiller.dataset.base import InstanceDataset
+from mdistiller.dataset.digits import DigitsDataset
+
+__all__ = ["BatchedAugmentation", "InMemoryLoader", "batched_augmentation", "crop_flip", "fast_loader"]
+
+
+@dataclass(frozen=True)
+class BatchedAugmentation:
+    """A torchvision pipeline of RandomCrop / RandomHorizontalFlip / ToTensor / Normalize, as numbers."""
+
+    size: Optional[int] = None  # crop size; None: no crop
+    padding: int = 0
+    flip_p: float = 0.0
+    divisor: float = 1.0  # 255 after ToTensor on uint8 images
+    mean: Tuple[float, ...] = (0.0,)
+    std: Tuple[float, ...] = (1.0,)
+
+
+def _symmetric_padding(padding) -> Optional[int]:
+    if isinstance(padding, int):
+        return padding
+    values = list(padding) if isinstance(padding, Sequence) else []
+    return values[0] if values and all(v == values[0] for v in values) else None
+
+
+def batched_augmentation(transform, uint8: bool) -> Optional[BatchedAugmentation]:
+    """`transform` as a :class:`BatchedAugmentation`, or None when it holds anything else.
+
+    Accepted: ``Compose`` of RandomCrop (constant zero padding, same on every side, no
+    pad_if_needed) and RandomHorizontalFlip in any order, then ToTensor (only for uint8 images),
+    then Normalize; each optional.
+    """
+    steps = list(transform.transforms) if isinstance(transform, transforms.Compose) else [transform]
+    fields = {}
+    stage = 0  # 0: geometric steps, 1: after ToTensor, 2: after Normalize
+    for step in steps:
+        if isinstance(step, transforms.RandomCrop) and stage == 0 and "size" not in fields:
+            padding = _symmetric_padding(step.padding)
+            if padding is None or step.fill != 0 or step.padding_mode != "constant" or step.pad_if_needed:
+                return None
+            if step.size[0] != step.size[1]:
+                return None
+            fields.update(size=int(step.size[0]), padding=padding)
+        elif isinstance(step, transforms.RandomHorizontalFlip) and stage == 0 and "flip_p" not in fields:
+            fields["flip_p"] = float(step.p)
+        elif isinstance(step, transforms.ToTensor) and stage == 0 and uint8:
+            fields["divisor"] = 255.0
+            stage = 1
+        elif isinstance(step, transforms.Normalize) and stage < 2 and (stage == 1 or not uint8):
+            fields.update(mean=tuple(float(m) for m in step.mean), std=tuple(float(s) for s in step.std))
+            stage = 2
+        else:
+            return None
+    if uint8 and "divisor" not in fields:
+        return None
+    return BatchedAugmentation(**fields)
+
+
+def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, size: int, padding: int) -> Tensor:
+    """Crops `size` x `size` at (`top`, `left`) of the zero-padded NHWC `images`, mirrored where `flip`.
+
+    `images` (B, H, W, C); `top`, `left` (B,) offsets in the padded image, in ``0..H+2p-size``;
+    `flip` (B,) bool. Returns (B, size, size, C) of the same dtype, one gather for the whole batch.
+    The operations after the crop are torchvision's own (``div(255)``, ``sub_(mean).div_(std)``),
+    so for the same offsets the result equals its pipeline bit for bit.
+    """
+    batch, height, width, _ = images.shape
+    padded = images.new_zeros(batch, height + 2 * padding, width + 2 * padding, images.shape[3])
+    padded[:, padding:padding + height, padding:padding + width] = images
+    steps = torch.arange(size, device=images.device)
+    rows = top[:, None] + steps
+    cols = left[:, None] + torch.where(flip[:, None], steps.flip(0), steps)
+    return padded[torch.arange(batch, device=images.device)[:, None, None], rows[:, :, None], cols[:, None, :]]
+
+
+class InMemoryLoader:
+    """Batches of ``(image, target[, index])`` from an in-memory NHWC image tensor, augmented per batch.
+
+    Iterates `sampler` (shuffled by default; a DistributedSampler under DDP) in batches of
+    `batch_size`, the last partial batch kept unless `drop_last`. Random draws come from torch's
+    global CPU generator, so the trainer's per-epoch seeding makes an epoch reproducible. Images
+    are float32 NCHW tensors in channels_last memory order.
+    """
+
+    def __init__(self, dataset: Dataset, images: Tensor, targets: Sequence[int], augmentation: BatchedAugmentation,
+                 batch_size: int, shuffle: bool = True, sampler: Optional[Sampler] = None,
+                 drop_last: bool = False, with_index: bool = True) -> None:
+        self.dataset = dataset
+        self.images = images
+        self.targets = torch.as_tensor(np.asarray(targets), dtype=torch.int64)
+        self.augmentation = augmentation
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.with_index = with_index
+        self.sampler = sampler if sampler is not None else (
+            RandomSampler(range(len(self.targets))) if shuffle else SequentialSampler(range(len(self.targets))))
+        channels = images.shape[-1]
+        self._mean = torch.tensor(augmentation.mean * (channels // len(augmentation.mean)))
+        self._std = torch.tensor(augmentation.std * (channels // len(augmentation.std)))
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device) -> "InMemoryLoader":
+        """Keep the images (and targets) on `device`; batches are then augmented there."""
+        self.images = self.images.to(device)
+        self.targets = self.targets.to(device)
+        return self
+
+    def __len__(self) -> int:
+        return len(BatchSampler(self.sampler, self.batch_size, self.drop_last))
+
+    def augment(self, images: Tensor) -> Tensor:
+        """One batch (B, H, W, C) -> normalised float32 (B, C, S, S), drawing crops and flips."""
+        aug = self.augmentation
+        batch = images.shape[0]
+        if aug.size is not None:
+            span = images.shape[1] + 2 * aug.padding - aug.size + 1
+            top = torch.randint(0, span, (batch,))
+            left = torch.randint(0, span, (batch,))
+        else:
+            top = left = torch.zeros(batch, dtype=torch.int64)
+        flip = torch.rand(batch) < aug.flip_p if aug.flip_p > 0 else torch.zeros(batch, dtype=torch.bool)
+        if aug.size is not None or aug.flip_p > 0:
+            size = aug.size if aug.size is not None else images.shape[1]
+            images = crop_flip(images, top.to(self.device), left.to(self.device), flip.to(self.device),
+                               size, aug.padding)
+        # (B, H, W, C) viewed as NCHW is already channels_last; the float copy keeps that order.
+        out = images.permute(0, 3, 1, 2).float()
+        mean, std = self._mean.to(out.device)[:, None, None], self._std.to(out.device)[:, None, None]
+        if aug.divisor != 1.0:
+            out = out.div_(aug.divisor)
+        return out.sub_(mean).div_(std)
+
+    def __iter__(self) -> Iterator[List[Tensor]]:
+        for indices in BatchSampler(self.sampler, self.batch_size, self.drop_last):
+            index = torch.as_tensor(indices, dtype=torch.int64)
+            on_device = index.to(self.device)
+            batch = [self.augment(self.images[on_device]), self.targets[on_device]]
+            if self.with_index:
+                batch.append(index)
+            yield batch
+
+
+# Item getters whose only work is `transform(image), target`: subclasses that return more (CRD's
+# contrastive indices) or load differently keep the DataLoader.
+PLAIN_GETITEMS = (datasets.CIFAR10.__getitem__, DigitsDataset.__getitem__)
+
+
+def _images_and_targets(dataset: Dataset) -> Optional[Tuple[Tensor, List[int], bool]]:
+    """The in-memory NHWC images of a torchvision CIFAR (`data`, uint8 NHWC numpy) or digits
+    (`images`, float NCHW tensor) dataset, its targets and whether they are uint8."""
+    if type(dataset).__getitem__ not in PLAIN_GETITEMS:
+        return None
+    data = getattr(dataset, "data", None)
+    if isinstance(data, np.ndarray) and data.dtype == np.uint8 and data.ndim == 4 and data.shape[-1] in (1, 3):
+        return torch.from_numpy(data), list(dataset.targets), True
+    images = getattr(dataset, "images", None)
+    if isinstance(images, Tensor) and images.ndim == 4 and images.is_floating_point():
+        return images.permute(0, 2, 3, 1).contiguous(), list(dataset.targets), False
+    return None
+
+
+def fast_loader(dataset: Dataset, batch_size: int, shuffle: bool, sampler: Optional[Sampler] = None) -> Optional[InMemoryLoader]:
+    """An :class:`InMemoryLoader` equivalent to ``DataLoader(dataset, ...)``, or None if `dataset`
+    is not an in-memory set (or an InstanceDataset around one) whose transform it can batch."""
+    base = dataset.dataset if type(dataset) is InstanceDataset else dataset
+    found = _images_and_targets(base)
+    if found is None or getattr(base, "target_transform", None) is not None:
+        return None
+    images, targets, uint8 = found
+    transform = getattr(base, "transform", None)
+    augmentation = BatchedAugmentation() if transform is None and not uint8 else (
+        batched_augmentation(transform, uint8) if transform is not None else None)
+    if augmentation is None:
+        return None
+    return InMemoryLoader(dataset, images, targets, augmentation, batch_size, shuffle=shuffle, sampler=sampler,
+                          with_index=type(dataset) is InstanceDataset)
