@@ -85,8 +85,6 @@ def crop_flip(images: Tensor, top: Tensor, left: Tensor, flip: Tensor, size: int
 
     `images` (B, H, W, C); `top`, `left` (B,) offsets in the padded image, in ``0..H+2p-size``;
     `flip` (B,) bool. Returns (B, size, size, C) of the same dtype, one gather for the whole batch.
-    The operations after the crop are torchvision's own (``div(255)``, ``sub_(mean).div_(std)``),
-    so for the same offsets the result equals its pipeline bit for bit.
     """
     batch, height, width, _ = images.shape
     padded = images.new_zeros(batch, height + 2 * padding, width + 2 * padding, images.shape[3])
@@ -135,33 +133,41 @@ class InMemoryLoader:
     def __len__(self) -> int:
         return len(BatchSampler(self.sampler, self.batch_size, self.drop_last))
 
-    def augment(self, images: Tensor) -> Tensor:
-        """One batch (B, H, W, C) -> normalised float32 (B, C, S, S), drawing crops and flips."""
+    def draw(self, batch: int) -> Tuple[Tensor, Tensor, Tensor]:
+        """Crop offsets (top, left) in the padded image and flip flags for `batch` images, on the CPU."""
         aug = self.augmentation
-        batch = images.shape[0]
         if aug.size is not None:
-            span = images.shape[1] + 2 * aug.padding - aug.size + 1
+            span = self.images.shape[1] + 2 * aug.padding - aug.size + 1
             top = torch.randint(0, span, (batch,))
             left = torch.randint(0, span, (batch,))
         else:
             top = left = torch.zeros(batch, dtype=torch.int64)
         flip = torch.rand(batch) < aug.flip_p if aug.flip_p > 0 else torch.zeros(batch, dtype=torch.bool)
+        return top, left, flip
+
+    def apply(self, images: Tensor, top: Tensor, left: Tensor, flip: Tensor) -> Tensor:
+        """(B, H, W, C) images -> normalised float32 (B, C, S, S) for the given draws.
+
+        After the crop come torchvision's own operations (``div(255)`` of ToTensor,
+        ``sub_(mean).div_(std)`` of Normalize), so the result equals its pipeline bit for bit.
+        """
+        aug = self.augmentation
         if aug.size is not None or aug.flip_p > 0:
             size = aug.size if aug.size is not None else images.shape[1]
-            images = crop_flip(images, top.to(self.device), left.to(self.device), flip.to(self.device),
+            images = crop_flip(images, top.to(images.device), left.to(images.device), flip.to(images.device),
                                size, aug.padding)
         # (B, H, W, C) viewed as NCHW is already channels_last; the float copy keeps that order.
         out = images.permute(0, 3, 1, 2).float()
-        mean, std = self._mean.to(out.device)[:, None, None], self._std.to(out.device)[:, None, None]
         if aug.divisor != 1.0:
             out = out.div_(aug.divisor)
+        mean, std = self._mean.to(out.device)[:, None, None], self._std.to(out.device)[:, None, None]
         return out.sub_(mean).div_(std)
 
     def __iter__(self) -> Iterator[List[Tensor]]:
         for indices in BatchSampler(self.sampler, self.batch_size, self.drop_last):
             index = torch.as_tensor(indices, dtype=torch.int64)
             on_device = index.to(self.device)
-            batch = [self.augment(self.images[on_device]), self.targets[on_device]]
+            batch = [self.apply(self.images[on_device], *self.draw(len(indices))), self.targets[on_device]]
             if self.with_index:
                 batch.append(index)
             yield batch
