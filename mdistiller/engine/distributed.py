@@ -62,11 +62,14 @@ def local_device(device: torch.device) -> torch.device:
 def _silence_print() -> None:
     """Processes other than rank 0 print only with ``print(..., force=True)`` (as DeiT / MAE do)."""
     original = builtins.print
+    if getattr(original, "silenced", False):
+        return
 
     def print_on_main(*args, force: bool = False, **kwargs) -> None:
         if force:
             original(*args, **kwargs)
 
+    print_on_main.silenced = True
     builtins.print = print_on_main
 
 
@@ -76,14 +79,13 @@ def init_distributed(cfg: CN, device: torch.device) -> bool:
         return False
     if cfg.DISTRIBUTED.SYNC_BN and device.type != "cuda":
         raise ConfigError("DISTRIBUTED.SYNC_BN needs CUDA (SyncBatchNorm has no CPU kernel); set it False.")
-    if is_distributed():
-        return True
-    backend = cfg.DISTRIBUTED.BACKEND
-    if backend == "auto":
-        backend = "nccl" if device.type == "cuda" else "gloo"
     if device.type == "cuda":
         torch.cuda.set_device(local_device(device))
-    dist.init_process_group(backend=backend)
+    if not is_distributed():  # a caller may have joined a group already (another init_method)
+        backend = cfg.DISTRIBUTED.BACKEND
+        if backend == "auto":
+            backend = "nccl" if device.type == "cuda" else "gloo"
+        dist.init_process_group(backend=backend)
     if not is_main_process():
         _silence_print()
     return True
