@@ -23,3 +23,15 @@ def tool():
 def e2e_full():
     """True when the end-to-end tests should run at full size (make test-full)."""
     return os.environ.get("MDISTILLER_E2E") == "full"
+
+
+@pytest.fixture
+def one_thread():
+    """One intra-op thread for the test: on a shared 2-core machine, the OpenMP barriers of small ops
+    otherwise wait for descheduled threads, making a test 10-100x slower (results are unchanged)."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -16,6 +16,8 @@ from test_trainer import make_trainer
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 def solver(amp, dtype="bfloat16"):
     node = CN()
     node.AMP, node.AMP_DTYPE = amp, dtype

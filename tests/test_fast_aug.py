@@ -21,6 +21,8 @@ PAD = 4
 SPAN = 2 * PAD + 1
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 def torchvision_view(image: np.ndarray, top: int, left: int, flip: bool) -> torch.Tensor:
     """torchvision's functional ops for one given draw: pad, crop, flip, ToTensor, Normalize."""
     pil = TF.crop(TF.pad(Image.fromarray(image), PAD), top, left, 32, 32)

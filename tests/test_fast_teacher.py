@@ -15,6 +15,8 @@ from mdistiller.engine.fast_teacher import InferenceTeacher, fold_batchnorm
 from mdistiller.models import cifar_model_dict
 
 
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 def randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
     """Non-trivial BN statistics and affine parameters, as a trained teacher has."""
     generator = torch.Generator().manual_seed(seed)
