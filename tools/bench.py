@@ -7,13 +7,15 @@ batch size.
 
 --baseline  also time the configured distiller in float32 eager mode without the fast path
             (SOLVER.AMP/CHANNELS_LAST/FAST_TEACHER/COMPILE off) and report the speed-up
+--ablation  the same, switching the fast path on one piece at a time (channels_last, autocast)
 --data      also time the CIFAR-100 training loader: DATASET.FAST_AUG against torchvision's PIL
             pipeline with DATASET.NUM_WORKERS workers
 
 The JSON holds `device`, `batch_size`, `student_only`, `floor`, `distiller` (each with `img_per_s`,
 `step_ms`, `peak_mem_mb`, `gflops_per_img`, `extra_params`), `overhead_vs_floor`,
-`overhead_vs_student`, `methods` (every method timed, each with its overheads), the settings and
-the load average. Timings are medians over turns (mdistiller/engine/benchmark.py).
+`overhead_vs_student`, `methods` (every method timed, each with its overheads; the configured one
+with `variants`, each with `speedup`, under --baseline / --ablation), the settings and the load
+average. Timings are medians over turns (mdistiller/engine/benchmark.py).
 """
 
 import argparse
@@ -23,7 +25,7 @@ from typing import Dict, List, Optional
 import _path  # noqa: F401
 
 from mdistiller.distillers import distiller_dict
-from mdistiller.engine.benchmark import loader_throughput, run_benchmark
+from mdistiller.engine.benchmark import ABLATION, EAGER_FP32, loader_throughput, run_benchmark
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.cli import run_tool
 from mdistiller.errors import ConfigError
@@ -50,8 +52,8 @@ def table(record: Dict) -> str:
             lines.append(f"| {method} | failed: {entry['error']} | | | | | | |")
             continue
         lines.append(row(method, entry, entry["overhead_vs_floor"], entry["overhead_vs_student"]))
-        if "eager_fp32" in entry:
-            lines.append(row(f"{method}, fp32 eager, no fast path", entry["eager_fp32"]))
+        for name, variant in entry.get("variants", {}).items():
+            lines.append(row(f"{method}: {name} (defaults {variant['speedup']:.2f}x faster)", variant))
     return "\n".join(lines)
 
 
@@ -80,6 +82,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--all", action="store_true", help="every registered distiller")
     parser.add_argument("--methods", default=None, help="comma-separated distillers instead of the configured one")
     parser.add_argument("--baseline", action="store_true", help="also time fp32 eager without the fast path")
+    parser.add_argument("--ablation", action="store_true", help="also time the fast path one piece at a time")
     parser.add_argument("--data", action="store_true", help="also time the CIFAR-100 training loader")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
     args, opts = parser.parse_known_args(argv)
@@ -87,7 +90,8 @@ def main(argv: Optional[List[str]] = None) -> None:
         raise ConfigError("--iters must be at least 1 and --warmup at least 0.")
     cfg = build_cfg(args.cfg, opts)
     methods = selected_methods(cfg.DISTILLER.TYPE, args.all, args.methods)
-    record = run_benchmark(cfg, methods, iters=args.iters, warmup=args.warmup, eager_baseline=args.baseline)
+    variants = ABLATION if args.ablation else {"fp32 eager, no fast path": EAGER_FP32} if args.baseline else None
+    record = run_benchmark(cfg, methods, iters=args.iters, warmup=args.warmup, variants=variants)
     if args.data:
         record["data"] = loader_throughput(cfg)
     settings = record["settings"]

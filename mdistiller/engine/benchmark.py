@@ -33,7 +33,7 @@ from mdistiller.engine.build import build_model, build_teacher, teacher_checkpoi
 from mdistiller.engine.trainer import trainer_dict
 from mdistiller.engine.utils import resolve_device
 
-__all__ = ["DATASET_SHAPES", "EAGER_FP32", "PeakMemory", "Subject", "TeacherFloor", "loader_throughput",
+__all__ = ["ABLATION", "DATASET_SHAPES", "EAGER_FP32", "PeakMemory", "Subject", "TeacherFloor", "loader_throughput",
            "run_benchmark"]
 
 # (training images, classes) per DATASET.TYPE, without reading the data.
@@ -42,6 +42,12 @@ DATASET_SHAPES = {"cifar100": (50000, 100), "digits": (1437, 10), "tiny_imagenet
 # The reference the speed targets are stated against: float32, eager, no fast path.
 EAGER_FP32 = {"SOLVER.AMP": False, "SOLVER.CHANNELS_LAST": False, "SOLVER.FAST_TEACHER": False,
               "SOLVER.COMPILE": False}
+# The fast path switched on one piece at a time, from EAGER_FP32 up to the defaults.
+ABLATION = {
+    "fp32 eager, no fast path": EAGER_FP32,
+    "+ channels_last": dict(EAGER_FP32, **{"SOLVER.CHANNELS_LAST": True}),
+    "+ autocast": dict(EAGER_FP32, **{"SOLVER.CHANNELS_LAST": True, "SOLVER.AMP": True}),
+}
 
 
 class TeacherFloor(Distiller):
@@ -188,11 +194,12 @@ def _measure_in_turns(subjects: List[Subject], iters: int, warmup: int) -> Dict[
 
 
 def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int = 3,
-                  eager_baseline: bool = False) -> Dict:
+                  variants: Optional[Dict[str, Dict[str, object]]] = None) -> Dict:
     """Student alone, floor and each of `methods` on `cfg`'s pair, device and batch size.
 
-    Returns the record tools/bench.py writes as JSON (see there). `eager_baseline` also times the
-    configured distiller in float32 eager mode without the fast path (EAGER_FP32).
+    Returns the record tools/bench.py writes as JSON (see there). `variants` ({name: {KEY: value}})
+    are other settings of the configured distiller timed in the same turns (e.g. EAGER_FP32); each
+    gets its summary and the configured one's speed-up over it.
     """
     device = resolve_device(cfg.SOLVER.DEVICE)
     num_data, num_classes = DATASET_SHAPES.get(cfg.DATASET.TYPE, (50000, 100))
@@ -232,8 +239,8 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
         try:
             measured = subject(method, method_cfg, distiller_dict[method])
             turns = [base, floor, measured]
-            if eager_baseline and method == cfg.DISTILLER.TYPE:
-                turns.append(subject(f"{method} eager fp32", _with(method_cfg, EAGER_FP32), distiller_dict[method]))
+            if variants and method == cfg.DISTILLER.TYPE:
+                turns += [subject(name, _with(method_cfg, keys), distiller_dict[method]) for name, keys in variants.items()]
             window = _measure_in_turns(turns, iters, warmup)
         except Exception as err:  # one method failing must not hide the others' numbers
             record["methods"][method] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
@@ -241,10 +248,12 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
         entry = measured.summary()
         entry["overhead_vs_floor"] = statistics.median(window[method]) / statistics.median(window["floor"])
         entry["overhead_vs_student"] = statistics.median(window[method]) / statistics.median(window["student_only"])
-        if len(turns) == 4:
-            eager = turns[3].summary()
-            entry["eager_fp32"] = eager
-            entry["speedup_vs_eager_fp32"] = entry["img_per_s"] / eager["img_per_s"]
+        if len(turns) > 3:
+            entry["variants"] = {}
+            for variant in turns[3:]:
+                summary = variant.summary()
+                summary["speedup"] = entry["img_per_s"] / summary["img_per_s"]
+                entry["variants"][variant.name] = summary
         record["methods"][method] = entry
         del measured, turns
     record["student_only"] = base.summary()
