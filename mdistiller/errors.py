@@ -1,11 +1,24 @@
 """Errors a user can cause. Each carries the fix in its message.
 
 The tools catch :class:`UserError`, print its message on one line and exit with status 2.
+:class:`TrainingStopped` is not an error: a run stopped on request (SIGINT, SIGTERM) after saving.
 """
+
+import re
+
+# How torch's DataLoader re-raises an exception from a worker: "Caught X in DataLoader worker
+# process N.\nOriginal Traceback (most recent call last): ...\nmodule.X: <message>".
+WORKER_TRACEBACK = re.compile(r"^Caught \w+ in DataLoader worker process \d+\.\nOriginal Traceback")
 
 
 class UserError(Exception):
     """Base class of every error caused by user input rather than by a bug."""
+
+    def __str__(self) -> str:
+        text = super().__str__()
+        if WORKER_TRACEBACK.match(text):  # keep the worker's own one-line message, not its traceback
+            text = text.rstrip().splitlines()[-1].split(": ", 1)[-1]
+        return text
 
 
 class ConfigError(UserError):
@@ -23,6 +36,10 @@ class DatasetNotFoundError(UserError):
     """A dataset directory or file that is not where the config says it is."""
 
 
+class UnreadableImageError(UserError):
+    """An image file of a dataset that cannot be decoded (with DATASET.SKIP_UNREADABLE False)."""
+
+
 class CheckpointError(UserError):
     """A checkpoint that is missing, truncated, corrupt, unsafe or of another architecture."""
 
@@ -33,3 +50,11 @@ class NonFiniteLossError(UserError):
 
 class OutputDirError(UserError):
     """An output directory that cannot be created or written."""
+
+
+class TrainingStopped(Exception):
+    """Training stopped cleanly on a signal after saving `latest`; `exit_code` is 128 + the signal number."""
+
+    def __init__(self, message: str, exit_code: int) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code

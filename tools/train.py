@@ -2,20 +2,27 @@
 
     python tools/train.py --cfg configs/cifar100/kd/res32x4_res8x4.yaml [KEY VALUE | KEY=VALUE | --KEY=VALUE ...]
     python tools/train.py --cfg ... --resume [RUN_DIR | CHECKPOINT]
+    python tools/train.py --resume RUN_DIR | CHECKPOINT [KEY VALUE ...]   # the config saved in the checkpoint
+
+`--resume` continues in the run directory (the checkpoint's directory), so a run can be extended
+with more epochs (SOLVER.EPOCHS) where it is. Without --cfg the checkpoint's own config is used,
+with the command line's overrides on top.
 """
 
 import argparse
 import os
 import re
 import sys
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import _path  # noqa: F401
+from yacs.config import CfgNode as CN
 
-from mdistiller.engine.cfg import build_cfg
+from mdistiller.engine.cfg import build_cfg, load_cfg_text, merge_overrides
+from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.engine.cli import run_tool
 from mdistiller.engine.run import train_run
-from mdistiller.errors import CheckpointError
+from mdistiller.errors import CheckpointError, ConfigError
 
 CONFIG_KEY = re.compile(r"^(--)?[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+(=.*)?$")
 
@@ -51,13 +58,31 @@ def resume_target(resume: Union[bool, str]) -> Tuple[Optional[str], Union[bool, 
     return None, resume
 
 
+def saved_cfg(checkpoint: str, opts: Sequence[str]) -> CN:
+    """The config a checkpoint was trained with, the command-line overrides merged on top."""
+    state = load_checkpoint(checkpoint)
+    if not state.get("cfg"):
+        raise CheckpointError(f"{checkpoint} holds no config: pass the run's config file with --cfg.")
+    cfg = load_cfg_text(state["cfg"])
+    cfg.defrost()
+    merge_overrides(cfg, opts)
+    cfg.freeze()
+    return cfg
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     argv, resume = split_resume(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(description="Knowledge-distillation training.")
     parser.add_argument("--cfg", type=str, default="", help="YAML config file")
     args, opts = parser.parse_known_args(argv)
-    cfg = build_cfg(args.cfg, opts)
     run_dir, resume = resume_target(resume)
+    if args.cfg or not resume:
+        cfg = build_cfg(args.cfg, opts)
+    elif isinstance(resume, str):
+        cfg = saved_cfg(resume, opts)
+    else:
+        raise ConfigError("--resume without a path needs --cfg to find the run; or give the run directory: "
+                          "--resume output/<project>/<name>.")
     train_run(cfg, opts, resume=resume, run_dir=run_dir)
 
 

@@ -9,18 +9,19 @@ per item) and the builders wrap it in :class:`InstanceDataset` last, so a contra
 wrap ``train_set.dataset`` (or ``train_set``) instead without touching the builders.
 """
 
+import warnings
 from pathlib import Path
-from typing import Any, Callable, List, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from torchvision.datasets import ImageFolder
 from yacs.config import CfgNode
 
-from mdistiller.errors import ConfigError, DatasetNotFoundError
+from mdistiller.errors import ConfigError, DatasetNotFoundError, UnreadableImageError
 from mdistiller.registry import Registry
 
-__all__ = ["STANDARD_IMAGE_SIZE", "dataset_registry", "InstanceDataset", "dataset_root", "image_size",
-           "load_image_folder_pair"]
+__all__ = ["STANDARD_IMAGE_SIZE", "dataset_registry", "InstanceDataset", "ReadableImageFolder", "UnreadableImageWarning",
+           "collate_readable", "dataset_root", "image_size", "load_image_folder_pair"]
 
 dataset_registry = Registry("dataset")
 
@@ -59,6 +60,56 @@ class InstanceDataset(Dataset):
         return f"{type(self).__name__}({self.dataset!r})"
 
 
+class UnreadableImageWarning(UserWarning):
+    """An image file skipped because it cannot be decoded (DATASET.SKIP_UNREADABLE True)."""
+
+
+# What PIL raises for a file it cannot decode: unknown format (UnidentifiedImageError is an
+# OSError), truncated data (OSError), a broken PNG chunk (SyntaxError), bad header values (ValueError).
+DECODE_ERRORS = (OSError, SyntaxError, ValueError)
+
+
+class ReadableImageFolder(ImageFolder):
+    """An :class:`~torchvision.datasets.ImageFolder` that names an image file it cannot decode.
+
+    By default such a file raises :class:`~mdistiller.errors.UnreadableImageError`; with
+    `skip_unreadable` it gives a :class:`UnreadableImageWarning` naming the file and an item whose
+    image is None, which :func:`collate_readable` leaves out of its batch.
+    """
+
+    def __init__(self, root: str, transform: Optional[Callable] = None, skip_unreadable: bool = False) -> None:
+        super().__init__(root, transform=transform)
+        self.skip_unreadable = skip_unreadable
+
+    def __getitem__(self, index: int) -> Tuple[Any, int]:
+        path, target = self.samples[index]
+        try:
+            sample = self.loader(path)
+        except DECODE_ERRORS as error:
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())}"
+            if not self.skip_unreadable:
+                raise UnreadableImageError(
+                    f"Cannot read image {path} ({reason}); replace or delete the file, or set "
+                    "DATASET.SKIP_UNREADABLE True to skip unreadable images with a warning."
+                ) from None
+            warnings.warn(f"Skipping unreadable image {path} ({reason}).", UnreadableImageWarning)
+            return None, target
+        if self.transform is not None:
+            sample = self.transform(sample)
+        if self.target_transform is not None:
+            target = self.target_transform(target)
+        return sample, target
+
+
+def collate_readable(items: Sequence[Any]) -> Any:
+    """``default_collate`` of the items, leaving out those whose image (first element) is None."""
+    kept = [item for item in items if not (isinstance(item, (tuple, list)) and item[0] is None)]
+    if not kept:
+        raise UnreadableImageError(f"All {len(items)} images of a batch are unreadable (see the warnings "
+                                   "above): check the dataset files.")
+    return default_collate(kept)
+
+
 def dataset_root(cfg: CfgNode) -> Path:
     """``cfg.DATASET.ROOT`` as an absolute path (relative paths resolve against the working dir)."""
     return Path(cfg.DATASET.ROOT).expanduser().absolute()
@@ -70,6 +121,7 @@ def image_size(cfg: CfgNode) -> int:
     if size > 0:
         return size
     if cfg.DATASET.TYPE not in STANDARD_IMAGE_SIZE:
+        dataset_registry.get(cfg.DATASET.TYPE)  # an unknown name fails first, listing the known ones
         raise ConfigError(
             f"DATASET.IMAGE_SIZE is 0 (the dataset's standard size) but '{cfg.DATASET.TYPE}' has none; set it."
         )
@@ -83,8 +135,9 @@ def load_image_folder_pair(
     train_transform: Callable,
     val_transform: Callable,
     layout: str,
+    skip_unreadable: bool = False,
 ) -> Tuple[ImageFolder, ImageFolder]:
-    """Train and val :class:`~torchvision.datasets.ImageFolder` sets with one-line errors.
+    """Train and val :class:`ReadableImageFolder` sets with one-line errors (`skip_unreadable`: see there).
 
     Raises :class:`DatasetNotFoundError` naming the expected ``layout`` when a directory is missing
     or holds no class folder / image, and when val's class folders differ from train's (the labels
@@ -95,7 +148,7 @@ def load_image_folder_pair(
         if not split_dir.is_dir():
             raise DatasetNotFoundError(f"{name} not found at {split_dir}: expected {layout}")
         try:
-            sets.append(ImageFolder(str(split_dir), transform=transform))
+            sets.append(ReadableImageFolder(str(split_dir), transform=transform, skip_unreadable=skip_unreadable))
         except FileNotFoundError as error:
             raise DatasetNotFoundError(
                 f"{name} at {split_dir} has no usable images ({error}): expected {layout}"

@@ -70,5 +70,6 @@ def build_imagenet(cfg: CfgNode):
         imagenet_train_transform(),
         imagenet_val_transform(),
         layout,
+        skip_unreadable=bool(cfg.DATASET.get("SKIP_UNREADABLE", False)),
     )
     return InstanceDataset(train_set), val_set, len(train_set.classes)

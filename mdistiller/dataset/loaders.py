@@ -6,17 +6,19 @@ With ``DISTILLER.TYPE`` CRD the train set is instance-sampled, as in MDistiller:
 mode ``CRD.MODE``).
 """
 
+import os
+import signal
 from typing import Iterable, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
-from mdistiller.dataset.base import InstanceDataset, dataset_registry
+from mdistiller.dataset.base import InstanceDataset, collate_readable, dataset_registry
 from mdistiller.dataset.contrastive import ContrastiveInstanceDataset
 from mdistiller.dataset.fast_aug import fast_loader
 
-__all__ = ["build_datasets", "build_loaders", "contrastive_train_set", "get_dataset"]
+__all__ = ["build_datasets", "build_loaders", "contrastive_train_set", "get_dataset", "set_worker_signals"]
 
 # MDistiller draws CRD negatives with replacement on these; on CIFAR-100 only when K exceeds the pool.
 ALWAYS_REPLACE_NEGATIVES = ("imagenet", "tiny_imagenet")
@@ -27,6 +29,19 @@ def contrastive_train_set(cfg: CfgNode, train_set: Dataset) -> ContrastiveInstan
     base = train_set.dataset if isinstance(train_set, InstanceDataset) else train_set
     return ContrastiveInstanceDataset(base, k=int(cfg.CRD.NCE.K), mode=cfg.CRD.MODE,
                                       always_replace=cfg.DATASET.TYPE in ALWAYS_REPLACE_NEGATIVES)
+
+
+def quiet_exit(signum: int, frame) -> None:
+    os._exit(0)
+
+
+def set_worker_signals(worker_id: int) -> None:
+    """DataLoader worker start: ignore SIGINT (a Ctrl-C reaches the whole process group; the main
+    process stops cleanly and ends its workers) and leave with status 0 on SIGTERM (sent by the
+    main process to end a worker, or to every process by a scheduler: a status 0 keeps torch's
+    SIGCHLD handler from failing the main process while it finishes its step and saves)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, quiet_exit)
 
 
 def build_datasets(cfg: CfgNode) -> Tuple[Dataset, Dataset, int]:
@@ -55,15 +70,23 @@ def build_loaders(
     is crop / flip / normalise gets an :class:`~mdistiller.dataset.fast_aug.InMemoryLoader`
     (batched augmentation, on the training device); other sets get a DataLoader with
     ``DATASET.NUM_WORKERS`` workers, persistent when ``DATASET.PERSISTENT_WORKERS`` (default on) and
-    there are workers, pinned memory when ``DATASET.PIN_MEMORY`` ("auto": when CUDA is available)."""
+    there are workers, pinned memory when ``DATASET.PIN_MEMORY`` ("auto": when CUDA is available).
+
+    With ``EXPERIMENT.DETERMINISTIC`` workers are not persistent: each epoch starts them afresh,
+    seeded from that epoch's seed, so a resumed run draws the same augmentations as an
+    uninterrupted one. Workers ignore SIGINT / SIGTERM (:func:`set_worker_signals`); batches leave
+    out images an ImageFolder could not read (:func:`~mdistiller.dataset.base.collate_readable`)."""
     dataset_cfg = cfg.DATASET
     num_workers = int(dataset_cfg.NUM_WORKERS)
     pin_memory = dataset_cfg.get("PIN_MEMORY", "auto")
+    deterministic = bool(cfg.get("EXPERIMENT", {}).get("DETERMINISTIC", False))
     common = dict(
         num_workers=num_workers,
         pin_memory=torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory),
-        persistent_workers=num_workers > 0 and bool(dataset_cfg.get("PERSISTENT_WORKERS", True)),
+        persistent_workers=num_workers > 0 and bool(dataset_cfg.get("PERSISTENT_WORKERS", True)) and not deterministic,
         drop_last=False,
+        collate_fn=collate_readable,
+        worker_init_fn=set_worker_signals,
     )
     fast = bool(dataset_cfg.get("FAST_AUG", False))
     train_batch, val_batch = int(cfg.SOLVER.BATCH_SIZE), int(dataset_cfg.TEST.BATCH_SIZE)

@@ -110,5 +110,6 @@ def build_tiny_imagenet(cfg: CfgNode):
         tiny_imagenet_train_transform(),
         tiny_imagenet_val_transform(),
         layout,
+        skip_unreadable=bool(cfg.DATASET.get("SKIP_UNREADABLE", False)),
     )
     return InstanceDataset(train_set), val_set, len(train_set.classes)

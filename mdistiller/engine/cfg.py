@@ -35,6 +35,7 @@ CFG.DATASET.NUM_WORKERS = 2
 CFG.DATASET.FAST_AUG = True
 CFG.DATASET.PIN_MEMORY = "auto"
 CFG.DATASET.PERSISTENT_WORKERS = True
+CFG.DATASET.SKIP_UNREADABLE = False  # ImageFolder sets: skip an undecodable image with a warning instead of failing
 CFG.DATASET.TEST = CN()
 CFG.DATASET.TEST.BATCH_SIZE = 64
 
@@ -62,6 +63,7 @@ CFG.SOLVER.AMP_DTYPE = "bfloat16"
 CFG.SOLVER.CHANNELS_LAST = "auto"
 CFG.SOLVER.FAST_TEACHER = True
 CFG.SOLVER.COMPILE = False
+CFG.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN / inf (counted in the log) instead of stopping
 CFG.SOLVER.DOT = CN()
 CFG.SOLVER.DOT.DELTA = 0.075
 

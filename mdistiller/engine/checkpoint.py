@@ -17,6 +17,8 @@ from mdistiller.errors import CheckpointError
 
 # How torch's weights-only unpickler names an object it refuses to build.
 UNSAFE_GLOBAL = re.compile(r"Unsupported global: GLOBAL (\S+)")
+# Name prefix of the temporary file a write goes to before its rename.
+TMP_PREFIX = ".tmp_"
 
 
 def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
@@ -25,7 +27,7 @@ def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
     A crash at any moment leaves either the previous file or the new one, never a torn file.
     """
     directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp_path = tempfile.mkstemp(prefix=".tmp_" + os.path.basename(path), dir=directory)
+    fd, tmp_path = tempfile.mkstemp(prefix=TMP_PREFIX + os.path.basename(path), dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -41,6 +43,13 @@ def save_checkpoint(obj: Dict[str, Any], path: str) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def remove_stale_temporaries(directory: str) -> None:
+    """Delete the temporary files that writes killed before their rename (SIGKILL, power loss) left."""
+    for name in os.listdir(directory):
+        if name.startswith(TMP_PREFIX):
+            os.unlink(os.path.join(directory, name))
 
 
 def corrupt_checkpoint(path: str, why: str) -> CheckpointError:

@@ -26,9 +26,10 @@ from yacs.config import CfgNode as CN
 from mdistiller.errors import ConfigError
 
 __all__ = [
-    "NullLog", "ShardSampler", "broadcast_buffers", "cleanup_distributed", "init_distributed", "is_distributed",
-    "is_main_process", "local_device", "max_over_processes", "mean_over_processes", "rank", "reduce_meters",
-    "set_sampler_epoch", "shard_loaders", "sum_over_processes", "world_size", "wrap_ddp",
+    "NullLog", "ShardSampler", "all_gather_objects", "barrier", "broadcast_buffers", "cleanup_distributed",
+    "init_distributed", "is_distributed", "is_main_process", "local_device", "max_each_over_processes",
+    "max_over_processes", "mean_over_processes", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
+    "sum_over_processes", "world_size", "wrap_ddp",
 ]
 
 
@@ -132,12 +133,32 @@ def sum_over_processes(values: Sequence[float]) -> List[float]:
     return tensor.tolist()
 
 
-def max_over_processes(value: float) -> float:
+def max_each_over_processes(values: Sequence[float]) -> List[float]:
+    """Element-wise maxima of `values` over all processes (flags: 1.0 on any process gives 1.0)."""
     if not is_distributed():
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64, device=_reduce_device())
+        return [float(v) for v in values]
+    tensor = torch.tensor(list(values), dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
-    return float(tensor.item())
+    return tensor.tolist()
+
+
+def max_over_processes(value: float) -> float:
+    return max_each_over_processes([value])[0]
+
+
+def all_gather_objects(obj: object) -> List[object]:
+    """`obj` of every process, in rank order (picklable objects; `[obj]` on one process)."""
+    if not is_distributed():
+        return [obj]
+    gathered: List[object] = [None] * world_size()
+    dist.all_gather_object(gathered, obj)
+    return gathered
+
+
+def barrier() -> None:
+    """Wait for every process (a no-op on one process)."""
+    if is_distributed():
+        dist.barrier()
 
 
 def reduce_meters(meters: Dict[str, object]) -> None:

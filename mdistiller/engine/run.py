@@ -1,5 +1,6 @@
 """One training run from a config: data, models, distiller, trainer (tools/train.py and the demo)."""
 
+import os
 from typing import Optional, Sequence, Union
 
 from yacs.config import CfgNode as CN
@@ -9,7 +10,7 @@ from mdistiller.engine.build import build_distiller
 from mdistiller.engine.cfg import show_cfg
 from mdistiller.engine.distributed import cleanup_distributed, init_distributed, shard_loaders
 from mdistiller.engine.experiment import experiment_name
-from mdistiller.engine.trainer import Trainer, trainer_dict
+from mdistiller.engine.trainer import Trainer, ensure_writable_dir, trainer_dict
 from mdistiller.engine.utils import resolve_device, seed_everything
 
 
@@ -24,6 +25,8 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
     finished = False
     try:
         name, _ = experiment_name(cfg, opts)
+        run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, name)
+        ensure_writable_dir(run_dir)  # before the slow part: data and models
         seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
         if verbose:
             show_cfg(cfg)

@@ -1,32 +1,37 @@
 """The training loop shared by every distiller: step, validate, checkpoint, log, resume."""
 
+import math
 import os
+import signal
 import time
 from collections import OrderedDict
-from typing import Dict, Optional, Tuple, Union
+from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
 from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
 from mdistiller.engine.cfg import dump_cfg
-from mdistiller.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
-from mdistiller.engine.distributed import (NullLog, broadcast_buffers, is_main_process, local_device,
-                                           max_over_processes, mean_over_processes, rank, reduce_meters,
-                                           set_sampler_epoch, sum_over_processes, world_size, wrap_ddp)
+from mdistiller.engine.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
+from mdistiller.engine.distributed import (NullLog, all_gather_objects, barrier, broadcast_buffers, is_main_process,
+                                           local_device, max_each_over_processes, max_over_processes,
+                                           mean_over_processes, rank, reduce_meters, set_sampler_epoch,
+                                           sum_over_processes, world_size, wrap_ddp)
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.fast_path import channels_last_enabled, place_loader, prepare_distiller
 from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, WorkLog
 from mdistiller.engine.optim import build_optimizer
 from mdistiller.engine.schedule import learning_rate
+from mdistiller.engine.stop import StopSignals
 from mdistiller.engine.utils import (AverageMeter, accuracy, autocast_context, autocast_dtype, resolve_device, rng_state,
                                      seed_everything, set_rng_state)
-from mdistiller.errors import CheckpointError, NonFiniteLossError, OutputDirError
+from mdistiller.errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingStopped
 from mdistiller.registry import Registry
 
 trainer_dict = Registry("trainer")
 
 Losses = Dict[str, torch.Tensor]
+Meters = Dict[str, AverageMeter]
 
 
 def ensure_writable_dir(path: str) -> None:
@@ -56,6 +61,11 @@ class Trainer:
     inference copy, torch.compile. Under torchrun (mdistiller/engine/distributed.py) `train_model`
     is the DDP wrapper of `distiller`, metrics are reduced over processes and rank 0 alone logs and
     saves; `distiller` stays the bare module, so checkpoints are the same as on one process.
+
+    Reliability (docs/reliability.md): SIGINT / SIGTERM stop the run after the current step with
+    `latest` saved mid-epoch, and `train(resume=...)` continues from there exactly; a NaN / inf loss
+    term stops every process before its backward pass (or, with SOLVER.SKIP_NONFINITE, skips the
+    batch on every process). Both are agreed over processes in one all-reduce per step.
     """
 
     def __init__(self, experiment_name: str, distiller, train_loader, val_loader, cfg: CN,
@@ -78,6 +88,11 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.best_acc = -1.0
         self.wandb_id: Optional[str] = None
+        self.skip_nonfinite = bool(cfg.SOLVER.SKIP_NONFINITE)
+        self.skipped_steps = 0
+        self.stop = StopSignals(announce=False)  # the active one while train() runs
+        self.stop_signal = 0  # the signal every process agreed to stop on after this step, or 0
+        self.resume_progress: Optional[dict] = None  # where a mid-epoch checkpoint stopped
 
     # -- set-up -------------------------------------------------------------------------------
     def init_optimizer(self) -> torch.optim.Optimizer:
@@ -88,17 +103,22 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def train(self, resume: Union[bool, str] = False) -> float:
-        """Train to SOLVER.EPOCHS; `resume` is True (this run's `latest`) or a checkpoint path."""
+        """Train to SOLVER.EPOCHS; `resume` is True (this run's `latest`) or a checkpoint path.
+
+        Raises TrainingStopped after saving `latest` when SIGINT or SIGTERM arrives.
+        """
         epoch = 1
         metrics_file = MetricsFile(self.run_dir) if self.is_main else NullLog()
         if resume:
             path = os.path.join(self.run_dir, "latest") if resume is True else resume
             epoch = self.load_state(load_checkpoint(path)) + 1
             metrics_file.truncate_after(epoch - 1)
-            print(f"Resumed from {path} at epoch {epoch} (best_acc {self.best_acc:.2f}).")
+            step = f" step {self.resume_progress['step']}" if self.resume_progress else ""
+            print(f"Resumed from {path} at epoch {epoch}{step} (best_acc {self.best_acc:.2f}).")
         else:
             metrics_file.truncate_after(0)
         if self.is_main:
+            remove_stale_temporaries(self.run_dir)
             with open(os.path.join(self.run_dir, "cfg.yaml"), "w") as f:
                 f.write(dump_cfg(self.cfg))
         worklog = WorkLog(self.run_dir) if self.is_main else NullLog()
@@ -109,16 +129,20 @@ class Trainer:
             wandb_log = WandbLog(self.cfg, self.run_dir, self.experiment_name, tags, self.wandb_id)
             self.wandb_id = wandb_log.run_id
         try:
-            while epoch <= self.cfg.SOLVER.EPOCHS:
-                lr, metrics = self.train_epoch(epoch)
-                self.best_acc = max(self.best_acc, metrics["test_acc"])
-                worklog.log(epoch, lr, metrics)
-                tensorboard.log(epoch, dict(metrics, lr=lr))
-                metrics_file.log(dict(epoch=epoch, lr=lr, **metrics))
-                if wandb_log is not None:
-                    wandb_log.log(epoch, dict(metrics, lr=lr), self.best_acc)
-                self.save(epoch, metrics["test_acc"])
-                epoch += 1
+            with StopSignals(announce=self.is_main) as self.stop:
+                while epoch <= self.cfg.SOLVER.EPOCHS:
+                    signum = int(max_over_processes(self.stop.received or 0))  # one during validation or saving
+                    if signum:
+                        raise self.stopped(signum, epoch, 0)
+                    lr, metrics = self.train_epoch(epoch)
+                    self.best_acc = max(self.best_acc, metrics["test_acc"])
+                    worklog.log(epoch, lr, metrics)
+                    tensorboard.log(epoch, dict(metrics, lr=lr))
+                    metrics_file.log(dict(epoch=epoch, lr=lr, **metrics))
+                    if wandb_log is not None:
+                        wandb_log.log(epoch, dict(metrics, lr=lr), self.best_acc)
+                    self.save(epoch, metrics["test_acc"])
+                    epoch += 1
         finally:
             tensorboard.close()
             if wandb_log is not None:
@@ -133,27 +157,35 @@ class Trainer:
         lr = learning_rate(epoch, self.cfg.SOLVER) * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        meters = {"loss": AverageMeter(), "top1": AverageMeter(), "top5": AverageMeter()}
-        term_meters: Dict[str, AverageMeter] = {}
+        meters: Meters = {"loss": AverageMeter(), "top1": AverageMeter(), "top5": AverageMeter()}
+        term_meters: Meters = {}
+        self.skipped_steps = 0
         self.distiller.train()
-        bar = tqdm(total=len(self.train_loader), desc=f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS}",
+        batches = iter(self.train_loader)
+        first_step = self.restore_progress(batches, meters, term_meters)
+        bar = tqdm(total=len(self.train_loader), initial=first_step, desc=f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS}",
                    disable=not self.cfg.LOG.PROGRESS_BAR or not self.is_main, dynamic_ncols=True, leave=False)
         images_seen, start = 0, time.perf_counter()
-        for step, batch in enumerate(self.train_loader):
+        for step, batch in enumerate(batches, start=first_step):
             image, target, extra = self.to_device(batch)
             preds, losses, loss = self.train_iter(image, target, extra, epoch, step)
-            n = image.size(0)
-            images_seen += n
-            top1, top5 = accuracy(preds.detach().float(), target, topk=(1, 5))
-            meters["loss"].update(loss, n)
-            meters["top1"].update(top1, n)
-            meters["top5"].update(top5, n)
-            for name, value in losses.items():
-                term_meters.setdefault(name, AverageMeter()).update(value, n)
+            if losses is not None:
+                n = image.size(0)
+                images_seen += n
+                top1, top5 = accuracy(preds.detach().float(), target, topk=(1, 5))
+                meters["loss"].update(loss, n)
+                meters["top1"].update(top1, n)
+                meters["top5"].update(top5, n)
+                for name, value in losses.items():
+                    term_meters.setdefault(name, AverageMeter()).update(value, n)
             elapsed = time.perf_counter() - start
             bar.set_postfix(loss=f"{meters['loss'].avg:.4f}", top1=f"{meters['top1'].avg:.2f}",
                             img_s=f"{images_seen / max(elapsed, 1e-9):.0f}")
             bar.update()
+            if self.stop_signal:
+                bar.close()
+                self.save_progress(epoch, step + 1, meters, term_meters)
+                raise self.stopped(self.stop_signal, epoch, step + 1)
         bar.close()
         train_seconds = max_over_processes(time.perf_counter() - start)
         reduce_meters(meters)
@@ -169,9 +201,62 @@ class Trainer:
         )
         metrics.update((name, m.avg) for name, m in term_meters.items())
         metrics.update(train_seconds=train_seconds, img_per_s=images_seen / max(train_seconds, 1e-9))
+        skipped = ""
+        if self.skip_nonfinite:
+            metrics["skipped_steps"] = self.skipped_steps
+            skipped = f" | skipped {self.skipped_steps} non-finite steps" if self.skipped_steps else ""
         print(f"Epoch {epoch}: lr {lr:.4g} | train loss {metrics['train_loss']:.4f} top1 {metrics['train_acc']:.2f} "
-              f"| test top1 {test_acc:.2f} top5 {test_acc_top5:.2f} | {metrics['img_per_s']:.0f} img/s")
+              f"| test top1 {test_acc:.2f} top5 {test_acc_top5:.2f} | {metrics['img_per_s']:.0f} img/s{skipped}")
         return lr, metrics
+
+    def restore_progress(self, batches: Iterator, meters: Meters, term_meters: Meters) -> int:
+        """After resuming a mid-epoch checkpoint: skip the batches its steps used, restore the RNG
+        state and the epoch's running sums; returns the step to continue from (0 otherwise).
+
+        The skipped batches are drawn, not just counted, so the sampler, the augmentation and the
+        DataLoader workers' RNGs advance exactly as in an uninterrupted epoch.
+        """
+        progress, self.resume_progress = self.resume_progress, None
+        if not progress:
+            return 0
+        for _ in range(progress["step"]):
+            next(batches)
+        set_rng_state(progress["rng"])
+        self.skipped_steps = int(progress["skipped"])
+        if self.is_main:  # the saved sums are over every process; the others start from zero
+            for saved, target in ((progress["meters"], meters), (progress["terms"], term_meters)):
+                for name, (total, count) in saved.items():
+                    meter = target.setdefault(name, AverageMeter())
+                    meter.sum, meter.count = float(total), int(count)
+        return int(progress["step"])
+
+    def save_progress(self, epoch: int, step: int, meters: Meters, term_meters: Meters) -> None:
+        """Write `latest` after `step` steps of `epoch` (a clean stop); every process takes part."""
+        reduce_meters(meters)
+        reduce_meters(term_meters)
+        rng_of_ranks = all_gather_objects(rng_state())
+        if self.is_main:
+            state = self.state(epoch - 1)
+            state["rng_ranks"] = rng_of_ranks
+            state["progress"] = {
+                "epoch": epoch,
+                "step": step,
+                "skipped": self.skipped_steps,
+                "meters": {name: [m.sum, m.count] for name, m in meters.items()},
+                "terms": {name: [m.sum, m.count] for name, m in term_meters.items()},
+            }
+            save_checkpoint(state, os.path.join(self.run_dir, "latest"))
+        barrier()  # no process exits (and has torchrun end the others) before rank 0 has saved
+
+    def stopped(self, signum: int, epoch: int, step: int) -> TrainingStopped:
+        """The exception ending a run stopped by `signum` after `step` steps of `epoch`."""
+        where = f"epoch {epoch} step {step}/{len(self.train_loader)}" if step else f"the end of epoch {epoch - 1}"
+        command = f"python tools/train.py --resume {self.run_dir}"
+        if world_size() > 1:
+            command = f"tools/train.py --resume {self.run_dir} under the same torchrun command"
+        return TrainingStopped(
+            f"Stopped by {signal.Signals(signum).name} at {where}; 'latest' saved in {self.run_dir}. "
+            f"Resume with: {command}", 128 + signum)
 
     def to_device(self, batch) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         image, target = batch[0], batch[1]
@@ -183,14 +268,28 @@ class Trainer:
         return image, target.to(self.device, non_blocking=True), extra
 
     def train_iter(self, image: torch.Tensor, target: torch.Tensor, extra: Dict[str, torch.Tensor],
-                   epoch: int, step: int) -> Tuple[torch.Tensor, Dict[str, float], float]:
-        """One optimisation step; returns predictions, each loss term and the total as floats."""
+                   epoch: int, step: int) -> Tuple[torch.Tensor, Optional[Dict[str, float]], float]:
+        """One optimisation step; returns predictions, each loss term and the total as floats.
+
+        A skipped step (a non-finite term with SOLVER.SKIP_NONFINITE) returns None for the terms and
+        leaves no trace: no optimizer step, and the buffers (BatchNorm statistics) it changed restored.
+        """
+        buffers = [b.clone() for b in self.trained_buffers()] if self.skip_nonfinite else []
         with self.autocast():
             preds, losses = self.train_model(image=image, target=target, epoch=epoch, **extra)
         losses = {name: value.mean() for name, value in losses.items()}
-        values = self.check_finite(losses, epoch, step)
+        values = {name: float(value.detach()) for name, value in losses.items()}
+        if not self.agree_on_step(values, epoch, step):
+            for buffer, saved in zip(self.trained_buffers(), buffers):
+                buffer.copy_(saved)
+            self.skipped_steps += 1
+            return preds, None, float("nan")
         self.backward_and_step(losses)
         return preds, values, sum(values.values())
+
+    def trained_buffers(self) -> List[torch.Tensor]:
+        """Buffers a training step may change: all but the frozen teacher's."""
+        return [b for name, b in self.distiller.named_buffers() if not name.startswith("teacher.")]
 
     def backward_and_step(self, losses: Losses) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -198,17 +297,31 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
 
-    def check_finite(self, losses: Losses, epoch: int, step: int) -> Dict[str, float]:
-        """Loss terms as floats; NonFiniteLossError naming the term when one is NaN or inf."""
-        values = {name: float(value.detach()) for name, value in losses.items()}
-        bad = [name for name, value in values.items() if not torch.isfinite(torch.tensor(value))]
-        if bad:
-            raise NonFiniteLossError(
-                f"Non-finite loss {', '.join(f'{n}={values[n]}' for n in bad)} at epoch {epoch} step {step}; "
-                f"'latest' in {self.run_dir} holds the last good state. Lower SOLVER.LR or the loss weights, "
-                "or turn off SOLVER.AMP, then resume with --resume."
-            )
-        return values
+    def agree_on_step(self, values: Dict[str, float], epoch: int, step: int) -> bool:
+        """Whether to take this step, agreed by every process before any starts its backward pass.
+
+        One all-reduce (MAX) of a flag per loss term and of the stop signal number: a term that is
+        NaN or inf on any process raises NonFiniteLossError on every process (naming the term, epoch
+        and step), or with SOLVER.SKIP_NONFINITE returns False on every process. Sets `stop_signal`.
+        """
+        flags = [0.0 if math.isfinite(v) else 1.0 for v in values.values()]
+        *flags, signum = max_each_over_processes(flags + [float(self.stop.received or 0)])
+        self.stop_signal = int(signum)
+        bad = [name for name, flag in zip(values, flags) if flag]
+        if not bad:
+            return True
+        if self.skip_nonfinite:
+            return False
+        terms = ", ".join(f"{n}={values[n]}" if not math.isfinite(values[n]) else f"{n} (on another process)"
+                          for n in bad)
+        latest = os.path.join(self.run_dir, "latest")
+        kept = (f"'latest' in {self.run_dir} holds the last good state" if os.path.isfile(latest)
+                else "no checkpoint was written")
+        raise NonFiniteLossError(
+            f"Non-finite loss {terms} at epoch {epoch} step {step}; {kept}. Lower SOLVER.LR or the loss "
+            "weights, or turn off SOLVER.AMP, then resume with --resume; or set SOLVER.SKIP_NONFINITE True "
+            "to skip such batches."
+        )
 
     def validate(self) -> Tuple[float, float, float]:
         """Top-1, top-5 (percent) and mean cross-entropy on the validation set."""
@@ -268,6 +381,11 @@ class Trainer:
             set_rng_state(state["rng"])
         self.best_acc = float(state.get("best_acc", -1.0))
         self.wandb_id = state.get("wandb_id") or None
+        progress = state.get("progress")
+        if progress:  # a clean stop mid-epoch: train_epoch continues after its last step
+            ranks = state.get("rng_ranks") or []
+            rng = ranks[rank()] if len(ranks) == world_size() else state["rng"]
+            self.resume_progress = dict(progress, rng=rng)
         return int(state["epoch"])
 
 
