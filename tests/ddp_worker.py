@@ -5,6 +5,9 @@
 Sets the variables torchrun would (RANK, LOCAL_RANK, WORLD_SIZE), joins a gloo process group
 through a FileStore (so no TCP port is opened; gloo's own sockets stay on the interface named by
 GLOO_SOCKET_IFNAME, the loopback in the tests), then runs tools/train.py as `python tools/train.py`.
+
+With MDISTILLER_TEST_NONFINITE=CALL in its environment, the process's CALL-th training forward pass
+(of the NONE distiller) returns a NaN cross-entropy, for tests/test_reliability_processes.py.
 """
 
 import os
@@ -13,11 +16,33 @@ import sys
 
 import torch.distributed as dist
 
-TRAIN = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tools", "train.py")
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
+
+
+def poison_forward_train(call: int) -> None:
+    """The NONE distiller's `call`-th forward_train in this process returns loss_ce NaN."""
+    sys.path.insert(0, REPO_ROOT)
+    from mdistiller.distillers import distiller_dict
+
+    cls = distiller_dict["NONE"]
+    original, calls = cls.forward_train, [0]
+
+    def forward_train(self, image, target, **batch):
+        calls[0] += 1
+        logits, losses = original(self, image, target, **batch)
+        if calls[0] == call:
+            losses = dict(losses, loss_ce=losses["loss_ce"] * float("nan"))
+        return logits, losses
+
+    cls.forward_train = forward_train
+
 
 if __name__ == "__main__":
     store_file, rank, world = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
+    if os.environ.get("MDISTILLER_TEST_NONFINITE"):
+        poison_forward_train(int(os.environ["MDISTILLER_TEST_NONFINITE"]))
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     sys.argv = [TRAIN, *sys.argv[4:]]
     sys.path.insert(0, os.path.dirname(TRAIN))

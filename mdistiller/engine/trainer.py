@@ -302,7 +302,8 @@ class Trainer:
 
         One all-reduce (MAX) of a flag per loss term and of the stop signal number: a term that is
         NaN or inf on any process raises NonFiniteLossError on every process (naming the term, epoch
-        and step), or with SOLVER.SKIP_NONFINITE returns False on every process. Sets `stop_signal`.
+        and step, counted from 1), or with SOLVER.SKIP_NONFINITE returns False on every process.
+        Sets `stop_signal`.
         """
         flags = [0.0 if math.isfinite(v) else 1.0 for v in values.values()]
         *flags, signum = max_each_over_processes(flags + [float(self.stop.received or 0)])
@@ -318,7 +319,7 @@ class Trainer:
         kept = (f"'latest' in {self.run_dir} holds the last good state" if os.path.isfile(latest)
                 else "no checkpoint was written")
         raise NonFiniteLossError(
-            f"Non-finite loss {terms} at epoch {epoch} step {step}; {kept}. Lower SOLVER.LR or the loss "
+            f"Non-finite loss {terms} at epoch {epoch} step {step + 1}/{len(self.train_loader)}; {kept}. Lower SOLVER.LR or the loss "
             "weights, or turn off SOLVER.AMP, then resume with --resume; or set SOLVER.SKIP_NONFINITE True "
             "to skip such batches."
         )
