@@ -100,7 +100,8 @@ def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
         (["SOLVER.LRR", "0.1"], ["Unknown config key 'SOLVER.LRR'", "SOLVER.LR"]),
         (["SOLVER.EPOCHS", "many"], ["SOLVER.EPOCHS", "expects int"]),
         (["DATASET.TYPE=cifar100", "DATASET.ROOT=nowhere"], ["CIFAR-100 not found", "DATASET.DOWNLOAD True"]),
-        (["DISTILLER.TYPE=KD", "DISTILLER.TEACHER_WEIGHTS=none.pth"], ["Teacher checkpoint", "none.pth"]),
+        (["DISTILLER.TYPE=KD", "DISTILLER.TEACHER_WEIGHTS=none.pth"], ["Teacher checkpoint", "none.pth",
+                                                                 "download_ckpts/README.md"]),
         (["DISTILLER.TYPE=KDD"], ["Unknown distiller 'KDD'", "KD"]),
     ],
 )
