@@ -104,6 +104,7 @@ def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
                                                                  "download_ckpts/README.md"]),
         (["DISTILLER.TYPE=KDD"], ["Unknown distiller 'KDD'", "KD"]),
     ],
+    ids=["unknown_key", "wrong_type", "missing_dataset", "missing_teacher", "unknown_distiller"],
 )
 def test_train_user_errors_are_one_line(tool, tmp_path, args, fragments):
     result = tool(TRAIN, "--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", *args, cwd=str(tmp_path))
