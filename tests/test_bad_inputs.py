@@ -145,9 +145,9 @@ def corrupt_images(folder: Path) -> Dict[str, Path]:
 def test_unreadable_image_is_one_line_error_from_a_worker(cli, tmp_path):
     folder = write_fake_tiny_imagenet(tmp_path / "data", train_per_class=2)
     bad = corrupt_images(folder / "train")
-    line = cli(TRAIN, "--cfg", DIGITS, f"LOG.PREFIX={tmp_path / 'out'}", "EXPERIMENT.NAME=r", "DATASET.TYPE=tiny_imagenet",
-               f"DATASET.ROOT={tmp_path / 'data'}", "DATASET.IMAGE_SIZE=64", "DISTILLER.STUDENT=ShuffleV2",
-               "SOLVER.BATCH_SIZE=20", "DATASET.NUM_WORKERS=1", run_started=True)
+    line = cli(TRAIN, *train_args(tmp_path, "DATASET.TYPE=tiny_imagenet", f"DATASET.ROOT={tmp_path / 'data'}",
+                                  "DATASET.IMAGE_SIZE=64", "DISTILLER.STUDENT=ShuffleV2", "SOLVER.BATCH_SIZE=20",
+                                  "DATASET.NUM_WORKERS=1"), run_started=True)
     assert "Cannot read image" in line and any(str(path) in line for path in bad.values())
     assert "DATASET.SKIP_UNREADABLE True" in line and "Traceback" not in line
 

@@ -20,8 +20,8 @@ from yacs.config import CfgNode
 from mdistiller.errors import ConfigError, DatasetNotFoundError, UnreadableImageError
 from mdistiller.registry import Registry
 
-__all__ = ["STANDARD_IMAGE_SIZE", "dataset_registry", "InstanceDataset", "ReadableImageFolder", "UnreadableImageWarning",
-           "collate_readable", "dataset_root", "image_size", "load_image_folder_pair"]
+__all__ = ["STANDARD_IMAGE_SIZE", "dataset_registry", "InstanceDataset", "ReadableImageFolder",
+           "UnreadableImageWarning", "collate_readable", "dataset_root", "image_size", "load_image_folder_pair"]
 
 dataset_registry = Registry("dataset")
 

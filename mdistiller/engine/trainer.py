@@ -249,14 +249,16 @@ class Trainer:
         barrier()  # no process exits (and has torchrun end the others) before rank 0 has saved
 
     def stopped(self, signum: int, epoch: int, step: int) -> TrainingStopped:
-        """The exception ending a run stopped by `signum` after `step` steps of `epoch`."""
+        """The exception ending a run stopped by `signum` after `step` steps of `epoch` (0: before it)."""
+        name = signal.Signals(signum).name
+        if not os.path.isfile(os.path.join(self.run_dir, "latest")):
+            return TrainingStopped(f"Stopped by {name} before the first checkpoint; nothing to resume.", 128 + signum)
         where = f"epoch {epoch} step {step}/{len(self.train_loader)}" if step else f"the end of epoch {epoch - 1}"
         command = f"python tools/train.py --resume {self.run_dir}"
         if world_size() > 1:
             command = f"tools/train.py --resume {self.run_dir} under the same torchrun command"
         return TrainingStopped(
-            f"Stopped by {signal.Signals(signum).name} at {where}; 'latest' saved in {self.run_dir}. "
-            f"Resume with: {command}", 128 + signum)
+            f"Stopped by {name} at {where}; 'latest' saved in {self.run_dir}. Resume with: {command}", 128 + signum)
 
     def to_device(self, batch) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         image, target = batch[0], batch[1]
@@ -319,9 +321,9 @@ class Trainer:
         kept = (f"'latest' in {self.run_dir} holds the last good state" if os.path.isfile(latest)
                 else "no checkpoint was written")
         raise NonFiniteLossError(
-            f"Non-finite loss {terms} at epoch {epoch} step {step + 1}/{len(self.train_loader)}; {kept}. Lower SOLVER.LR or the loss "
-            "weights, or turn off SOLVER.AMP, then resume with --resume; or set SOLVER.SKIP_NONFINITE True "
-            "to skip such batches."
+            f"Non-finite loss {terms} at epoch {epoch} step {step + 1}/{len(self.train_loader)}; {kept}. "
+            "Lower SOLVER.LR or the loss weights, or turn off SOLVER.AMP, then resume with --resume; "
+            "or set SOLVER.SKIP_NONFINITE True to skip such batches."
         )
 
     def validate(self) -> Tuple[float, float, float]:
