@@ -46,11 +46,12 @@ def write_table(results: Dict, path: str) -> str:
     lines = [
         f"Teacher {teacher['model']}: top-1 {teacher['top1']:.2f}",
         "",
-        f"| method | student | top-1 (best) | top-1 (last) | train s |",
-        "|---|---|---:|---:|---:|",
+        "| method | student | top-1 (best) | top-1 (last) | extra params | train s |",
+        "|---|---|---:|---:|---:|---:|",
     ]
     for method, row in results["students"].items():
-        lines.append(f"| {method} | {row['model']} | {row['top1']:.2f} | {row['last_top1']:.2f} | {row['train_seconds']:.1f} |")
+        lines.append(f"| {method} | {row['model']} | {row['top1']:.2f} | {row['last_top1']:.2f} | {row['extra_params']:,} | "
+                     f"{row['train_seconds']:.1f} |")
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
         f.write(text)
@@ -112,6 +113,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "model": cfg.DISTILLER.STUDENT,
             "top1": trainer.best_acc,
             "last_top1": records[-1]["test_acc"],
+            "extra_params": trainer.distiller.get_extra_parameters(),
             "train_seconds": sum(r["train_seconds"] for r in records),
         }
         run_dirs[method] = trainer.run_dir
