@@ -65,9 +65,11 @@ def plot_accuracy(run_dirs: Dict[str, str], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, run_dir in run_dirs.items():
+    colors = plt.get_cmap("tab20").colors   # 20 distinct colours: --all draws ~20 curves
+    for i, (label, run_dir) in enumerate(run_dirs.items()):
         records = read_metrics(run_dir)
-        ax.plot([r["epoch"] for r in records], [r["test_acc"] for r in records], marker="o", ms=3, label=label)
+        ax.plot([r["epoch"] for r in records], [r["test_acc"] for r in records], marker="os^D"[i // 20 % 4], ms=3,
+                color=colors[i % 20], linestyle="-" if i % 2 == 0 else "--", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Digits: test accuracy per epoch")
