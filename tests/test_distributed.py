@@ -37,7 +37,8 @@ def process_env() -> dict:
     return env
 
 
-def finish(procs, timeout: int = 300):
+def communicate_all(procs, timeout: int = 300):
+    """(exit status, stdout, stderr) of each process; any still running after `timeout` is killed."""
     results = []
     try:
         for proc in procs:
@@ -47,6 +48,11 @@ def finish(procs, timeout: int = 300):
         for proc in procs:
             if proc.poll() is None:
                 proc.kill()
+    return results
+
+
+def finish(procs, timeout: int = 300):
+    results = communicate_all(procs, timeout)
     for code, out, err in results:
         assert code == 0, f"exit {code}\n{out[-2000:]}\n{err[-3000:]}"
     return [out for _, out, _ in results]

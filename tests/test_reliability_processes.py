@@ -18,7 +18,7 @@ from conftest import REPO_ROOT
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.engine.loggers import read_metrics
 
-from test_distributed import WORKER, process_env
+from test_distributed import WORKER, communicate_all, process_env
 from test_tools_e2e import assert_user_error
 
 pytestmark = pytest.mark.e2e
@@ -41,16 +41,7 @@ def wait_for_first_epoch(run, procs):
 
 
 def outputs(procs):
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=TIMEOUT)
-            results.append((proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return results
+    return communicate_all(procs, TIMEOUT)
 
 
 def start_ranks(tmp_path, *train_args, env=None):
