@@ -25,6 +25,7 @@ def _pyplot():
     return plt
 
 
+
 def pair_title(pair: Pair) -> str:
     dataset, teacher, student = pair
     return f"{dataset}: {teacher} → {student}" if teacher else f"{dataset}: {student}"
@@ -54,22 +55,43 @@ def bar_label(group: Group, pair: Pair) -> str:
 
 
 def plot_curves(pair: Pair, groups: Sequence[Group], path: str) -> None:
+    """Left: every epoch; right: the second half of the longest student schedule, zoomed in."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.5))
+    from matplotlib.ticker import MaxNLocator
+
+    fig, (full, zoom) = plt.subplots(1, 2, figsize=(12, 4.8), gridspec_kw={"width_ratios": [1.2, 1]})
+    students = [g for g in groups if not is_teacher_alone(g, pair)] or list(groups)
+    last_epoch = max(mean_curve(g)[0][-1] for g in students)
+    start = max(1, last_epoch // 2 + 1)
+    window: List[float] = []
     for group in groups:
         epochs, means, stds = mean_curve(group)
-        teacher = is_teacher_alone(group, pair)
+        low = [m - s for m, s in zip(means, stds)]
+        high = [m + s for m, s in zip(means, stds)]
+        style = dict(linestyle="--" if is_teacher_alone(group, pair) else "-", marker="o", ms=2.5, lw=1.4)
         label = f"{bar_label(group, pair).replace(chr(10), ', ')} (n={len(group.runs)})"
-        line, = ax.plot(epochs, means, linestyle="--" if teacher else "-", marker="o", ms=2.5, lw=1.4, label=label)
-        ax.fill_between(epochs, [m - s for m, s in zip(means, stds)], [m + s for m, s in zip(means, stds)],
-                        color=line.get_color(), alpha=0.18, lw=0)
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("test top-1 (%)")
-    ax.set_title(f"{pair_title(pair)}: test accuracy per epoch (mean ± std over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+        line, = full.plot(epochs, means, label=label, **style)
+        full.fill_between(epochs, low, high, color=line.get_color(), alpha=0.18, lw=0)
+        kept = [i for i, e in enumerate(epochs) if start <= e <= last_epoch]
+        if kept:
+            zoom.plot([epochs[i] for i in kept], [means[i] for i in kept], color=line.get_color(), **style)
+            zoom.fill_between([epochs[i] for i in kept], [low[i] for i in kept], [high[i] for i in kept],
+                              color=line.get_color(), alpha=0.18, lw=0)
+            window += [low[i] for i in kept] + [high[i] for i in kept]
+    if window:
+        spread = max(window) - min(window)
+        zoom.set_ylim(min(window) - 0.1 * spread - 0.05, max(window) + 0.1 * spread + 0.05)
+    full.set_title("test top-1 per epoch (mean ± std over seeds)", fontsize=10)
+    zoom.set_title(f"epochs {start}-{last_epoch}, zoomed", fontsize=10)
+    for ax in (full, zoom):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("test top-1 (%)")
+        ax.grid(alpha=0.3)
+    full.legend(fontsize=8, loc="lower right")
+    fig.suptitle(pair_title(pair))
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
@@ -97,14 +119,18 @@ def plot_bars(pair: Pair, groups: Sequence[Group], path: str) -> None:
                    label=f"teacher {teacher.student} ({teacher.best.text()})")
     low, high = min(values), max(values)
     margin = max(0.5, 0.25 * (high - low))
-    ax.set_ylim(max(0.0, low - 2 * margin), min(100.0, high + margin))
+    bottom = max(0.0, low - 2 * margin)
+    ax.set_ylim(bottom, high + margin)
+    for x, group in enumerate(shown):
+        ax.text(x, bottom + 0.04 * (high + margin - bottom), f"{group.best.text()}\nn={len(group.runs)}",
+                ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(shown)), [bar_label(g, pair) for g in shown], fontsize=8)
     ax.set_ylabel("best test top-1 (%)")
-    ax.set_title(f"{pair_title(pair)}: best top-1, mean ± std")
+    ax.set_title(f"{pair_title(pair)}: best top-1, mean ± std (axis cut at {bottom:.1f})", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="lower right")
+    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

@@ -156,6 +156,18 @@ def pair_groups(groups: Sequence[Group]) -> Dict[Tuple[str, str, str], List[Grou
     return pairs
 
 
+def table_order(groups: Sequence[Group]) -> List[Group]:
+    """Groups pair by pair (teacher alone, student alone, the methods), each group once."""
+    ordered: List[Group] = []
+    seen = set()
+    for members in pair_groups(groups).values():
+        for g in members:
+            if id(g) not in seen:
+                seen.add(id(g))
+                ordered.append(g)
+    return ordered + [g for g in groups if id(g) not in seen]
+
+
 SUMMARY_HEADER = ["dataset", "method", "pair", "setting", "runs", "seeds", "best top-1", "last top-1", "published"]
 RUNS_HEADER = ["dataset", "method", "teacher", "student", "setting", "seed", "epochs", "best_acc", "last_acc", "run"]
 
@@ -187,10 +199,10 @@ def write_report(root: str, out_dir: Optional[str] = None, include_unfinished: b
     runs, skipped = [], []
     for run in find_runs(root):
         (runs if run.finished or include_unfinished else skipped).append(run)
-    groups = group_runs(runs)
+    groups = table_order(group_runs(runs))
 
     lines = [f"Results of {len(runs)} runs under {root}: test top-1 (%), mean ± std over runs (seeds).", ""]
-    lines.append(markdown_table(SUMMARY_HEADER, summary_rows(groups), "lllllrrrr").rstrip("\n"))
+    lines.append(markdown_table(SUMMARY_HEADER, summary_rows(groups), "llllrlrrr").rstrip("\n"))
     if skipped:
         lines += ["", f"Left out {len(skipped)} unfinished run(s): "
                   + ", ".join(f"{os.path.relpath(r.path, root)} ({r.epochs}/{r.planned_epochs} epochs)" for r in skipped)]

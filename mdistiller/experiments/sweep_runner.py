@@ -187,7 +187,9 @@ class SweepRunner:
                  f"({'maximize' if self.maximize else 'minimize'})"]
         if fixed:
             lines.append("Fixed: " + ", ".join(f"{k}={v}" for k, v in fixed.items()))
-        text = "\n".join(lines) + "\n\n" + markdown_table(header, rows, "r" + "l" * (len(header) - 5) + "rrrll")
+        varying = len(header) - 6
+        shown = [[f"{c:.4g}" if i == 1 + varying and c != "" else c for i, c in enumerate(row)] for row in rows]
+        text = "\n".join(lines) + "\n\n" + markdown_table(header, shown, "r" + "l" * varying + "rrrll")
         with open(os.path.join(self.out_dir, "results.md"), "w") as f:
             f.write(text)
         write_csv(os.path.join(self.out_dir, "results.csv"), header, rows)
