@@ -2,10 +2,9 @@
 a metric train.py logs; and the expansion of grid and random searches."""
 
 import glob
-import itertools
 import json
 import os
-import random
+import sys
 
 import pytest
 import yaml
@@ -17,8 +16,10 @@ from mdistiller.engine.experiment import experiment_name
 from mdistiller.engine.run import train_run
 from mdistiller.errors import ConfigError
 from mdistiller.experiments.runs import SUMMARY_METRICS
+from mdistiller.experiments.sweep_runner import SweepRunner, Trial
 from mdistiller.experiments.sweeps import (assignments, check_sweep, config_key_default, expand_command,
                                            grid_assignments, load_sweep, random_assignments, train_arguments)
+from mdistiller.experiments.tables import read_csv
 
 SWEEP_DIR = os.path.join(REPO_ROOT, "configs", "sweeps")
 SWEEP_FILES = sorted(glob.glob(os.path.join(SWEEP_DIR, "*.yaml")))
@@ -140,3 +141,17 @@ def test_seeds_get_their_own_run_directories():
         assert name == os.path.join("p", f"digits,KD.TEMPERATURE:2.0,EXPERIMENT.SEED:{seed}")
         names.add(name)
     assert len(names) == 3
+
+
+def test_runner_records_a_failing_trial_and_lists_it(tmp_path):
+    spec = {"_path": "s.yaml", "metric": {"name": "best_acc", "goal": "maximize"}}
+    trial = Trial(0, {"X.Y": 1}, [sys.executable, "-c", "import sys; print('boom'); sys.exit(2)"],
+                  str(tmp_path / "p" / "run"), epochs=2)
+    runner = SweepRunner(spec, [trial], out_dir=str(tmp_path / "sweep"))
+    assert runner.run() == [trial]
+    record = json.loads((tmp_path / "sweep" / "records.jsonl").read_text())
+    assert record["status"] == "failed" and record["returncode"] == 2 and record["params"] == {"X.Y": 1}
+    assert "boom" in (tmp_path / "sweep" / "logs" / "trial_0.log").read_text()
+    runner.write_results()
+    assert read_csv(str(tmp_path / "sweep" / "results.csv")) == [
+        {"trial": "0", "X.Y": "1", "best_acc": "", "best top-1": "", "last top-1": "", "status": "failed", "run": "run"}]
