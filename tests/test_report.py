@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO_ROOT
 from mdistiller.experiments.published import published_top1
 from mdistiller.experiments.report import pair_groups, write_report
 from mdistiller.experiments.runs import find_runs

@@ -21,7 +21,7 @@ Formats:
 import copy
 import os
 import warnings
-from typing import Callable, Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
