@@ -26,6 +26,12 @@ def _pyplot():
 
 
 
+def group_colors(count: int) -> List[tuple]:
+    """Distinct colours for `count` groups (tab10, tab20 past ten)."""
+    plt = _pyplot()
+    return list(plt.get_cmap("tab10" if count <= 10 else "tab20").colors)
+
+
 def pair_title(pair: Pair) -> str:
     dataset, teacher, student = pair
     return f"{dataset}: {teacher} → {student}" if teacher else f"{dataset}: {student}"
@@ -64,13 +70,14 @@ def plot_curves(pair: Pair, groups: Sequence[Group], path: str) -> None:
     last_epoch = max(mean_curve(g)[0][-1] for g in students)
     start = max(1, last_epoch // 2 + 1)
     window: List[float] = []
-    for group in groups:
+    colors = group_colors(len(groups))
+    for index, group in enumerate(groups):
         epochs, means, stds = mean_curve(group)
         low = [m - s for m, s in zip(means, stds)]
         high = [m + s for m, s in zip(means, stds)]
         style = dict(linestyle="--" if is_teacher_alone(group, pair) else "-", marker="o", ms=2.5, lw=1.4)
         label = f"{bar_label(group, pair).replace(chr(10), ', ')} (n={len(group.runs)})"
-        line, = full.plot(epochs, means, label=label, **style)
+        line, = full.plot(epochs, means, label=label, color=colors[index % len(colors)], **style)
         full.fill_between(epochs, low, high, color=line.get_color(), alpha=0.18, lw=0)
         kept = [i for i, e in enumerate(epochs) if start <= e <= last_epoch]
         if kept:
@@ -101,10 +108,11 @@ def plot_bars(pair: Pair, groups: Sequence[Group], path: str) -> None:
     shown = [g for g in groups if not is_teacher_alone(g, pair)]
     fig, ax = plt.subplots(figsize=(max(4.5, 1.3 * len(shown) + 2), 4.5))
     values: List[float] = []
+    colors = group_colors(len(groups))  # as in the curves: a group has one colour in both figures
     for x, group in enumerate(shown):
         best = group.best
         values += best.values
-        ax.bar(x, best.mean, width=0.6, color=f"C{x % 10}", alpha=0.75,
+        ax.bar(x, best.mean, width=0.6, color=colors[list(groups).index(group) % len(colors)], alpha=0.75,
                yerr=best.std if len(best.values) > 1 else None, capsize=5, label=None)
         offsets = [(i - (len(best.values) - 1) / 2) * 0.08 for i in range(len(best.values))]
         ax.scatter([x + o for o in offsets], best.values, color="black", s=12, zorder=3,
