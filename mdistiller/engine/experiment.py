@@ -10,6 +10,8 @@ from mdistiller.engine.cfg import parse_overrides
 
 # Overrides that say where and how a run is logged, not what it trains: left out of the name.
 NAME_NEUTRAL_SECTIONS = ("LOG.", "EXPERIMENT.")
+# ... except these, which change the result: runs that differ only in them need their own directories.
+NAME_RELEVANT_KEYS = ("EXPERIMENT.SEED", "EXPERIMENT.DETERMINISTIC")
 
 
 def experiment_name(cfg: CN, opts: Sequence[str]) -> Tuple[str, List[str]]:
@@ -17,11 +19,12 @@ def experiment_name(cfg: CN, opts: Sequence[str]) -> Tuple[str, List[str]]:
 
     With `EXPERIMENT.NAME` set, the name is exactly that. Otherwise it is MDistiller's: the TAG
     followed by `,KEY:VALUE` for each command-line override (LOG.* and EXPERIMENT.* overrides
-    are left out). Tags are the TAG's comma-separated parts plus every such `KEY:VALUE`.
+    are left out, except EXPERIMENT.SEED and EXPERIMENT.DETERMINISTIC: the seeds of a sweep get
+    one directory each). Tags are the TAG's comma-separated parts plus every such `KEY:VALUE`.
     Characters that cannot stand in a file name are replaced by '_'.
     """
     extra = [f"{key}:{value}" for key, value in parse_overrides(list(opts))
-             if not key.startswith(NAME_NEUTRAL_SECTIONS)]
+             if key in NAME_RELEVANT_KEYS or not key.startswith(NAME_NEUTRAL_SECTIONS)]
     tags = cfg.EXPERIMENT.TAG.split(",") + extra
     name = cfg.EXPERIMENT.NAME or ",".join([cfg.EXPERIMENT.TAG] + extra)
     name = re.sub(r"[^\w,.:=+\-]", "_", name)

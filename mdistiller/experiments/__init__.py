@@ -1,0 +1,1 @@
+"""Experiments over many runs: sweeps (wandb files run offline), result reports, published numbers."""
