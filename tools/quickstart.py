@@ -106,6 +106,7 @@ def main(argv: Optional[List[str]] = None) -> None:
                          f"DISTILLER.TEACHER={teacher_cfg.DISTILLER.STUDENT}", f"DISTILLER.TEACHER_WEIGHTS={teacher_weights}"]
         cfg = build_cfg(method_config(method), opts)
         print(f"== {method}: {cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}")
+        distiller_dict[method].prepare(cfg)
         trainer = train_run(cfg, verbose=False)
         records = read_metrics(trainer.run_dir)
         results["students"][method] = {

@@ -1,0 +1,122 @@
+"""Frequency prompts of a teacher, shared by the prompt-based distillers (FreeKD; adaptive frequency
+prompting reuses the same keys, file and stage-1 tool).
+
+A method declares its config section with :func:`prompt_defaults` (plus its own keys); stage 1
+(``tools/train_prompt.py``, :mod:`mdistiller.engine.prompt_learning`) writes a prompt file that stage 2
+loads with :func:`load_prompts`. The file is a plain dict (weights-only loadable): the prompts'
+state dict under ``"prompts"`` and what they were learned for (teacher name, a fingerprint of its
+weights, feature indices, channels, tokens, DWT levels), which stage 2 checks.
+"""
+
+import os
+from typing import Any, Dict, List, Sequence
+
+import torch
+from torch import nn
+from yacs.config import CfgNode as CN
+
+from mdistiller.errors import ConfigError
+from mdistiller.frequency.prompt import DIVERSITY_KINDS, FrequencyPrompt
+
+__all__ = [
+    "build_prompts",
+    "check_section",
+    "distilled_indices",
+    "load_prompts",
+    "prompt_defaults",
+    "prompt_path",
+    "prompt_record",
+    "teacher_fingerprint",
+]
+
+
+def prompt_defaults() -> CN:
+    """The keys every prompt-based method's section has (FreeKD's published settings where they exist)."""
+    node = CN()
+    node.NUM_STAGES = 2  # the last N entries of `feats` (stem excluded) of teacher and student
+    node.DWT_LEVELS = 3
+    node.TOKENS = 2  # T: paper 2, authors' detection configs 6
+    node.DIVERSITY = "dice"  # "dice" (authors' code) or "jaccard" (paper)
+    node.DIVERSITY_WEIGHT = 1.0  # lambda of stage 1
+    node.PROMPT_EPOCHS = 5
+    node.PROMPT_LR = 0.01  # AdamW, cosine, no weight decay
+    node.PROMPT_PATH = ""  # "": <LOG.PREFIX>/<EXPERIMENT.PROJECT>/prompts/<derived name>.pth
+    return node
+
+
+def check_section(section: CN, name: str) -> None:
+    if section.DIVERSITY not in DIVERSITY_KINDS:
+        raise ConfigError(f"{name}.DIVERSITY must be one of {', '.join(DIVERSITY_KINDS)}, got '{section.DIVERSITY}'.")
+    if section.TOKENS < 1 or section.DWT_LEVELS < 1:
+        raise ConfigError(f"{name}.TOKENS and {name}.DWT_LEVELS must be at least 1.")
+
+
+def distilled_indices(num_feats: int, num_stages: int, name: str = "FREEKD") -> List[int]:
+    """Indices of the last `num_stages` entries of a `feats` list of length `num_feats` (stem excluded)."""
+    if not 1 <= num_stages <= num_feats - 1:
+        raise ConfigError(f"{name}.NUM_STAGES must be between 1 and {num_feats - 1} here, got {num_stages}.")
+    return list(range(num_feats - num_stages, num_feats))
+
+
+def prompt_path(cfg: CN, name: str) -> str:
+    """``cfg[name].PROMPT_PATH``, or the path derived from the run's output directory, teacher and prompt shape."""
+    section = cfg[name]
+    if section.PROMPT_PATH:
+        return section.PROMPT_PATH
+    file_name = (f"{name.lower()}_{cfg.DATASET.TYPE}_{cfg.DISTILLER.TEACHER}_last{section.NUM_STAGES}"
+                 f"_T{section.TOKENS}_L{section.DWT_LEVELS}.pth")
+    return os.path.join(cfg.LOG.PREFIX, cfg.EXPERIMENT.PROJECT, "prompts", file_name)
+
+
+def build_prompts(channels: Sequence[int], section: CN) -> nn.ModuleList:
+    """One freshly initialised :class:`FrequencyPrompt` per distilled feature level."""
+    return nn.ModuleList(FrequencyPrompt(c, section.TOKENS, section.DWT_LEVELS) for c in channels)
+
+
+@torch.no_grad()
+def teacher_fingerprint(teacher: nn.Module) -> float:
+    """Sum of the absolute values of the teacher's floating-point weights and buffers (tells teachers apart)."""
+    return float(sum(t.double().abs().sum() for t in teacher.state_dict().values() if t.is_floating_point()))
+
+
+def prompt_record(prompts: nn.ModuleList, teacher: nn.Module, cfg: CN, name: str, indices: Sequence[int],
+                  **extra: Any) -> Dict[str, Any]:
+    """What a prompt file holds (see the module docstring); `extra` adds e.g. epoch and accuracies."""
+    return {
+        "prompts": {k: v.detach().cpu() for k, v in prompts.state_dict().items()},
+        "method": name,
+        "teacher": cfg.DISTILLER.TEACHER,
+        "teacher_fingerprint": teacher_fingerprint(teacher),
+        "feature_indices": list(indices),
+        "channels": [p.channels for p in prompts],
+        "tokens": cfg[name].TOKENS,
+        "levels": cfg[name].DWT_LEVELS,
+        "cfg": cfg.dump(),
+        **extra,
+    }
+
+
+def load_prompts(cfg: CN, name: str, teacher: nn.Module, indices: Sequence[int],
+                 channels: Sequence[int]) -> nn.ModuleList:
+    """The frozen prompts stage 1 saved for this teacher and these features; ConfigError saying how to
+    make them when the file is missing or was learned for something else."""
+    from mdistiller.engine.checkpoint import load_checkpoint  # the engine imports the distillers
+
+    path = prompt_path(cfg, name)
+    remedy = (f"run `python tools/train_prompt.py --cfg <this config> [the same KEY VALUE overrides]` first "
+              f"(stage 1), or set {name}.PROMPT_PATH to a prompt file")
+    if not os.path.isfile(path):
+        raise ConfigError(f"{name} needs frequency prompts learned in the teacher, and there are none at {path}: {remedy}.")
+    record = load_checkpoint(path)
+    section = cfg[name]
+    wanted = {"teacher": cfg.DISTILLER.TEACHER, "feature_indices": list(indices), "channels": list(channels),
+              "tokens": section.TOKENS, "levels": section.DWT_LEVELS}
+    found = {key: record.get(key) for key in wanted}
+    if "prompts" not in record or found != wanted:
+        raise ConfigError(f"Prompt file {path} was learned for {found}, this run needs {wanted}: {remedy}.")
+    fingerprint = teacher_fingerprint(teacher)
+    if abs(record.get("teacher_fingerprint", 0.0) - fingerprint) > 1e-6 * max(abs(fingerprint), 1.0):
+        raise ConfigError(f"Prompt file {path} was learned with other weights of teacher {cfg.DISTILLER.TEACHER}: {remedy}.")
+    prompts = build_prompts(channels, section)
+    prompts.load_state_dict(record["prompts"])
+    return prompts.requires_grad_(False)

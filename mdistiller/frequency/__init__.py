@@ -1,0 +1,19 @@
+"""Frequency-domain tools: the Haar DWT / IDWT and FreeKD's frequency prompt."""
+
+from mdistiller.frequency.haar import haar_dwt2, haar_idwt2, haar_wavedec2, haar_waverec2
+from mdistiller.frequency.prompt import (FrequencyBands, FrequencyPrompt, apply_masks, dice_diversity,
+                                         mask_diversity, prompt_masks, soft_jaccard_diversity)
+
+__all__ = [
+    "FrequencyBands",
+    "FrequencyPrompt",
+    "apply_masks",
+    "dice_diversity",
+    "haar_dwt2",
+    "haar_idwt2",
+    "haar_wavedec2",
+    "haar_waverec2",
+    "mask_diversity",
+    "prompt_masks",
+    "soft_jaccard_diversity",
+]
