@@ -23,7 +23,7 @@ from mdistiller.engine.run import train_run
 from mdistiller.errors import ConfigError
 
 CONFIG_DIR = os.path.join(_path.REPO_ROOT, "configs", "digits")
-DEFAULT_METHODS = ("NONE", "KD")
+DEFAULT_METHODS = ("NONE", "KD", "DKD", "CRD", "REVIEWKD")
 
 
 def method_config(method: str) -> str:

@@ -16,12 +16,16 @@ from torch.utils.data import Dataset
 from torchvision.datasets import ImageFolder
 from yacs.config import CfgNode
 
-from mdistiller.errors import DatasetNotFoundError
+from mdistiller.errors import ConfigError, DatasetNotFoundError
 from mdistiller.registry import Registry
 
-__all__ = ["dataset_registry", "InstanceDataset", "dataset_root", "load_image_folder_pair"]
+__all__ = ["STANDARD_IMAGE_SIZE", "dataset_registry", "InstanceDataset", "dataset_root", "image_size",
+           "load_image_folder_pair"]
 
 dataset_registry = Registry("dataset")
+
+# The input size of each dataset's models (the digits demo resizes its 8x8 images to 16x16).
+STANDARD_IMAGE_SIZE = {"cifar100": 32, "imagenet": 224, "tiny_imagenet": 64, "digits": 16}
 
 
 class InstanceDataset(Dataset):
@@ -58,6 +62,18 @@ class InstanceDataset(Dataset):
 def dataset_root(cfg: CfgNode) -> Path:
     """``cfg.DATASET.ROOT`` as an absolute path (relative paths resolve against the working dir)."""
     return Path(cfg.DATASET.ROOT).expanduser().absolute()
+
+
+def image_size(cfg: CfgNode) -> int:
+    """``cfg.DATASET.IMAGE_SIZE``, or when it is 0 the standard input size of ``DATASET.TYPE``."""
+    size = int(cfg.DATASET.IMAGE_SIZE)
+    if size > 0:
+        return size
+    if cfg.DATASET.TYPE not in STANDARD_IMAGE_SIZE:
+        raise ConfigError(
+            f"DATASET.IMAGE_SIZE is 0 (the dataset's standard size) but '{cfg.DATASET.TYPE}' has none; set it."
+        )
+    return STANDARD_IMAGE_SIZE[cfg.DATASET.TYPE]
 
 
 def load_image_folder_pair(

@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from yacs.config import CfgNode
 
-from mdistiller.dataset.base import InstanceDataset, dataset_registry
+from mdistiller.dataset.base import InstanceDataset, dataset_registry, image_size
 
 __all__ = ["DIGITS_SPLIT_SEED", "DigitsDataset", "build_digits", "digits_split"]
 
@@ -79,7 +79,7 @@ def _to_tensor_images(images: np.ndarray, size: int) -> torch.Tensor:
 @dataset_registry.register("digits")
 def build_digits(cfg: CfgNode):
     """``(train_set, val_set, 10)`` at ``DATASET.IMAGE_SIZE`` pixels; train items carry an index."""
-    size = int(cfg.DATASET.IMAGE_SIZE)
+    size = image_size(cfg)
     train_images, test_images, train_labels, test_labels = digits_split()
     train_tensor = _to_tensor_images(train_images, size)
     test_tensor = _to_tensor_images(test_images, size)

@@ -1,5 +1,10 @@
 """From a config to datasets and DataLoaders: :func:`build_datasets`, :func:`build_loaders`,
-:func:`get_dataset` (MDistiller's entry point, both in one call)."""
+:func:`get_dataset` (MDistiller's entry point, both in one call).
+
+With ``DISTILLER.TYPE`` CRD the train set is instance-sampled, as in MDistiller: items gain the
+``CRD.NCE.K + 1`` contrastive indices (:class:`~mdistiller.dataset.contrastive.ContrastiveInstanceDataset`,
+mode ``CRD.MODE``).
+"""
 
 from typing import Optional, Tuple
 
@@ -7,9 +12,20 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 from yacs.config import CfgNode
 
-from mdistiller.dataset.base import dataset_registry
+from mdistiller.dataset.base import InstanceDataset, dataset_registry
+from mdistiller.dataset.contrastive import ContrastiveInstanceDataset
 
-__all__ = ["build_datasets", "build_loaders", "get_dataset"]
+__all__ = ["build_datasets", "build_loaders", "contrastive_train_set", "get_dataset"]
+
+# MDistiller draws CRD negatives with replacement on these; on CIFAR-100 only when K exceeds the pool.
+ALWAYS_REPLACE_NEGATIVES = ("imagenet", "tiny_imagenet")
+
+
+def contrastive_train_set(cfg: CfgNode, train_set: Dataset) -> ContrastiveInstanceDataset:
+    """The train set with CRD's contrastive indices (the builders' set, or the one it wraps)."""
+    base = train_set.dataset if isinstance(train_set, InstanceDataset) else train_set
+    return ContrastiveInstanceDataset(base, k=int(cfg.CRD.NCE.K), mode=cfg.CRD.MODE,
+                                      always_replace=cfg.DATASET.TYPE in ALWAYS_REPLACE_NEGATIVES)
 
 
 def build_datasets(cfg: CfgNode) -> Tuple[Dataset, Dataset, int]:
@@ -18,7 +34,10 @@ def build_datasets(cfg: CfgNode) -> Tuple[Dataset, Dataset, int]:
     Raises :class:`~mdistiller.errors.UnknownNameError` for an unregistered type and
     :class:`~mdistiller.errors.DatasetNotFoundError` when the data is not on disk.
     """
-    return dataset_registry.get(cfg.DATASET.TYPE)(cfg)
+    train_set, val_set, num_classes = dataset_registry.get(cfg.DATASET.TYPE)(cfg)
+    if cfg.get("DISTILLER") is not None and cfg.DISTILLER.get("TYPE") == "CRD":
+        train_set = contrastive_train_set(cfg, train_set)
+    return train_set, val_set, num_classes
 
 
 def build_loaders(

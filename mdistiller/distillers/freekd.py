@@ -57,8 +57,8 @@ class FreeKD(Distiller):
         self.low_band = section.LOW_BAND
         self.ce_loss_weight = section.LOSS.CE_WEIGHT
         self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
-        teacher_shapes = feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)
-        student_shapes = feature_shapes(student, cfg.DATASET.IMAGE_SIZE)
+        teacher_shapes = [s[1:] for s in feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"]]
+        student_shapes = [s[1:] for s in feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"]]
         self.teacher_indices = distilled_indices(len(teacher_shapes), section.NUM_STAGES)
         self.student_indices = distilled_indices(len(student_shapes), section.NUM_STAGES)
         t_channels = [teacher_shapes[i][0] for i in self.teacher_indices]

@@ -59,11 +59,25 @@ def build_teacher(cfg: CN, num_classes: int) -> nn.Module:
     return teacher
 
 
-def build_distiller(cfg: CN, num_data: int, num_classes: int) -> Distiller:
-    """Student, teacher (unless DISTILLER.TYPE is NONE) and the configured distiller around them."""
+def build_distiller(cfg: CN, num_data: int, num_classes: int, teacher_weights: bool = True) -> Distiller:
+    """Student, teacher (unless DISTILLER.TYPE is NONE) and the configured distiller around them.
+
+    `teacher_weights=False` leaves the teacher freshly initialised, for callers that load a full
+    distiller checkpoint (which holds the teacher) right after.
+    """
     cls = distiller_dict[cfg.DISTILLER.TYPE]
     student = build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)
-    teacher = None if cfg.DISTILLER.TYPE == "NONE" else build_teacher(cfg, num_classes)
+    if cfg.DISTILLER.TYPE == "NONE":
+        teacher = None
+    elif teacher_weights:
+        teacher = build_teacher(cfg, num_classes)
+    else:
+        teacher = build_model(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE, num_classes)
     return cls(student, teacher, cfg, num_data=num_data, num_classes=num_classes)
+
+
+def predicts_through_distiller(distiller_type: str) -> bool:
+    """True when the method's `forward_test` is not the bare student (e.g. SFAKD's teacher head)."""
+    return distiller_dict[distiller_type].forward_test is not Distiller.forward_test
 
 

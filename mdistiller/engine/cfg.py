@@ -13,6 +13,7 @@ from typing import Any, Iterable, List, Optional, Sequence, Tuple
 import yaml
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers import method_defaults
 from mdistiller.errors import ConfigError
 
@@ -29,7 +30,7 @@ CFG.DATASET = CN()
 CFG.DATASET.TYPE = "cifar100"
 CFG.DATASET.ROOT = "data"
 CFG.DATASET.DOWNLOAD = False
-CFG.DATASET.IMAGE_SIZE = 32
+CFG.DATASET.IMAGE_SIZE = 0  # 0: the dataset's standard size (cifar100 32, imagenet 224, tiny_imagenet 64, digits 16)
 CFG.DATASET.NUM_WORKERS = 2
 CFG.DATASET.TEST = CN()
 CFG.DATASET.TEST.BATCH_SIZE = 64
@@ -187,12 +188,18 @@ def merge_overrides(cfg: CN, opts: Iterable[str]) -> None:
         _set(cfg, key, _decode(raw), "the command line")
 
 
+def resolve_image_size(cfg: CN) -> None:
+    """Replace DATASET.IMAGE_SIZE 0 by the standard input size of DATASET.TYPE."""
+    cfg.DATASET.IMAGE_SIZE = image_size(cfg)
+
+
 def build_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Defaults <- YAML file <- command line; returns a frozen copy."""
+    """Defaults <- YAML file <- command line, DATASET.IMAGE_SIZE resolved; returns a frozen copy."""
     cfg = CFG.clone()
     if cfg_file:
         merge_file(cfg, cfg_file)
     merge_overrides(cfg, opts)
+    resolve_image_size(cfg)
     cfg.freeze()
     return cfg
 

@@ -126,7 +126,7 @@ def learn_prompts(cfg: CN, name: str, verbose: bool = True) -> str:
     teacher_top1, _, _ = evaluate(lambda image: teacher(image)[0], val_loader, device,
                                   lambda: autocast_context(device, dtype))
     image_size = cfg.DATASET.IMAGE_SIZE
-    shapes = feature_shapes(teacher, image_size)
+    shapes = [s[1:] for s in feature_shapes(teacher, image_size)["feats"]]
     indices = distilled_indices(len(shapes), section.NUM_STAGES, name)
     prompts = build_prompts([shapes[i][0] for i in indices], section)
     model = PromptedTeacher(teacher, prompts, indices, image_size, section.DIVERSITY, section.DIVERSITY_WEIGHT)

@@ -1,5 +1,7 @@
-"""Frequency-domain tools: the Haar DWT / IDWT and FreeKD's frequency prompt."""
+"""Frequency-domain building blocks shared by the distillers: the FFT filter with its Gaussian
+high-pass mask, the Haar DWT / IDWT, and FreeKD's frequency prompt."""
 
+from mdistiller.frequency.fft_filter import SmoothedFrequencyAugmentation, gaussian_highpass_mask
 from mdistiller.frequency.haar import haar_dwt2, haar_idwt2, haar_wavedec2, haar_waverec2
 from mdistiller.frequency.prompt import (FrequencyBands, FrequencyPrompt, apply_masks, dice_diversity,
                                          mask_diversity, prompt_masks, soft_jaccard_diversity)
@@ -7,8 +9,10 @@ from mdistiller.frequency.prompt import (FrequencyBands, FrequencyPrompt, apply_
 __all__ = [
     "FrequencyBands",
     "FrequencyPrompt",
+    "SmoothedFrequencyAugmentation",
     "apply_masks",
     "dice_diversity",
+    "gaussian_highpass_mask",
     "haar_dwt2",
     "haar_idwt2",
     "haar_wavedec2",

@@ -1,0 +1,106 @@
+"""SFAKD: You et al., "Smooth the Signal, Distill the Essence: A Frequency-Aware Modulation
+Framework for Knowledge Distillation" (2025)."""
+
+from typing import Dict, Tuple
+
+import torch.nn.functional as F
+from torch import Tensor
+from yacs.config import CfgNode as CN
+
+from mdistiller.distillers._base import Distiller, register_distiller
+from mdistiller.distillers._classifier import find_classifier
+from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.errors import ConfigError
+from mdistiller.frequency import SmoothedFrequencyAugmentation
+from mdistiller.losses.kd import kd_loss
+from mdistiller.losses.sfakd import bottleneck_projector, sfakd_feature_loss
+from mdistiller.losses.spatial import common_size, pool_to_size
+
+SFAKD_DEFAULTS = CN()
+SFAKD_DEFAULTS.CUT_OFF = 0.1
+SFAKD_DEFAULTS.POOLED = False
+SFAKD_DEFAULTS.TEACHER_CLASSIFIER = True
+SFAKD_DEFAULTS.TEMPERATURE = 4.0
+SFAKD_DEFAULTS.LOSS = CN()
+SFAKD_DEFAULTS.LOSS.CE_WEIGHT = 0.0
+SFAKD_DEFAULTS.LOSS.KD_WEIGHT = 0.0
+SFAKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
+
+
+@register_distiller("SFAKD", SFAKD_DEFAULTS)
+class SFAKD(Distiller):
+    """Smoothed frequency augmentation of the student's last map, a bottleneck projector to the
+    teacher's channels, and (authors' code, the default) the teacher's frozen classifier on top.
+
+    With ``s``, ``t`` the last-stage maps ``feats[-1]`` (the larger average-pooled to the smaller
+    size) and ``p = transfer(SFA(s))``:
+
+        loss_feat = FEAT_WEIGHT * MSE(p, t)             (POOLED True: MSE(GAP(p), GAP(t)))
+        logits    = fc_teacher(GAP(p))                  (TEACHER_CLASSIFIER False: the student's own)
+        loss_ce   = CE_WEIGHT * CE(logits, y),  loss_kd = KD_WEIGHT * KD(logits, teacher logits, T)
+
+    A term whose weight is 0 is left out (the default trains on ``loss_feat`` alone, as the
+    authors). Training, ``forward_test`` (evaluation) and export share the prediction path, so the
+    deployed student is student + ``sfa`` + ``transfer`` + the teacher's classifier: evaluate a
+    full checkpoint (``best`` / ``latest``), not ``student_best``. The SFA filter is as large as the
+    aligned maps, found by a probe forward at ``DATASET.IMAGE_SIZE``.
+    """
+
+    def __init__(self, student, teacher, cfg, **data_info) -> None:
+        super().__init__(student, teacher)
+        section = cfg.SFAKD
+        if section.CUT_OFF <= 0:
+            raise ConfigError(f"SFAKD.CUT_OFF must be positive, got {section.CUT_OFF}.")
+        self.pooled = section.POOLED
+        self.use_teacher_classifier = section.TEACHER_CLASSIFIER
+        self.temperature = section.TEMPERATURE
+        self.ce_loss_weight = section.LOSS.CE_WEIGHT
+        self.kd_loss_weight = section.LOSS.KD_WEIGHT
+        self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
+        if not self.use_teacher_classifier and self.ce_loss_weight == 0 and self.kd_loss_weight == 0:
+            raise ConfigError(
+                "SFAKD.TEACHER_CLASSIFIER False predicts with the student's own classifier, which "
+                "nothing trains: set SFAKD.LOSS.CE_WEIGHT or SFAKD.LOSS.KD_WEIGHT above 0."
+            )
+
+        s_shape = feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"][-1]
+        t_shape = feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"][-1]
+        self.feature_size = common_size(s_shape, t_shape)
+        self.classifier_name, classifier = find_classifier(teacher)
+        if self.use_teacher_classifier and classifier.in_features != t_shape[-3]:
+            raise ConfigError(
+                f"SFAKD reuses the teacher's classifier '{self.classifier_name}' ({classifier.in_features} inputs), "
+                f"but the teacher's last feature map has {t_shape[-3]} channels; set SFAKD.TEACHER_CLASSIFIER False."
+            )
+        self.sfa = SmoothedFrequencyAugmentation(s_shape[-3], self.feature_size, section.CUT_OFF)
+        self.transfer = bottleneck_projector(s_shape[-3], t_shape[-3])
+
+    def project(self, student_map: Tensor) -> Tensor:
+        """``transfer(SFA(s))`` on the student's last map, pooled to the common size first."""
+        return self.transfer(self.sfa(pool_to_size(student_map, self.feature_size)))
+
+    def predict(self, projected: Tensor, logits_student: Tensor) -> Tensor:
+        """The teacher's frozen classifier on GAP(projected), or the student's logits."""
+        if not self.use_teacher_classifier:
+            return logits_student
+        classifier = self.teacher.get_submodule(self.classifier_name)
+        return classifier(projected.mean(dim=(2, 3)))
+
+    def forward_train(self, image: Tensor, target: Tensor, **batch) -> Tuple[Tensor, Dict[str, Tensor]]:
+        logits_student, feats_student = self.student(image)
+        logits_teacher, feats_teacher = self.teacher_forward(image)
+        projected = self.project(feats_student["feats"][-1])
+        teacher_map = pool_to_size(feats_teacher["feats"][-1], self.feature_size)
+        logits = self.predict(projected, logits_student)
+        losses = {"loss_feat": self.feat_loss_weight * sfakd_feature_loss(projected, teacher_map, self.pooled)}
+        if self.ce_loss_weight:
+            losses["loss_ce"] = self.ce_loss_weight * F.cross_entropy(logits, target)
+        if self.kd_loss_weight:
+            losses["loss_kd"] = self.kd_loss_weight * kd_loss(logits, logits_teacher, self.temperature)
+        return logits, losses
+
+    def forward_test(self, image: Tensor) -> Tensor:
+        logits_student, feats_student = self.student(image)
+        if not self.use_teacher_classifier:
+            return logits_student
+        return self.predict(self.project(feats_student["feats"][-1]), logits_student)

@@ -1,0 +1,80 @@
+"""Fourier-domain feature filtering: the Gaussian high-pass mask and the SFA module of SFAKD.
+
+SFAKD ("Smooth the Signal, Distill the Essence: A Frequency-Aware Modulation Framework for
+Knowledge Distillation", You et al., 2025) augments the student's last feature map ``x`` with
+
+    freq(x) = Re ifft2( ifftshift( m * fftshift( fft2(x) * K ) ) )        (fft2 / ifft2 "ortho")
+    SFA(x)  = r1 * freq(x) + r2 * conv1x1(x)
+
+where ``K`` is a learnable complex filter per channel and ``m`` the Gaussian high-pass mask below.
+"""
+
+from typing import Tuple
+
+import torch
+from torch import Tensor, nn
+
+__all__ = ["gaussian_highpass_mask", "SmoothedFrequencyAugmentation"]
+
+
+def gaussian_highpass_mask(h: int, w: int, cutoff: float) -> Tensor:
+    """``m(u, v) = 1 - exp(-r^2 / (2 sigma^2))`` over an fftshift-ed ``h x w`` spectrum, float32.
+
+    ``r`` is the distance of (u, v) to the centre ``(h // 2, w // 2)`` (where fftshift puts the
+    zero frequency, for odd and even sizes alike) and ``sigma = cutoff * min(h, w)``. The mask is
+    divided by its maximum, so it lies in [0, 1]; the DC term is 0 and low frequencies are softly
+    suppressed. A 1 x 1 spectrum holds only the DC term: its mask is 0.
+    """
+    if h < 1 or w < 1:
+        raise ValueError(f"mask size must be positive, got {h} x {w}")
+    if cutoff <= 0:
+        raise ValueError(f"cutoff must be positive, got {cutoff}")
+    rows = torch.arange(h, dtype=torch.float64) - h // 2
+    cols = torch.arange(w, dtype=torch.float64) - w // 2
+    r2 = rows[:, None] ** 2 + cols[None, :] ** 2
+    sigma = cutoff * min(h, w)
+    mask = 1.0 - torch.exp(-r2 / (2.0 * sigma**2))
+    peak = mask.max()
+    if peak > 0:
+        mask = mask / peak
+    return mask.float()
+
+
+class SmoothedFrequencyAugmentation(nn.Module):
+    """SFA: a learnable per-channel Fourier filter behind a Gaussian high-pass, plus a 1x1 conv.
+
+    Input and output are ``(B, channels, h, w)`` with ``(h, w) = size``. Parameters keep the SFAKD
+    authors' names (``real_weight``, ``imag_weight``, ``w0``, ``rate1``, ``rate2``), so their
+    checkpoints load: the filter's real and imaginary parts start uniform in ``[0, 1 / channels^2]``,
+    the mixing weights ``rate1`` (frequency) and ``rate2`` (spatial) at 0.5.
+
+    The FFT runs in at least float32 whatever the autocast state (``torch.fft`` has no bfloat16
+    kernels on the CPU); the frequency branch is cast back to the input dtype.
+    """
+
+    def __init__(self, channels: int, size: Tuple[int, int], cutoff: float = 0.1) -> None:
+        super().__init__()
+        h, w = size
+        scale = 1.0 / channels**2
+        self.rate1 = nn.Parameter(torch.tensor(0.5))
+        self.rate2 = nn.Parameter(torch.tensor(0.5))
+        self.real_weight = nn.Parameter(scale * torch.rand(channels, h, w))
+        self.imag_weight = nn.Parameter(scale * torch.rand(channels, h, w))
+        self.w0 = nn.Conv2d(channels, channels, kernel_size=1)
+        # fftshift -> mask -> ifftshift equals one product with the mask moved back to FFT order.
+        mask = gaussian_highpass_mask(h, w, cutoff)
+        self.register_buffer("spectral_mask", torch.fft.ifftshift(mask, dim=(-2, -1)), persistent=False)
+
+    def frequency_branch(self, x: Tensor) -> Tensor:
+        """``Re ifft2(ifftshift(m * fftshift(fft2(x) * K)))`` in float32 (float64 for float64 input),
+        returned in ``x.dtype``."""
+        dtype = torch.promote_types(x.dtype, torch.float32)
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            spectrum = torch.fft.fft2(x.to(dtype), norm="ortho")
+            kernel = torch.complex(self.real_weight.to(dtype), self.imag_weight.to(dtype))
+            spectrum = spectrum * (kernel * self.spectral_mask.to(dtype))
+            out = torch.fft.ifft2(spectrum, norm="ortho").real
+        return out.to(x.dtype)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rate1 * self.frequency_branch(x) + self.rate2 * self.w0(x)

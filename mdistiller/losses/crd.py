@@ -1,0 +1,117 @@
+"""Contrastive Representation Distillation (Tian et al., "Contrastive Representation
+Distillation", ICLR 2020): embeddings, the two momentum memory banks and the NCE loss."""
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn as nn
+
+
+class Embed(nn.Module):
+    """Linear projection of the flattened input to `dim_out`, then L2 normalisation per sample."""
+
+    def __init__(self, dim_in: int = 1024, dim_out: int = 128) -> None:
+        super().__init__()
+        self.linear = nn.Linear(dim_in, dim_out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.linear(x.reshape(x.shape[0], -1))
+        return x / x.pow(2).sum(dim=1, keepdim=True).sqrt()
+
+
+class AliasSampler(nn.Module):
+    """Walker's alias method: O(1) draws from a fixed discrete distribution over `len(probs)` items.
+
+    The tables are non-persistent buffers: they follow `.to(device)` and stay out of state dicts.
+    """
+
+    def __init__(self, probs: torch.Tensor) -> None:
+        super().__init__()
+        size = probs.numel()
+        scaled = (probs.double() / probs.sum() * size).tolist()
+        prob, alias = [1.0] * size, [0] * size
+        small = [i for i, p in enumerate(scaled) if p < 1.0]
+        large = [i for i, p in enumerate(scaled) if p >= 1.0]
+        while small and large:
+            s, l = small.pop(), large.pop()
+            prob[s], alias[s] = scaled[s], l
+            scaled[l] += scaled[s] - 1.0
+            (small if scaled[l] < 1.0 else large).append(l)
+        self.register_buffer("prob", torch.tensor(prob, dtype=torch.float32), persistent=False)
+        self.register_buffer("alias", torch.tensor(alias, dtype=torch.long), persistent=False)
+
+    def draw(self, n: int) -> torch.Tensor:
+        """`n` indices drawn independently, on the device of the tables."""
+        column = torch.randint(0, self.prob.numel(), (n,), device=self.prob.device)
+        keep = torch.bernoulli(self.prob[column]).bool()
+        return torch.where(keep, column, self.alias[column])
+
+
+class ContrastMemory(nn.Module):
+    """Two memory banks of L2-normalised embeddings, one per model, updated with momentum.
+
+    `forward(v1, v2, index, contrast_index)` scores each embedding against the *other* model's
+    bank at `contrast_index` (column 0 the positive, then K negatives; drawn uniformly with column
+    0 = `index` when not given): `exp(<memory, v> / T) / Z`, Z fixed from the first batch as
+    `mean * num_data`. Returns `(out_v1, out_v2)`, each (B, K + 1), then writes
+    `normalize(m * memory[index] + (1 - m) * v)` into each bank. Buffer names (`params`,
+    `memory_v1`, `memory_v2`) are MDistiller's, so its checkpoints load.
+    """
+
+    def __init__(self, feat_dim: int, num_data: int, k: int, temperature: float = 0.07,
+                 momentum: float = 0.5) -> None:
+        super().__init__()
+        self.num_data = num_data
+        self.register_buffer("params", torch.tensor([k, temperature, -1.0, -1.0, momentum]))
+        stdv = 1.0 / math.sqrt(feat_dim / 3)
+        self.register_buffer("memory_v1", torch.rand(num_data, feat_dim).mul_(2 * stdv).add_(-stdv))
+        self.register_buffer("memory_v2", torch.rand(num_data, feat_dim).mul_(2 * stdv).add_(-stdv))
+        self.sampler = AliasSampler(torch.ones(num_data))
+
+    def forward(self, v1: torch.Tensor, v2: torch.Tensor, index: torch.Tensor,
+                contrast_index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+        k, temperature, z_v1, z_v2, momentum = self.params.tolist()
+        if contrast_index is None:
+            contrast_index = self.sampler.draw(v1.shape[0] * (int(k) + 1)).view(v1.shape[0], -1)
+            contrast_index[:, 0] = index
+        with torch.autocast(v1.device.type, enabled=False):
+            v1, v2 = v1.float(), v2.float()
+            out_v2 = torch.exp(self._scores(self.memory_v1, contrast_index, v2) / temperature)
+            out_v1 = torch.exp(self._scores(self.memory_v2, contrast_index, v1) / temperature)
+            with torch.no_grad():
+                if z_v1 < 0:
+                    self.params[2] = out_v1.mean() * self.num_data
+                    z_v1 = self.params[2].item()
+                if z_v2 < 0:
+                    self.params[3] = out_v2.mean() * self.num_data
+                    z_v2 = self.params[3].item()
+            self._update(self.memory_v1, index, v1, momentum)
+            self._update(self.memory_v2, index, v2, momentum)
+        return out_v1 / z_v1, out_v2 / z_v2
+
+    @staticmethod
+    def _scores(memory: torch.Tensor, contrast_index: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        weights = memory[contrast_index.reshape(-1)].view(*contrast_index.shape, memory.shape[1])
+        return torch.bmm(weights, v.unsqueeze(2)).squeeze(2)
+
+    @staticmethod
+    @torch.no_grad()
+    def _update(memory: torch.Tensor, index: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
+        mixed = memory[index] * momentum + v.detach() * (1.0 - momentum)
+        memory.index_copy_(0, index, mixed / mixed.pow(2).sum(dim=1, keepdim=True).sqrt())
+
+
+def contrast_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:
+    """NCE loss of CRD's Eq. 18 on (B, K + 1) scores (column 0 the positive).
+
+    With noise probability `Pn = 1 / num_data` and `m = K`:
+    `-( sum_b log(P_pos / (P_pos + m Pn + eps)) + sum_{b,j} log(m Pn / (P_neg + m Pn + eps)) ) / B`,
+    eps = 1e-7.
+    """
+    eps = 1e-7
+    noise = (scores.shape[1] - 1) / float(num_data)
+    positive, negative = scores[:, 0], scores[:, 1:]
+    log_d1 = torch.log(positive / (positive + noise + eps))
+    log_d0 = torch.log(noise / (negative + noise + eps))
+    return -(log_d1.sum() + log_d0.sum()) / scores.shape[0]

@@ -1,0 +1,18 @@
+"""Spatial alignment of two feature maps before they are compared."""
+
+from typing import Sequence, Tuple
+
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def common_size(shape_a: Sequence[int], shape_b: Sequence[int]) -> Tuple[int, int]:
+    """The (h, w) both maps can be average-pooled to: the smaller of each (shapes end in h, w)."""
+    return min(shape_a[-2], shape_b[-2]), min(shape_a[-1], shape_b[-1])
+
+
+def pool_to_size(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    """``x`` average-pooled to ``size`` (adaptive pooling); unchanged when it already has it."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.adaptive_avg_pool2d(x, size)
