@@ -8,6 +8,7 @@ rotation over the files found. Full form (MDISTILLER_E2E=full): every file.
 
 import glob
 import json
+import math
 import os
 from collections import defaultdict
 from typing import Dict, List
@@ -121,9 +122,10 @@ def test_config_trains_one_epoch(path, data_root, tmp_path, monkeypatch):
     run = tmp_path / cfg.EXPERIMENT.PROJECT / "run"
     assert 0.0 <= trainer.best_acc <= 100.0
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
-    assert record["epoch"] == 1 and record["loss_ce"] > 0
-    if method != "NONE":
-        assert "loss_kd" in record
+    losses = {k: v for k, v in record.items() if k.startswith("loss_")}
+    assert record["epoch"] == 1 and losses and all(math.isfinite(v) and v >= 0 for v in losses.values())
+    if method != "NONE":   # a distillation term beside cross-entropy (SFAKD's default trains on loss_feat alone)
+        assert set(losses) - {"loss_ce"}
     assert (run / "student_best").is_file() and (run / "latest").is_file()
 
 

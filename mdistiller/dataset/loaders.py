@@ -6,7 +6,7 @@ With ``DISTILLER.TYPE`` CRD the train set is instance-sampled, as in MDistiller:
 mode ``CRD.MODE``).
 """
 
-from typing import Optional, Tuple
+from typing import Iterable, Optional, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -14,6 +14,7 @@ from yacs.config import CfgNode
 
 from mdistiller.dataset.base import InstanceDataset, dataset_registry
 from mdistiller.dataset.contrastive import ContrastiveInstanceDataset
+from mdistiller.dataset.fast_aug import fast_loader
 
 __all__ = ["build_datasets", "build_loaders", "contrastive_train_set", "get_dataset"]
 
@@ -45,28 +46,35 @@ def build_loaders(
     train_set: Dataset,
     val_set: Dataset,
     train_sampler: Optional[Sampler] = None,
-) -> Tuple[DataLoader, DataLoader]:
+) -> Tuple[Iterable, Iterable]:
     """Train and validation loaders: train shuffled unless ``train_sampler`` is given (e.g. a
-    ``DistributedSampler``), validation in order; batches of ``SOLVER.BATCH_SIZE`` and
-    ``DATASET.TEST.BATCH_SIZE``; ``DATASET.NUM_WORKERS`` workers (persistent when > 0); pinned
-    memory when CUDA is available; the last partial batch kept."""
-    num_workers = int(cfg.DATASET.NUM_WORKERS)
+    ``DistributedSampler``), validation in order; batches of
+    ``SOLVER.BATCH_SIZE`` and ``DATASET.TEST.BATCH_SIZE``; the last partial batch kept.
+
+    With ``DATASET.FAST_AUG`` (default on) a set held in memory (CIFAR-100, digits) whose transform
+    is crop / flip / normalise gets an :class:`~mdistiller.dataset.fast_aug.InMemoryLoader`
+    (batched augmentation, on the training device); other sets get a DataLoader with
+    ``DATASET.NUM_WORKERS`` workers, persistent when ``DATASET.PERSISTENT_WORKERS`` (default on) and
+    there are workers, pinned memory when ``DATASET.PIN_MEMORY`` ("auto": when CUDA is available)."""
+    dataset_cfg = cfg.DATASET
+    num_workers = int(dataset_cfg.NUM_WORKERS)
+    pin_memory = dataset_cfg.get("PIN_MEMORY", "auto")
     common = dict(
         num_workers=num_workers,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=num_workers > 0,
+        pin_memory=torch.cuda.is_available() if pin_memory == "auto" else bool(pin_memory),
+        persistent_workers=num_workers > 0 and bool(dataset_cfg.get("PERSISTENT_WORKERS", True)),
         drop_last=False,
     )
-    train_loader = DataLoader(
-        train_set,
-        batch_size=int(cfg.SOLVER.BATCH_SIZE),
-        shuffle=train_sampler is None,
-        sampler=train_sampler,
-        **common,
-    )
-    val_loader = DataLoader(
-        val_set, batch_size=int(cfg.DATASET.TEST.BATCH_SIZE), shuffle=False, **common
-    )
+    fast = bool(dataset_cfg.get("FAST_AUG", False))
+    train_batch, val_batch = int(cfg.SOLVER.BATCH_SIZE), int(dataset_cfg.TEST.BATCH_SIZE)
+    train_loader = fast_loader(train_set, train_batch, shuffle=True, sampler=train_sampler) if fast else None
+    if train_loader is None:
+        train_loader = DataLoader(
+            train_set, batch_size=train_batch, shuffle=train_sampler is None, sampler=train_sampler, **common
+        )
+    val_loader = fast_loader(val_set, val_batch, shuffle=False) if fast else None
+    if val_loader is None:
+        val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **common)
     return train_loader, val_loader
 
 

@@ -29,7 +29,21 @@ class Distiller(nn.Module):
 
     Subclasses implement `forward_train(image, target, **batch) -> (logits, {name: loss})`.
     The teacher is kept in eval mode with `requires_grad` off; its parameters never learn.
+
+    Class attributes read by the trainer:
+
+    - `fast_teacher`: `teacher_forward` may run an inference copy of the teacher with BatchNorm
+      folded into its convolutions (mdistiller/engine/fast_teacher.py; SOLVER.FAST_TEACHER). Its
+      outputs (logits, feats, preact_feats, pooled_feat) equal the teacher's up to rounding, but its
+      modules are not the teacher's: set False in a method that reads teacher internals another way
+      (module attributes set during forward, hooks added after the first step). The copy is skipped
+      on its own while the teacher is in train mode or has forward hooks.
+    - `ddp_find_unused_parameters`: set True when some learnable module does not take part in every
+      step (passed to DistributedDataParallel).
     """
+
+    fast_teacher: bool = True
+    ddp_find_unused_parameters: bool = False
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module]) -> None:
         super().__init__()
@@ -78,7 +92,13 @@ class Distiller(nn.Module):
 
     @torch.no_grad()
     def teacher_forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, dict]:
-        """The teacher's logits and features, computed without building a graph."""
+        """The teacher's logits and features, computed without building a graph.
+
+        Goes through the trainer's fast inference copy when one is installed and `fast_teacher` is on.
+        """
+        fast = self.__dict__.get("inference_teacher")
+        if fast is not None and self.fast_teacher:
+            return fast(image)
         return self.teacher(image)
 
     def forward(self, **kwargs):

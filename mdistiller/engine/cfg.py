@@ -32,6 +32,9 @@ CFG.DATASET.ROOT = "data"
 CFG.DATASET.DOWNLOAD = False
 CFG.DATASET.IMAGE_SIZE = 0  # 0: the dataset's standard size (cifar100 32, imagenet 224, tiny_imagenet 64, digits 16)
 CFG.DATASET.NUM_WORKERS = 2
+CFG.DATASET.FAST_AUG = True
+CFG.DATASET.PIN_MEMORY = "auto"
+CFG.DATASET.PERSISTENT_WORKERS = True
 CFG.DATASET.TEST = CN()
 CFG.DATASET.TEST.BATCH_SIZE = 64
 
@@ -54,10 +57,18 @@ CFG.SOLVER.WEIGHT_DECAY = 0.0001
 CFG.SOLVER.MOMENTUM = 0.9
 CFG.SOLVER.TYPE = "SGD"
 CFG.SOLVER.DEVICE = "auto"
-CFG.SOLVER.AMP = False
+CFG.SOLVER.AMP = "auto"
 CFG.SOLVER.AMP_DTYPE = "bfloat16"
+CFG.SOLVER.CHANNELS_LAST = "auto"
+CFG.SOLVER.FAST_TEACHER = True
+CFG.SOLVER.COMPILE = False
 CFG.SOLVER.DOT = CN()
 CFG.SOLVER.DOT.DELTA = 0.075
+
+CFG.DISTRIBUTED = CN()
+CFG.DISTRIBUTED.BACKEND = "auto"
+CFG.DISTRIBUTED.SYNC_BN = False
+CFG.DISTRIBUTED.SCALE_LR = False
 
 CFG.LOG = CN()
 CFG.LOG.TENSORBOARD_FREQ = 500
@@ -65,6 +76,9 @@ CFG.LOG.SAVE_CHECKPOINT_FREQ = 40
 CFG.LOG.PREFIX = "./output"
 CFG.LOG.WANDB = False
 CFG.LOG.PROGRESS_BAR = True
+
+# Switches that take True, False or "auto" (decided per device: mdistiller/engine/fast_path.py).
+AUTO_BOOL_KEYS = ("SOLVER.AMP", "SOLVER.CHANNELS_LAST", "DATASET.PIN_MEMORY")
 
 for _name, _section in method_defaults.items():
     CFG[_name] = _section.clone()
@@ -115,6 +129,15 @@ def _coerce(value: Any, default: Any, full_key: str, source: str) -> Any:
     )
 
 
+def _coerce_auto_bool(value: Any, full_key: str, source: str) -> Any:
+    """True, False or "auto" for a key of AUTO_BOOL_KEYS; a ConfigError for anything else."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in ("auto", "true", "false"):
+        return {"auto": "auto", "true": True, "false": False}[value.lower()]
+    raise ConfigError(f"Config key '{full_key}' in {source} expects True, False or auto, got {value!r}.")
+
+
 def _set(cfg: CN, full_key: str, value: Any, source: str) -> None:
     node = cfg
     parts = full_key.split(".")
@@ -130,6 +153,9 @@ def _set(cfg: CN, full_key: str, value: Any, source: str) -> None:
             raise ConfigError(f"Config key '{full_key}' in {source} is a section; set its keys instead.")
         for key, sub_value in value.items():
             _set(cfg, f"{full_key}.{key}", sub_value, source)
+        return
+    if full_key in AUTO_BOOL_KEYS:
+        node[leaf] = _coerce_auto_bool(value, full_key, source)
         return
     node[leaf] = _coerce(value, node[leaf], full_key, source)
 

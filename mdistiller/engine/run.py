@@ -7,23 +7,37 @@ from yacs.config import CfgNode as CN
 from mdistiller.dataset import get_dataset
 from mdistiller.engine.build import build_distiller
 from mdistiller.engine.cfg import show_cfg
+from mdistiller.engine.distributed import cleanup_distributed, init_distributed, shard_loaders
 from mdistiller.engine.experiment import experiment_name
 from mdistiller.engine.trainer import Trainer, trainer_dict
-from mdistiller.engine.utils import seed_everything
+from mdistiller.engine.utils import resolve_device, seed_everything
 
 
 def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = False,
               run_dir: Optional[str] = None, verbose: bool = True) -> Trainer:
-    """Build everything `cfg` names, train it, and return the finished trainer."""
-    name, _ = experiment_name(cfg, opts)
-    seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
-    if verbose:
-        show_cfg(cfg)
-    train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
-    distiller = build_distiller(cfg, num_data, num_classes)
-    if cfg.DISTILLER.TYPE != "NONE":
-        print(f"Extra parameters of {cfg.DISTILLER.TYPE}: {distiller.get_extra_parameters()}")
-    trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, val_loader, cfg, run_dir=run_dir)
-    print(f"Run directory: {trainer.run_dir}")
-    trainer.train(resume=resume)
+    """Build everything `cfg` names, train it, and return the finished trainer.
+
+    Launched by torchrun, the process joins the process group and trains on its shard of the data
+    (mdistiller/engine/distributed.py).
+    """
+    distributed = init_distributed(cfg, resolve_device(cfg.SOLVER.DEVICE))
+    finished = False
+    try:
+        name, _ = experiment_name(cfg, opts)
+        seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
+        if verbose:
+            show_cfg(cfg)
+        train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
+        if distributed:
+            train_loader, val_loader = shard_loaders(train_loader, val_loader, cfg.EXPERIMENT.SEED)
+        distiller = build_distiller(cfg, num_data, num_classes)
+        if cfg.DISTILLER.TYPE != "NONE":
+            print(f"Extra parameters of {cfg.DISTILLER.TYPE}: {distiller.get_extra_parameters()}")
+        trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, val_loader, cfg, run_dir=run_dir)
+        print(f"Run directory: {trainer.run_dir}")
+        trainer.train(resume=resume)
+        finished = True
+    finally:
+        if distributed:
+            cleanup_distributed(finished)
     return trainer

@@ -11,7 +11,11 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.engine.cfg import dump_cfg
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint
+from mdistiller.engine.distributed import (NullLog, broadcast_buffers, is_main_process, local_device,
+                                           max_over_processes, mean_over_processes, rank, reduce_meters,
+                                           set_sampler_epoch, sum_over_processes, world_size, wrap_ddp)
 from mdistiller.engine.evaluate import evaluate
+from mdistiller.engine.fast_path import channels_last_enabled, place_loader, prepare_distiller
 from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, WorkLog
 from mdistiller.engine.optim import build_optimizer
 from mdistiller.engine.schedule import learning_rate
@@ -29,7 +33,7 @@ def ensure_writable_dir(path: str) -> None:
     """Create `path` if needed and check a file can be written in it; OutputDirError otherwise."""
     try:
         os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write_test")
+        probe = os.path.join(path, f".write_test.{os.getpid()}")
         with open(probe, "w") as f:
             f.write("ok")
         os.unlink(probe)
@@ -47,20 +51,29 @@ class Trainer:
     `best`, `student_latest`, `student_best`, `epoch_N`, `student_N`) under `LOG.PREFIX/<name>`.
     Batches are `(image, target, index[, contrastive_index])`; all but image and target reach the
     distiller as keyword arguments.
+
+    Speed (mdistiller/engine/fast_path.py): autocast (SOLVER.AMP), channels_last, the teacher's fast
+    inference copy, torch.compile. Under torchrun (mdistiller/engine/distributed.py) `train_model`
+    is the DDP wrapper of `distiller`, metrics are reduced over processes and rank 0 alone logs and
+    saves; `distiller` stays the bare module, so checkpoints are the same as on one process.
     """
 
     def __init__(self, experiment_name: str, distiller, train_loader, val_loader, cfg: CN,
                  run_dir: Optional[str] = None) -> None:
         self.cfg = cfg
         self.experiment_name = experiment_name
-        self.device = resolve_device(cfg.SOLVER.DEVICE)
-        self.distiller = distiller.to(self.device)
-        self.train_loader = train_loader
-        self.val_loader = val_loader
+        self.device = local_device(resolve_device(cfg.SOLVER.DEVICE))
+        self.amp_dtype = autocast_dtype(self.device, cfg.SOLVER)
+        self.channels_last = channels_last_enabled(cfg.SOLVER.CHANNELS_LAST, self.device, self.amp_dtype)
+        self.distiller = prepare_distiller(distiller, cfg.SOLVER, self.device, self.channels_last)
+        self.train_model = wrap_ddp(self.distiller, self.device, cfg.DISTRIBUTED.SYNC_BN)
+        self.is_main = is_main_process()
+        self.lr_scale = world_size() if cfg.DISTRIBUTED.SCALE_LR else 1
+        self.train_loader = place_loader(train_loader, self.device)
+        self.val_loader = place_loader(val_loader, self.device)
         self.run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, experiment_name)
         ensure_writable_dir(self.run_dir)
         self.optimizer = self.init_optimizer()
-        self.amp_dtype = autocast_dtype(self.device, cfg.SOLVER)
         use_scaler = self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.best_acc = -1.0
@@ -77,7 +90,7 @@ class Trainer:
     def train(self, resume: Union[bool, str] = False) -> float:
         """Train to SOLVER.EPOCHS; `resume` is True (this run's `latest`) or a checkpoint path."""
         epoch = 1
-        metrics_file = MetricsFile(self.run_dir)
+        metrics_file = MetricsFile(self.run_dir) if self.is_main else NullLog()
         if resume:
             path = os.path.join(self.run_dir, "latest") if resume is True else resume
             epoch = self.load_state(load_checkpoint(path)) + 1
@@ -85,12 +98,13 @@ class Trainer:
             print(f"Resumed from {path} at epoch {epoch} (best_acc {self.best_acc:.2f}).")
         else:
             metrics_file.truncate_after(0)
-        with open(os.path.join(self.run_dir, "cfg.yaml"), "w") as f:
-            f.write(dump_cfg(self.cfg))
-        worklog = WorkLog(self.run_dir)
-        tensorboard = TensorBoardLog(self.run_dir)
+        if self.is_main:
+            with open(os.path.join(self.run_dir, "cfg.yaml"), "w") as f:
+                f.write(dump_cfg(self.cfg))
+        worklog = WorkLog(self.run_dir) if self.is_main else NullLog()
+        tensorboard = TensorBoardLog(self.run_dir) if self.is_main else NullLog()
         wandb_log = None
-        if self.cfg.LOG.WANDB:
+        if self.cfg.LOG.WANDB and self.is_main:
             tags = self.cfg.EXPERIMENT.TAG.split(",")
             wandb_log = WandbLog(self.cfg, self.run_dir, self.experiment_name, tags, self.wandb_id)
             self.wandb_id = wandb_log.run_id
@@ -114,15 +128,16 @@ class Trainer:
         return self.best_acc
 
     def train_epoch(self, epoch: int) -> Tuple[float, "OrderedDict[str, float]"]:
-        seed_everything(self.cfg.EXPERIMENT.SEED * 100_003 + epoch)
-        lr = learning_rate(epoch, self.cfg.SOLVER)
+        seed_everything(self.cfg.EXPERIMENT.SEED * 100_003 + epoch + 1_000_003 * rank())
+        set_sampler_epoch(self.train_loader, epoch)
+        lr = learning_rate(epoch, self.cfg.SOLVER) * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         meters = {"loss": AverageMeter(), "top1": AverageMeter(), "top5": AverageMeter()}
         term_meters: Dict[str, AverageMeter] = {}
         self.distiller.train()
         bar = tqdm(total=len(self.train_loader), desc=f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS}",
-                   disable=not self.cfg.LOG.PROGRESS_BAR, dynamic_ncols=True, leave=False)
+                   disable=not self.cfg.LOG.PROGRESS_BAR or not self.is_main, dynamic_ncols=True, leave=False)
         images_seen, start = 0, time.perf_counter()
         for step, batch in enumerate(self.train_loader):
             image, target, extra = self.to_device(batch)
@@ -140,7 +155,10 @@ class Trainer:
                             img_s=f"{images_seen / max(elapsed, 1e-9):.0f}")
             bar.update()
         bar.close()
-        train_seconds = time.perf_counter() - start
+        train_seconds = max_over_processes(time.perf_counter() - start)
+        reduce_meters(meters)
+        reduce_meters(term_meters)
+        images_seen = int(sum_over_processes([images_seen])[0])
         test_acc, test_acc_top5, test_loss = self.validate()
         metrics = OrderedDict(
             train_acc=meters["top1"].avg,
@@ -160,13 +178,15 @@ class Trainer:
         names = ("index", "contrastive_index")
         extra = {name: value.to(self.device, non_blocking=True) for name, value in zip(names, batch[2:])}
         image = image.to(self.device, non_blocking=True).float()
+        if self.channels_last:
+            image = image.contiguous(memory_format=torch.channels_last)
         return image, target.to(self.device, non_blocking=True), extra
 
     def train_iter(self, image: torch.Tensor, target: torch.Tensor, extra: Dict[str, torch.Tensor],
                    epoch: int, step: int) -> Tuple[torch.Tensor, Dict[str, float], float]:
         """One optimisation step; returns predictions, each loss term and the total as floats."""
         with self.autocast():
-            preds, losses = self.distiller(image=image, target=target, epoch=epoch, **extra)
+            preds, losses = self.train_model(image=image, target=target, epoch=epoch, **extra)
         losses = {name: value.mean() for name, value in losses.items()}
         values = self.check_finite(losses, epoch, step)
         self.backward_and_step(losses)
@@ -193,7 +213,10 @@ class Trainer:
     def validate(self) -> Tuple[float, float, float]:
         """Top-1, top-5 (percent) and mean cross-entropy on the validation set."""
         self.distiller.eval()
-        return evaluate(lambda image: self.distiller(image=image), self.val_loader, self.device, self.autocast)
+        broadcast_buffers(self.distiller)
+        results = evaluate(lambda image: self.distiller(image=image), self.val_loader, self.device, self.autocast)
+        top1, top5, loss = mean_over_processes(results, self.val_loader)
+        return top1, top5, loss
 
     # -- checkpoints --------------------------------------------------------------------------
     def state(self, epoch: int) -> dict:
@@ -214,6 +237,8 @@ class Trainer:
                 "cfg": dump_cfg(self.cfg)}
 
     def save(self, epoch: int, test_acc: float) -> None:
+        if not self.is_main:
+            return
         state, student = self.state(epoch), self.student_state(epoch, test_acc)
         join = lambda name: os.path.join(self.run_dir, name)  # noqa: E731
         save_checkpoint(state, join("latest"))

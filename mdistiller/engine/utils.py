@@ -93,17 +93,32 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU computes bfloat16 in hardware (AVX512-BF16 or AMX), where CPU autocast pays off."""
+    probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+    return any(bool(getattr(torch.cpu, name, lambda: False)()) for name in probes)
+
+
 def autocast_dtype(device: torch.device, solver: CN) -> Optional[torch.dtype]:
     """The autocast dtype SOLVER.AMP / SOLVER.AMP_DTYPE ask for on `device`, or None for full precision.
 
-    CPU autocast runs in bfloat16 whatever AMP_DTYPE says; CUDA takes bfloat16 or float16.
+    SOLVER.AMP is True, False or "auto": on CUDA, and on CPUs with native bfloat16 (AVX512-BF16 or
+    AMX). CPU autocast runs in bfloat16 whatever AMP_DTYPE says; CUDA takes bfloat16 or float16,
+    and "auto" falls back to float16 (with the grad scaler) on GPUs without bfloat16.
     """
-    if not solver.AMP:
+    auto = solver.AMP == "auto"
+    if auto:
+        enabled = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    else:
+        enabled = bool(solver.AMP)
+    if not enabled:
         return None
     if solver.AMP_DTYPE not in ("bfloat16", "float16"):
         raise ConfigError(f"SOLVER.AMP_DTYPE must be bfloat16 or float16, got '{solver.AMP_DTYPE}'.")
     if device.type == "cpu":
         return torch.bfloat16
+    if auto and solver.AMP_DTYPE == "bfloat16" and device.type == "cuda" and not torch.cuda.is_bf16_supported():
+        return torch.float16
     return {"bfloat16": torch.bfloat16, "float16": torch.float16}[solver.AMP_DTYPE]
 
 

@@ -1,0 +1,319 @@
+"""What a training step costs: the student alone, the floor (student step + teacher inference) and
+distillers, measured in one process with the trainer's own step (tools/bench.py).
+
+Each subject is a real trainer (the configured SOLVER.TRAINER, with autocast, channels_last and the
+fast teacher as the config says) stepping on one fixed random batch on the configured device, so
+data loading is left out (:func:`loader_throughput` measures it apart). Subjects are timed in
+turns (student, floor, distiller, student, floor, distiller, ...) so that a change of load on a
+shared machine hits them alike; a distiller's overhead is the ratio of its median step time to the
+floor's median over the same turns.
+
+Per subject: images/s (batch / median step), median step time, peak memory during its steps (CUDA
+max allocated; on the CPU the process's peak resident set, reset through /proc/self/clear_refs
+before each step, so it includes the process's baseline), FLOPs per image of one training step
+(forward, backward, teacher inference; torch.utils.flop_counter counts matmuls and convolutions)
+and the parameters the method adds.
+"""
+
+import copy
+import os
+import statistics
+import tempfile
+import time
+from typing import Callable, Dict, Iterable, List, Optional
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+from yacs.config import CfgNode as CN
+
+from mdistiller.distillers import Distiller, distiller_dict
+from mdistiller.engine.build import build_model, build_teacher, teacher_checkpoint_path
+from mdistiller.engine.trainer import trainer_dict
+from mdistiller.engine.utils import resolve_device
+
+__all__ = ["ABLATION", "DATASET_SHAPES", "EAGER_FP32", "PeakMemory", "Subject", "TeacherFloor", "loader_throughput",
+           "run_benchmark"]
+
+# (training images, classes) per DATASET.TYPE, without reading the data.
+DATASET_SHAPES = {"cifar100": (50000, 100), "digits": (1437, 10), "tiny_imagenet": (100000, 200),
+                  "imagenet": (1281167, 1000)}
+# The reference the speed targets are stated against: float32, eager, no fast path.
+EAGER_FP32 = {"SOLVER.AMP": False, "SOLVER.CHANNELS_LAST": False, "SOLVER.FAST_TEACHER": False,
+              "SOLVER.COMPILE": False}
+# The fast path switched on one piece at a time, from EAGER_FP32 up to the defaults.
+ABLATION = {
+    "fp32 eager, no fast path": EAGER_FP32,
+    "+ channels_last": dict(EAGER_FP32, **{"SOLVER.CHANNELS_LAST": True}),
+    "+ autocast": dict(EAGER_FP32, **{"SOLVER.CHANNELS_LAST": True, "SOLVER.AMP": True}),
+}
+
+
+class TeacherFloor(Distiller):
+    """The student's cross-entropy step plus the teacher's inference: the floor any distiller pays."""
+
+    def __init__(self, student, teacher, cfg=None, **data_info) -> None:
+        super().__init__(student, teacher)
+
+    def forward_train(self, image: torch.Tensor, target: torch.Tensor, **batch):
+        logits, _ = self.student(image)
+        self.teacher_forward(image)
+        return logits, {"loss_ce": F.cross_entropy(logits, target)}
+
+
+class PeakMemory:
+    """Peak memory of the steps between :meth:`reset` and :meth:`read`, in MiB."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+
+    def reset(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets the peak resident set size (VmHWM), Linux >= 4.0
+        except OSError:
+            pass
+
+    def read(self) -> float:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) / 2**20
+        try:
+            with open("/proc/self/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1]) / 1024
+        except OSError:
+            pass
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+class Subject:
+    """One measured configuration: a trainer around `distiller` and a fixed batch on its device."""
+
+    def __init__(self, name: str, cfg: CN, distiller: Distiller, num_data: int, num_classes: int,
+                 run_dir: str) -> None:
+        self.name = name
+        self.trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, None, None, cfg, run_dir=run_dir)
+        size, batch = cfg.DATASET.IMAGE_SIZE, cfg.SOLVER.BATCH_SIZE
+        generator = torch.Generator().manual_seed(0)
+        raw = [torch.randn(batch, 3, size, size, generator=generator),
+               torch.randint(0, num_classes, (batch,), generator=generator),
+               torch.randint(0, num_data, (batch,), generator=generator)]
+        if cfg.DISTILLER.TYPE == "CRD" and "CRD" in cfg:
+            raw.append(torch.randint(0, num_data, (batch, cfg.CRD.NCE.K + 1), generator=generator))
+        self.image, self.target, self.extra = self.trainer.to_device(raw)
+        self.batch_size = batch
+        self.times: List[float] = []
+        self.peaks: List[float] = []
+        self.memory = PeakMemory(self.trainer.device)
+        self.gflops: Optional[float] = None
+
+    def step(self) -> None:
+        self.trainer.distiller.train()
+        self.trainer.train_iter(self.image, self.target, self.extra, epoch=1, step=0)
+
+    def warm_up(self, steps: int) -> None:
+        """`steps` untimed steps (kernel selection, building the teacher's copy), then a FLOP-counted one."""
+        for _ in range(steps):
+            self.step()
+        try:
+            with FlopCounterMode(display=False) as counter:
+                self.step()
+            self.gflops = counter.get_total_flops() / self.batch_size / 1e9
+        except Exception:  # compiled graphs may refuse the counter's dispatch mode; FLOPs are then unknown
+            self.gflops = None
+
+    def timed_step(self) -> None:
+        device = self.trainer.device
+        self.memory.reset()
+        _synchronize(device)
+        start = time.perf_counter()
+        self.step()
+        _synchronize(device)
+        self.times.append(time.perf_counter() - start)
+        self.peaks.append(self.memory.read())
+
+    def summary(self, times: Optional[List[float]] = None) -> Dict[str, float]:
+        step = statistics.median(times or self.times)
+        return {
+            "img_per_s": self.batch_size / step,
+            "step_ms": step * 1e3,
+            "peak_mem_mb": max(self.peaks),
+            "gflops_per_img": self.gflops,
+            "extra_params": self.trainer.distiller.get_extra_parameters(),
+        }
+
+
+def _teacher_factory(cfg: CN, num_classes: int) -> Callable[[], torch.nn.Module]:
+    """A function giving a fresh copy of the teacher: trained weights when the file is there,
+    else a randomly initialised one (the step's cost does not depend on the weights)."""
+    path = teacher_checkpoint_path(cfg)
+    if cfg.DATASET.TYPE == "imagenet" or (path and os.path.isfile(path)):
+        teacher = build_teacher(cfg, num_classes)
+    else:
+        where = f"at {path}" if path else "(DISTILLER.TEACHER_WEIGHTS unset)"
+        print(f"No teacher weights {where}: timing a randomly initialised {cfg.DISTILLER.TEACHER}.")
+        teacher = build_model(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE, num_classes)
+    return lambda: copy.deepcopy(teacher)
+
+
+def _with(cfg: CN, values: Dict[str, object]) -> CN:
+    """A frozen copy of `cfg` with `values` ({"SECTION.KEY": value}) set."""
+    out = cfg.clone()
+    out.defrost()
+    for full_key, value in values.items():
+        node = out
+        *path, leaf = full_key.split(".")
+        for part in path:
+            node = node[part]
+        node[leaf] = value
+    out.freeze()
+    return out
+
+
+def _measure_in_turns(subjects: List[Subject], iters: int, warmup: int) -> Dict[str, List[float]]:
+    """Warm every subject up, then time them in turns; returns each one's times of this window."""
+    for subject in subjects:
+        subject.warm_up(warmup)
+    start = {s.name: len(s.times) for s in subjects}
+    for _ in range(iters):
+        for subject in subjects:
+            subject.timed_step()
+    return {s.name: s.times[start[s.name]:] for s in subjects}
+
+
+def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int = 3,
+                  variants: Optional[Dict[str, Dict[str, object]]] = None) -> Dict:
+    """Student alone, floor and each of `methods` on `cfg`'s pair, device and batch size.
+
+    Returns the record tools/bench.py writes as JSON (see there). `variants` ({name: {KEY: value}})
+    are other settings of the configured distiller timed in the same turns (e.g. EAGER_FP32); each
+    gets its summary and the configured one's speed-up over it.
+    """
+    device = resolve_device(cfg.SOLVER.DEVICE)
+    num_data, num_classes = DATASET_SHAPES.get(cfg.DATASET.TYPE, (50000, 100))
+    teacher = _teacher_factory(cfg, num_classes)
+    run_dir = tempfile.mkdtemp(prefix="mdistiller_bench_")
+
+    def student() -> torch.nn.Module:
+        torch.manual_seed(0)
+        return build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)
+
+    def subject(name: str, method_cfg: CN, cls) -> Subject:
+        distiller = cls(student(), None if cls is distiller_dict["NONE"] else teacher(), method_cfg,
+                        num_data=num_data, num_classes=num_classes)
+        return Subject(name, method_cfg, distiller, num_data, num_classes, run_dir)
+
+    base = subject("student_only", _with(cfg, {"DISTILLER.TYPE": "NONE"}), distiller_dict["NONE"])
+    floor = subject("floor", cfg, TeacherFloor)
+    record = {
+        "device": str(device),
+        "batch_size": cfg.SOLVER.BATCH_SIZE,
+        "image_size": cfg.DATASET.IMAGE_SIZE,
+        "teacher": cfg.DISTILLER.TEACHER,
+        "student": cfg.DISTILLER.STUDENT,
+        "settings": {
+            "amp": str(base.trainer.amp_dtype).replace("torch.", "") if base.trainer.amp_dtype else "float32",
+            "channels_last": base.trainer.channels_last,
+            "fast_teacher": bool(cfg.SOLVER.FAST_TEACHER),
+            "compile": bool(cfg.SOLVER.COMPILE),
+            "threads": torch.get_num_threads(),
+        },
+        "iters": iters,
+        "load_average_before": list(os.getloadavg()),
+        "methods": {},
+    }
+    for method in methods:
+        method_cfg = _with(cfg, {"DISTILLER.TYPE": method})
+        try:
+            measured = subject(method, method_cfg, distiller_dict[method])
+            turns = [base, floor, measured]
+            if variants and method == cfg.DISTILLER.TYPE:
+                turns += [subject(name, _with(method_cfg, keys), distiller_dict[method]) for name, keys in variants.items()]
+            window = _measure_in_turns(turns, iters, warmup)
+        except Exception as err:  # one method failing must not hide the others' numbers
+            record["methods"][method] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            continue
+        entry = measured.summary()
+        entry["overhead_vs_floor"] = statistics.median(window[method]) / statistics.median(window["floor"])
+        entry["overhead_vs_student"] = statistics.median(window[method]) / statistics.median(window["student_only"])
+        if len(turns) > 3:
+            entry["variants"] = {}
+            for variant in turns[3:]:
+                summary = variant.summary()
+                summary["speedup"] = entry["img_per_s"] / summary["img_per_s"]
+                entry["variants"][variant.name] = summary
+        record["methods"][method] = entry
+        del measured, turns
+    record["student_only"] = base.summary()
+    record["floor"] = floor.summary()
+    record["load_average_after"] = list(os.getloadavg())
+    main = record["methods"].get(cfg.DISTILLER.TYPE)
+    if main is not None and "error" not in main:
+        record["distiller"] = main
+        record["overhead_vs_floor"] = main["overhead_vs_floor"]
+        record["overhead_vs_student"] = main["overhead_vs_student"]
+    return record
+
+
+def _cifar_like(images: np.ndarray, targets: List[int], transform):
+    """A torchvision CIFAR-100 object over in-memory arrays (its own __getitem__: PIL + transform)."""
+    from torchvision.datasets import CIFAR100
+
+    dataset = CIFAR100.__new__(CIFAR100)
+    dataset.data, dataset.targets = images, targets
+    dataset.transform, dataset.target_transform = transform, None
+    return dataset
+
+
+def loader_throughput(cfg: CN, batches: int = 100) -> Dict[str, Dict[str, float]]:
+    """Images/s of the CIFAR-100 training loader: DATASET.FAST_AUG's in-memory batched augmentation
+    (on the configured device) against torchvision's PIL pipeline with DATASET.NUM_WORKERS workers.
+
+    Uses the real CIFAR-100 under DATASET.ROOT when present, else 50,000 random uint8 images.
+    """
+    from mdistiller.dataset import InstanceDataset, build_loaders
+    from mdistiller.dataset.cifar100 import build_cifar100, cifar100_train_transform, cifar100_val_transform
+    from mdistiller.engine.fast_path import place_loader
+    from mdistiller.errors import DatasetNotFoundError
+
+    try:
+        train_set, val_set, _ = build_cifar100(cfg)
+        source = "CIFAR-100"
+    except DatasetNotFoundError:
+        rng = np.random.default_rng(0)
+        images = rng.integers(0, 256, (50000, 32, 32, 3), dtype=np.uint8)
+        targets = rng.integers(0, 100, 50000).tolist()
+        train_set = InstanceDataset(_cifar_like(images, targets, cifar100_train_transform()))
+        val_set = _cifar_like(images[:100], targets[:100], cifar100_val_transform())
+        source = "random uint8 images"
+    device = resolve_device(cfg.SOLVER.DEVICE)
+    results: Dict[str, Dict[str, float]] = {}
+    for name, fast in (("fast_aug", True), ("torchvision", False)):
+        loader_cfg = _with(cfg, {"DATASET.FAST_AUG": fast, "DATASET.TYPE": "cifar100"})
+        loader, _ = build_loaders(loader_cfg, train_set, val_set)
+        loader = place_loader(loader, device)
+        iterator = iter(loader)
+        next(iterator)  # workers started, first batch out
+        start, images = time.perf_counter(), 0
+        for _, batch in zip(range(batches), iterator):
+            image = batch[0].to(device, non_blocking=True)
+            images += image.shape[0]
+        _synchronize(device)
+        seconds = time.perf_counter() - start
+        results[name] = {"img_per_s": images / seconds, "workers": 0 if fast else int(cfg.DATASET.NUM_WORKERS)}
+        del iterator, loader
+    results["speedup"] = results["fast_aug"]["img_per_s"] / results["torchvision"]["img_per_s"]
+    results["source"] = source
+    return results

@@ -1,0 +1,85 @@
+"""tools/bench.py: the JSON it writes, FLOPs against a count by hand, method selection, and the
+in-memory loader's throughput against torchvision's pipeline."""
+
+import json
+import os
+import sys
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import REPO_ROOT
+from mdistiller.distillers import distiller_dict
+from mdistiller.engine.benchmark import loader_throughput
+from mdistiller.engine.cfg import build_cfg
+from mdistiller.errors import ConfigError
+from mdistiller.models import cifar_model_dict
+
+sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+import bench  # noqa: E402
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+KD_DIGITS = os.path.join(REPO_ROOT, "configs", "digits", "kd.yaml")
+
+
+def forward_flops(model: nn.Module, size: int):
+    """Per image: 2 * multiply-adds of every conv and linear layer, and of the first conv alone."""
+    counts = []
+
+    def hook(module, inputs, output):
+        if isinstance(module, nn.Conv2d):
+            kh, kw = module.kernel_size
+            macs = output[0].numel() * module.in_channels // module.groups * kh * kw
+        else:
+            macs = module.in_features * module.out_features
+        counts.append(2 * macs)
+
+    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))]
+    with torch.no_grad():
+        model(torch.zeros(1, 3, size, size))
+    for handle in handles:
+        handle.remove()
+    return sum(counts), counts[0]
+
+
+def test_bench_json_and_flops(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    bench.main(["--cfg", KD_DIGITS, "DATASET.IMAGE_SIZE=8", "SOLVER.BATCH_SIZE=8", "--iters", "2", "--warmup", "1",
+                "--baseline", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["device"] == "cpu" and record["batch_size"] == 8
+    for key in ("student_only", "floor", "distiller"):
+        entry = record[key]
+        assert entry["img_per_s"] == pytest.approx(8 / (entry["step_ms"] / 1e3)) and entry["peak_mem_mb"] > 0
+    assert record["distiller"] == record["methods"]["KD"] and record["distiller"]["extra_params"] == 0
+    assert record["overhead_vs_floor"] > 0 and record["overhead_vs_student"] > 0
+    eager = record["distiller"]["variants"]["fp32 eager, no fast path"]
+    assert eager["speedup"] == pytest.approx(record["distiller"]["img_per_s"] / eager["img_per_s"])
+
+    # A training step: forward F, and backward 2F but for the image's own gradient at the first conv.
+    student, first = forward_flops(cifar_model_dict["resnet8"][0](num_classes=10), 8)
+    teacher, _ = forward_flops(cifar_model_dict["wrn_16_2"][0](num_classes=10), 8)
+    assert record["student_only"]["gflops_per_img"] * 1e9 == pytest.approx(3 * student - first, rel=1e-6)
+    assert (record["floor"]["gflops_per_img"] - record["student_only"]["gflops_per_img"]) * 1e9 == pytest.approx(
+        teacher, rel=1e-6)  # folding BN into the teacher's convs adds no FLOPs
+    printed = capsys.readouterr().out
+    assert "| KD |" in printed and "floor (student + teacher inference)" in printed
+
+
+def test_method_selection():
+    registered = sorted(m for m in distiller_dict if m != "NONE")
+    assert bench.selected_methods("KD", True, None) == registered
+    assert bench.selected_methods("KD", False, None) == ["KD"]
+    assert bench.selected_methods("NONE", False, "KD") == ["KD"]
+    with pytest.raises(ConfigError, match="DISTILLER.TYPE is NONE"):
+        bench.selected_methods("NONE", False, None)
+
+
+def test_in_memory_loader_outruns_torchvision_pipeline():
+    cfg = build_cfg(None, ["DATASET.NUM_WORKERS=0", "DATASET.ROOT=/nonexistent"])
+    data = loader_throughput(cfg, batches=10)
+    assert data["source"] == "random uint8 images" and data["torchvision"]["workers"] == 0
+    assert data["speedup"] == pytest.approx(data["fast_aug"]["img_per_s"] / data["torchvision"]["img_per_s"])
+    assert data["speedup"] > 1
