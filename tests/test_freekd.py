@@ -252,9 +252,10 @@ def test_missing_or_mismatched_prompt_file_is_a_one_line_config_error(tmp_path):
 
 
 @pytest.mark.parametrize("pair", PAIRS)
-def test_cifar_configs_load_with_the_kd_pairs(pair):
+def test_cifar_configs_load_with_the_sfakd_pairs(pair):
+    assert PAIRS == sorted(os.listdir(os.path.join(REPO_ROOT, "configs", "cifar100", "sfakd")))
     cfg = build_cfg(os.path.join(REPO_ROOT, "configs", "cifar100", "freekd", pair))
-    kd = build_cfg(os.path.join(REPO_ROOT, "configs", "cifar100", "kd", pair))
+    kd = build_cfg(os.path.join(REPO_ROOT, "configs", "cifar100", "sfakd", pair))
     assert cfg.DISTILLER.TYPE == "FREEKD" and cfg.FREEKD.NUM_STAGES == 2 and cfg.FREEKD.TOKENS == 2
     assert (cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT, cfg.SOLVER.LR) == (kd.DISTILLER.TEACHER, kd.DISTILLER.STUDENT,
                                                                               kd.SOLVER.LR)

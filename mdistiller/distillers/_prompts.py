@@ -9,6 +9,7 @@ weights, feature indices, channels, tokens, DWT levels), which stage 2 checks.
 """
 
 import os
+import shlex
 from typing import Any, Dict, List, Sequence
 
 import torch
@@ -19,6 +20,7 @@ from mdistiller.errors import ConfigError
 from mdistiller.frequency.prompt import DIVERSITY_KINDS, FrequencyPrompt
 
 __all__ = [
+    "PromptFileError",
     "build_prompts",
     "check_section",
     "distilled_indices",
@@ -26,8 +28,30 @@ __all__ = [
     "prompt_defaults",
     "prompt_path",
     "prompt_record",
+    "stage1_command",
     "teacher_fingerprint",
 ]
+
+STAGE1_TOOL = "tools/train_prompt.py"
+
+
+def stage1_command(cfg_file: str = "<this config>", opts: Sequence[str] = ("[the same KEY VALUE overrides]",)) -> str:
+    """The shell command of stage 1 for a run started with ``--cfg cfg_file`` and `opts`."""
+    return " ".join(shlex.quote(a) if not a.startswith(("<", "[")) else a
+                    for a in ["python", STAGE1_TOOL, "--cfg", cfg_file, *opts])
+
+
+class PromptFileError(ConfigError):
+    """Stage 2 found no usable prompt file. The message says how to make one; a tool that knows the
+    config file and overrides of the run swaps in the exact command with :meth:`with_command`."""
+
+    def __init__(self, problem: str, name: str) -> None:
+        self.problem, self.name = problem, name
+        super().__init__(self.with_command(stage1_command()))
+
+    def with_command(self, command: str) -> str:
+        return (f"{self.problem}: run `{command}` first (stage 1), "
+                f"or set {self.name}.PROMPT_PATH to a prompt file.")
 
 
 def prompt_defaults() -> CN:
@@ -103,20 +127,20 @@ def load_prompts(cfg: CN, name: str, teacher: nn.Module, indices: Sequence[int],
     from mdistiller.engine.checkpoint import load_checkpoint  # the engine imports the distillers
 
     path = prompt_path(cfg, name)
-    remedy = (f"run `python tools/train_prompt.py --cfg <this config> [the same KEY VALUE overrides]` first "
-              f"(stage 1), or set {name}.PROMPT_PATH to a prompt file")
     if not os.path.isfile(path):
-        raise ConfigError(f"{name} needs frequency prompts learned in the teacher, and there are none at {path}: {remedy}.")
+        raise PromptFileError(f"{name} needs frequency prompts learned in the teacher, and there are none at {path}",
+                              name)
     record = load_checkpoint(path)
     section = cfg[name]
     wanted = {"teacher": cfg.DISTILLER.TEACHER, "feature_indices": list(indices), "channels": list(channels),
               "tokens": section.TOKENS, "levels": section.DWT_LEVELS}
     found = {key: record.get(key) for key in wanted}
     if "prompts" not in record or found != wanted:
-        raise ConfigError(f"Prompt file {path} was learned for {found}, this run needs {wanted}: {remedy}.")
+        raise PromptFileError(f"Prompt file {path} was learned for {found}, this run needs {wanted}", name)
     fingerprint = teacher_fingerprint(teacher)
     if abs(record.get("teacher_fingerprint", 0.0) - fingerprint) > 1e-6 * max(abs(fingerprint), 1.0):
-        raise ConfigError(f"Prompt file {path} was learned with other weights of teacher {cfg.DISTILLER.TEACHER}: {remedy}.")
+        raise PromptFileError(f"Prompt file {path} was learned with other weights of teacher {cfg.DISTILLER.TEACHER}",
+                              name)
     prompts = build_prompts(channels, section)
     prompts.load_state_dict(record["prompts"])
     return prompts.requires_grad_(False)
