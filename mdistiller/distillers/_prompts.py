@@ -1,5 +1,5 @@
 """Frequency prompts of a teacher, shared by the prompt-based distillers (FreeKD; adaptive frequency
-prompting reuses the same keys, file and stage-1 tool).
+prompting reuses the same keys, file, stage-1 tool and band loss through :class:`PromptDistiller`).
 
 A method declares its config section with :func:`prompt_defaults` (plus its own keys); stage 1
 (``tools/train_prompt.py``, :mod:`mdistiller.engine.prompt_learning`) writes a prompt file that stage 2
@@ -10,16 +10,19 @@ weights, feature indices, channels, tokens, DWT levels), which stage 2 checks.
 
 import os
 import shlex
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.distillers._base import Distiller
 from mdistiller.errors import ConfigError
-from mdistiller.frequency.prompt import DIVERSITY_KINDS, FrequencyPrompt
+from mdistiller.frequency.prompt import DIVERSITY_KINDS, FrequencyBands, FrequencyPrompt
+from mdistiller.losses.freekd import ChannelRelation, freekd_loss, relation_weights
 
 __all__ = [
+    "PromptDistiller",
     "PromptFileError",
     "build_prompts",
     "check_section",
@@ -54,14 +57,16 @@ class PromptFileError(ConfigError):
                 f"or set {self.name}.PROMPT_PATH to a prompt file.")
 
 
-def prompt_defaults() -> CN:
+def prompt_defaults(num_stages: int = 2, low_band: bool = False, relation: bool = False) -> CN:
     """The keys every prompt-based method's section has (FreeKD's published settings where they exist)."""
     node = CN()
-    node.NUM_STAGES = 2  # the last N entries of `feats` (stem excluded) of teacher and student
+    node.NUM_STAGES = num_stages  # the last N entries of `feats` (stem excluded) of teacher and student
     node.DWT_LEVELS = 3
     node.TOKENS = 2  # T: paper 2, authors' detection configs 6
     node.DIVERSITY = "dice"  # "dice" (authors' code) or "jaccard" (paper)
     node.DIVERSITY_WEIGHT = 1.0  # lambda of stage 1
+    node.LOW_BAND = low_band  # paper: also distil LL_L; authors' code: high bands only
+    node.RELATION = relation  # paper: channel weights w_t * w_s; authors' code: none
     node.PROMPT_EPOCHS = 5
     node.PROMPT_LR = 0.01  # AdamW, cosine, no weight decay
     node.PROMPT_PATH = ""  # "": <LOG.PREFIX>/<EXPERIMENT.PROJECT>/prompts/<derived name>.pth
@@ -144,3 +149,65 @@ def load_prompts(cfg: CN, name: str, teacher: nn.Module, indices: Sequence[int],
     prompts = build_prompts(channels, section)
     prompts.load_state_dict(record["prompts"])
     return prompts.requires_grad_(False)
+
+
+class PromptDistiller(Distiller):
+    """A distiller whose loss is FreeKD's masked band loss under frozen frequency prompts.
+
+    Subclasses set :attr:`section` (their config section, built on :func:`prompt_defaults` with
+    ``LOW_BAND`` and ``RELATION``) and call :meth:`init_prompts` with the distilled teacher features;
+    :meth:`prepare` is stage 1 and :meth:`frequency_loss` the stage-2 loss, summed over levels:
+
+        sum_levels sum_k mean_{b,t,c,...} w_{b,c} | M_{k,t} * a_k - M_{k,t} * b_k |
+
+    with ``M_k = sigmoid(P_k R_k)`` from the frozen prompt and the teacher band (no gradient), k over
+    the high-band levels plus LL with ``LOW_BAND``, and w = 1, or with ``RELATION`` the paper's
+    channel weights ``w_t * w_s`` (:class:`~mdistiller.losses.freekd.ChannelRelation`) of each level's
+    map with the next deeper distilled map (the deepest with itself).
+    """
+
+    section: str = ""
+
+    def init_prompts(self, cfg: CN, teacher: nn.Module, teacher_indices: Sequence[int],
+                     channels: Sequence[int]) -> None:
+        section = cfg[self.section]
+        check_section(section, self.section)
+        self.levels = section.DWT_LEVELS
+        self.low_band = section.LOW_BAND
+        self.prompts = load_prompts(cfg, self.section, teacher, teacher_indices, channels)
+        self.relation_t: Optional[nn.ModuleList] = None
+        self.relation_s: Optional[nn.ModuleList] = None
+        if section.RELATION:
+            deeper = list(channels[1:]) + list(channels[-1:])
+            self.relation_t = nn.ModuleList(ChannelRelation(c, d) for c, d in zip(channels, deeper))
+            self.relation_s = nn.ModuleList(ChannelRelation(c, d) for c, d in zip(channels, deeper))
+
+    @classmethod
+    def prepare(cls, cfg: CN) -> Optional[str]:
+        """Stage 1: learn the prompts in the teacher and save them where stage 2 looks (returns the path)."""
+        from mdistiller.engine.prompt_learning import learn_prompts  # the engine imports the distillers
+
+        return learn_prompts(cfg, cls.section)
+
+    def channel_weights(self, teacher_maps: Sequence[Tensor], student_maps: Sequence[Tensor]) -> List[Optional[Tensor]]:
+        """Per level, ``w_t * w_s`` normalised to mean 1 (RELATION on), else None."""
+        if self.relation_t is None:
+            return [None] * len(teacher_maps)
+        weights = []
+        for i, (rel_t, rel_s) in enumerate(zip(self.relation_t, self.relation_s)):
+            deep = min(i + 1, len(teacher_maps) - 1)
+            weights.append(relation_weights(rel_t(teacher_maps[i], teacher_maps[deep]),
+                                            rel_s(student_maps[i], student_maps[deep])))
+        return weights
+
+    def frequency_loss(self, teacher_maps: Sequence[Tensor], student_maps: Sequence[Tensor]) -> Tensor:
+        """The band loss of the student maps (aligned to the teacher maps' shapes), summed over levels."""
+        total = 0.0
+        for prompt, t_map, s_map, weights in zip(self.prompts, teacher_maps, student_maps,
+                                                 self.channel_weights(teacher_maps, student_maps)):
+            teacher_bands = FrequencyBands.of(t_map, self.levels)
+            with torch.no_grad():
+                masks = prompt.masks(teacher_bands)
+            total = total + freekd_loss(masks, teacher_bands, FrequencyBands.of(s_map, self.levels), self.low_band,
+                                        weights)
+        return total
