@@ -13,8 +13,8 @@ to hook by one probe forward that records every submodule call:
    the average pool of the torchvision-style ImageNet ResNet): a forward pre-hook replaces the input.
 
 Producers (1, 2) must finish before any submodule receives F, and a value changed in place after the
-hook would have run is not taken. Each candidate is accepted only if it *cuts* the graph: with g = detach, the logits must no longer
-depend on the input image, i.e. every path from the image to the logits goes through the replaced
+hook would have run is not taken. Each candidate is accepted only if it *cuts* the graph: with
+g = detach, the logits must no longer depend on the input image, i.e. every path from the image to the logits goes through the replaced
 value. The first candidate that cuts is used; if none does, a ConfigError names the model and stage.
 """
 

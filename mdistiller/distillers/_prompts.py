@@ -10,7 +10,7 @@ weights, feature indices, channels, tokens, DWT levels), which stage 2 checks.
 
 import os
 import shlex
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -27,6 +27,7 @@ __all__ = [
     "build_prompts",
     "check_section",
     "distilled_indices",
+    "initial_prompt_file",
     "load_prompts",
     "prompt_defaults",
     "prompt_path",
@@ -125,6 +126,23 @@ def prompt_record(prompts: nn.ModuleList, teacher: nn.Module, cfg: CN, name: str
     }
 
 
+def initial_prompt_file(cfg: CN, teacher: nn.Module, path: Optional[str] = None) -> str:
+    """Write freshly initialised prompts for `cfg`'s method and `teacher` (what stage 1 starts from) to
+    `path` (default: where stage 2 looks); returns the path. For timing and tests: stage 2 costs the
+    same with these as with learned prompts."""
+    from mdistiller.distillers._shapes import feature_shapes
+    from mdistiller.engine.checkpoint import save_checkpoint  # the engine imports the distillers
+
+    name = cfg.DISTILLER.TYPE
+    shapes = feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"]
+    indices = distilled_indices(len(shapes), cfg[name].NUM_STAGES, name)
+    prompts = build_prompts([shapes[i][1] for i in indices], cfg[name])
+    path = path or prompt_path(cfg, name)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_checkpoint(prompt_record(prompts, teacher, cfg, name, indices), path)
+    return path
+
+
 def load_prompts(cfg: CN, name: str, teacher: nn.Module, indices: Sequence[int],
                  channels: Sequence[int]) -> nn.ModuleList:
     """The frozen prompts stage 1 saved for this teacher and these features; ConfigError saying how to
@@ -154,8 +172,8 @@ def load_prompts(cfg: CN, name: str, teacher: nn.Module, indices: Sequence[int],
 class PromptDistiller(Distiller):
     """A distiller whose loss is FreeKD's masked band loss under frozen frequency prompts.
 
-    Subclasses set :attr:`section` (their config section, built on :func:`prompt_defaults` with
-    ``LOW_BAND`` and ``RELATION``) and call :meth:`init_prompts` with the distilled teacher features;
+    Subclasses set :attr:`section` (their config section, built on :func:`prompt_defaults` plus
+    ``LOSS.CE_WEIGHT`` and ``LOSS.FEAT_WEIGHT``), build their modules and call :meth:`init_prompts`;
     :meth:`prepare` is stage 1 and :meth:`frequency_loss` the stage-2 loss, summed over levels:
 
         sum_levels sum_k mean_{b,t,c,...} w_{b,c} | M_{k,t} * a_k - M_{k,t} * b_k |
@@ -168,17 +186,39 @@ class PromptDistiller(Distiller):
 
     section: str = ""
 
-    def init_prompts(self, cfg: CN, teacher: nn.Module, teacher_indices: Sequence[int],
-                     channels: Sequence[int]) -> None:
+    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN) -> None:
+        """Read the loss weights and find the distilled stages (the last NUM_STAGES ``feats`` of each
+        model, probed at DATASET.IMAGE_SIZE): ``teacher_indices``, ``student_indices``, ``teacher_map_shapes``
+        ((C, h, w) of each distilled teacher map) and ``student_channels``."""
+        super().__init__(student, teacher)
+        from mdistiller.distillers._shapes import feature_shapes
+
         section = cfg[self.section]
         check_section(section, self.section)
+        self.ce_loss_weight = section.LOSS.CE_WEIGHT
+        self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
+        teacher_shapes = [tuple(s[1:]) for s in feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"]]
+        student_shapes = [tuple(s[1:]) for s in feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"]]
+        self.teacher_indices = distilled_indices(len(teacher_shapes), section.NUM_STAGES, self.section)
+        self.student_indices = distilled_indices(len(student_shapes), section.NUM_STAGES, self.section)
+        self.teacher_map_shapes: List[Tuple[int, ...]] = [teacher_shapes[i] for i in self.teacher_indices]
+        self.student_channels = [student_shapes[i][0] for i in self.student_indices]
+
+    @property
+    def teacher_channels(self) -> List[int]:
+        return [shape[0] for shape in self.teacher_map_shapes]
+
+    def init_prompts(self, cfg: CN, teacher: nn.Module) -> None:
+        """Load the frozen prompts of the distilled teacher maps and build the relation modules (RELATION)."""
+        section = cfg[self.section]
+        channels = self.teacher_channels
         self.levels = section.DWT_LEVELS
         self.low_band = section.LOW_BAND
-        self.prompts = load_prompts(cfg, self.section, teacher, teacher_indices, channels)
+        self.prompts = load_prompts(cfg, self.section, teacher, self.teacher_indices, channels)
         self.relation_t: Optional[nn.ModuleList] = None
         self.relation_s: Optional[nn.ModuleList] = None
         if section.RELATION:
-            deeper = list(channels[1:]) + list(channels[-1:])
+            deeper = channels[1:] + channels[-1:]
             self.relation_t = nn.ModuleList(ChannelRelation(c, d) for c, d in zip(channels, deeper))
             self.relation_s = nn.ModuleList(ChannelRelation(c, d) for c, d in zip(channels, deeper))
 

@@ -6,8 +6,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
-from mdistiller.distillers._prompts import PromptDistiller, distilled_indices, prompt_defaults
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers._prompts import PromptDistiller, prompt_defaults
 from mdistiller.losses.reviewkd import ReviewFusion
 from mdistiller.losses.spatial import resize_to
 
@@ -44,23 +43,15 @@ class AFPKD(PromptDistiller):
     section = "AFPKD"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN, **data_info) -> None:
-        super().__init__(student, teacher)
-        section = cfg.AFPKD
-        self.ce_loss_weight = section.LOSS.CE_WEIGHT
-        self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
-        self.warmup_epochs = section.WARMUP_EPOCHS
-        teacher_shapes = [s[1:] for s in feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"]]
-        student_shapes = [s[1:] for s in feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"]]
-        self.teacher_indices = distilled_indices(len(teacher_shapes), section.NUM_STAGES, "AFPKD")
-        self.student_indices = distilled_indices(len(student_shapes), section.NUM_STAGES, "AFPKD")
-        t_channels = [teacher_shapes[i][0] for i in self.teacher_indices]
-        s_channels = [student_shapes[i][0] for i in self.student_indices]
-        if section.FUSION:
+        super().__init__(student, teacher, cfg)
+        self.warmup_epochs = cfg.AFPKD.WARMUP_EPOCHS
+        s_channels, t_channels = self.student_channels, self.teacher_channels
+        if cfg.AFPKD.FUSION:
             self.abfs = ReviewFusion(s_channels, min(512, s_channels[-1]), t_channels,
-                                     [tuple(teacher_shapes[i][1:]) for i in self.teacher_indices])
+                                     [(h, w) for _, h, w in self.teacher_map_shapes])
         else:
             self.abfs = nn.ModuleList(nn.Conv2d(s, t, kernel_size=1) for s, t in zip(s_channels, t_channels))
-        self.init_prompts(cfg, teacher, self.teacher_indices, t_channels)
+        self.init_prompts(cfg, teacher)
 
     def student_maps(self, feats: dict, sizes) -> list:
         """The student's distilled stages, fused (or aligned) to the teacher's channels and sizes."""

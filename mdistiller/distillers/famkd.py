@@ -38,16 +38,18 @@ class FAMKD(Distiller):
     """``loss = CE_WEIGHT * CE + FAMKD_WEIGHT * min(epoch / WARMUP_EPOCHS, 1) * sum_i MSE(F_i, T_i)``.
 
     The student's stage maps (``feats``, or ``preact_feats`` with STU_PREACT) and its pooled feature
-    (as a 1x1 map) are fused deepest first as in ReviewKD (:class:`~mdistiller.losses.reviewkd.ReviewFusion`,
-    ``abfs``, fused width MID_CHANNEL, by default ReviewKD's ``min(512, student pooled channels)``), but each level's output passes the
-    frequency attention module (:class:`~mdistiller.frequency.FrequencyAttention`, sized to the
-    teacher map) -> BN -> ReLU; F_i are matched to the teacher's ``feats`` of the same stages and its
-    pooled feature T_i. Levels pair up from the deepest stage, NUM_STAGES of them (3: the CIFAR
-    ResNets' feats[1..3], as the authors). The complex weights hold MID_CHANNEL x C_t x h x w values
-    per level, which is large on wide, large maps (e.g. 33.5M for res32x4's 64 x 32 x 32 stage). The authors fuse with a stand-alone
-    self-attention convolution; here ReviewKD's attention-based fusion block is reused. Their
-    high-pass zeroes the centre ``2 int(CUTON h/2) x 2 int(CUTON w/2)`` of the shifted spectrum,
-    which leaves maps under 20 x 20 unfiltered.
+    (as a 1x1 map) are fused deepest first as in ReviewKD
+    (:class:`~mdistiller.losses.reviewkd.ReviewFusion`, ``abfs``; fused width MID_CHANNEL, by default
+    ReviewKD's ``min(512, student pooled channels)``), but each level's output passes the frequency
+    attention module (:class:`~mdistiller.frequency.FrequencyAttention`, sized to the teacher map)
+    -> BN -> ReLU; F_i are matched to the teacher's ``feats`` of the same stages and its pooled
+    feature T_i. Levels pair up from the deepest stage, NUM_STAGES of them (3: the CIFAR ResNets'
+    feats[1..3], as the authors). The complex weights hold MID_CHANNEL x C_t x h x w values per
+    level, large on wide, large maps (33.5M for res32x4's 64 x 32 x 32 stage at width 256).
+
+    The authors fuse with a stand-alone self-attention convolution; here ReviewKD's attention-based
+    fusion block is reused. Their high-pass zeroes the centre ``2 int(CUTON h/2) x 2 int(CUTON w/2)``
+    of the shifted spectrum, which leaves maps under 20 x 20 unfiltered.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN, **data_info) -> None:

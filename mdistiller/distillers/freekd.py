@@ -5,8 +5,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
-from mdistiller.distillers._prompts import PromptDistiller, distilled_indices, prompt_defaults
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers._prompts import PromptDistiller, prompt_defaults
 from mdistiller.losses.spatial import resize_to
 
 FREEKD_DEFAULTS = prompt_defaults(num_stages=2, low_band=False, relation=False)
@@ -36,20 +35,12 @@ class FreeKD(PromptDistiller):
     section = "FREEKD"
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN, **data_info) -> None:
-        super().__init__(student, teacher)
-        section = cfg.FREEKD
-        self.ce_loss_weight = section.LOSS.CE_WEIGHT
-        self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
-        teacher_shapes = [s[1:] for s in feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"]]
-        student_shapes = [s[1:] for s in feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"]]
-        self.teacher_indices = distilled_indices(len(teacher_shapes), section.NUM_STAGES)
-        self.student_indices = distilled_indices(len(student_shapes), section.NUM_STAGES)
-        t_channels = [teacher_shapes[i][0] for i in self.teacher_indices]
-        s_channels = [student_shapes[i][0] for i in self.student_indices]
+        super().__init__(student, teacher, cfg)
         self.align = nn.ModuleList(
-            nn.Conv2d(s, t, kernel_size=1) if s != t else nn.Identity() for s, t in zip(s_channels, t_channels)
+            nn.Conv2d(s, t, kernel_size=1) if s != t else nn.Identity()
+            for s, t in zip(self.student_channels, self.teacher_channels)
         )
-        self.init_prompts(cfg, teacher, self.teacher_indices, t_channels)
+        self.init_prompts(cfg, teacher)
 
     def forward_train(self, image: Tensor, target: Tensor, **batch):
         logits_student, feats_student = self.student(image)
