@@ -86,7 +86,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--methods", default=None, help=f"comma-separated distillers (default {','.join(DEFAULT_METHODS)})")
     parser.add_argument("--all", action="store_true", help="every registered distiller")
     parser.add_argument("--out", default="output/quickstart", help="output directory")
-    parser.add_argument("--epochs", type=int, default=None, help="override SOLVER.EPOCHS for every run")
+    parser.add_argument("--epochs", type=int, default=None,
+                        help="override SOLVER.EPOCHS for every run (and cap the prompt methods' stage 1)")
     args = parser.parse_args(argv)
     methods = selected_methods(args.methods, args.all)
     if os.path.isdir(args.out):
@@ -109,6 +110,9 @@ def main(argv: Optional[List[str]] = None) -> None:
         opts = common + [f"EXPERIMENT.NAME={method}", f"DISTILLER.TYPE={method}",
                          f"DISTILLER.TEACHER={teacher_cfg.DISTILLER.STUDENT}", f"DISTILLER.TEACHER_WEIGHTS={teacher_weights}"]
         cfg = build_cfg(method_config(method), opts)
+        if args.epochs is not None and "PROMPT_EPOCHS" in cfg.get(method, {}):  # stage 1 no longer than stage 2
+            stage1_epochs = min(args.epochs, cfg[method].PROMPT_EPOCHS)
+            cfg = build_cfg(method_config(method), opts + [f"{method}.PROMPT_EPOCHS={stage1_epochs}"])
         print(f"== {method}: {cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}")
         prepare_started = time.perf_counter()
         prepared = distiller_dict[method].prepare(cfg)  # stage 1 of the prompt methods (FREEKD, AFPKD)
