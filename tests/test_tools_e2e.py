@@ -125,7 +125,8 @@ def test_quickstart_writes_results_table_and_plot(tool, tmp_path, e2e_full):
     assert set(results) == {"teacher", "students"}
     assert set(results["students"]) >= {"NONE", "KD"}
     for row in results["students"].values():
-        assert 0.0 <= row["top1"] <= 100.0 and row["train_seconds"] > 0
+        assert 0.0 <= row["top1"] <= 100.0 and row["train_seconds"] > 0 and row["extra_params"] >= 0
+    assert results["students"]["NONE"]["extra_params"] == 0
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in results["students"])
     assert table.strip() in result.stdout

@@ -48,13 +48,13 @@ def write_table(results: Dict, path: str) -> str:
     lines = [
         f"Teacher {teacher['model']}: top-1 {teacher['top1']:.2f}",
         "",
-        f"| method | student | top-1 (best) | top-1 (last) | train s | stage 1 s |",
-        "|---|---|---:|---:|---:|---:|",
+        "| method | student | top-1 (best) | top-1 (last) | extra params | train s | stage 1 s |",
+        "|---|---|---:|---:|---:|---:|---:|",
     ]
     for method, row in results["students"].items():
         stage1 = f"{row['stage1_seconds']:.1f}" if row.get("stage1_seconds") else "-"
         lines.append(f"| {method} | {row['model']} | {row['top1']:.2f} | {row['last_top1']:.2f} | "
-                     f"{row['train_seconds']:.1f} | {stage1} |")
+                     f"{row['extra_params']:,} | {row['train_seconds']:.1f} | {stage1} |")
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
         f.write(text)
@@ -68,9 +68,11 @@ def plot_accuracy(run_dirs: Dict[str, str], path: str) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    for label, run_dir in run_dirs.items():
+    colors = plt.get_cmap("tab20").colors   # 20 distinct colours: --all draws ~20 curves
+    for i, (label, run_dir) in enumerate(run_dirs.items()):
         records = read_metrics(run_dir)
-        ax.plot([r["epoch"] for r in records], [r["test_acc"] for r in records], marker="o", ms=3, label=label)
+        ax.plot([r["epoch"] for r in records], [r["test_acc"] for r in records], marker="os^D"[i // 20 % 4], ms=3,
+                color=colors[i % 20], linestyle="-" if i % 2 == 0 else "--", label=label)
     ax.set_xlabel("epoch")
     ax.set_ylabel("test top-1 (%)")
     ax.set_title("Digits: test accuracy per epoch")
@@ -123,6 +125,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             "model": cfg.DISTILLER.STUDENT,
             "top1": trainer.best_acc,
             "last_top1": records[-1]["test_acc"],
+            "extra_params": trainer.distiller.get_extra_parameters(),
             "train_seconds": sum(r["train_seconds"] for r in records),
             "stage1_seconds": stage1_seconds,
         }
