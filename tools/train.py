@@ -7,6 +7,9 @@
 `--resume` continues in the run directory (the checkpoint's directory), so a run can be extended
 with more epochs (SOLVER.EPOCHS) where it is. Without --cfg the checkpoint's own config is used,
 with the command line's overrides on top.
+
+Prompt-based methods (FREEKD, AFPKD) first need `python tools/train_prompt.py` with the same arguments
+(stage 1); without its prompt file this tool stops and prints that exact command.
 """
 
 import argparse
@@ -18,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import _path  # noqa: F401
 from yacs.config import CfgNode as CN
 
+from mdistiller.distillers._prompts import PromptFileError, stage1_command
 from mdistiller.engine.cfg import build_cfg, load_cfg_text, merge_overrides
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.engine.cli import run_tool
@@ -83,7 +87,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     else:
         raise ConfigError("--resume without a path needs --cfg to find the run; or give the run directory: "
                           "--resume output/<project>/<name>.")
-    train_run(cfg, opts, resume=resume, run_dir=run_dir)
+    try:
+        train_run(cfg, opts, resume=resume, run_dir=run_dir)
+    except PromptFileError as err:  # stage 2 of a prompt method without its prompts: say exactly how to make them
+        raise ConfigError(err.with_command(stage1_command(args.cfg, opts))) from None
 
 
 if __name__ == "__main__":
