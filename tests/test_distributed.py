@@ -113,9 +113,7 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_torchrun_launch(tmp_path, e2e_full):
-    if not e2e_full:
-        pytest.skip("torchrun's own launch runs with MDISTILLER_E2E=full (make test-full)")
+def test_torchrun_launch(tmp_path):
     proc = subprocess.Popen(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1",
          "--master_port", str(free_port()), TRAIN, *common_args(tmp_path, "torchrun"), "SOLVER.EPOCHS=1"],
