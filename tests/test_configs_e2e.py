@@ -1,6 +1,7 @@
 """The configs of configs/{cifar100,imagenet,tiny_imagenet} through the real `train_run`, one short
 epoch on tiny data in the real formats (CIFAR-100 pickles, ImageFolder trees), with random
-teachers: checkpoint files for CIFAR / Tiny-ImageNet, torchvision hub files for ImageNet.
+teachers: checkpoint files for CIFAR / Tiny-ImageNet, torchvision hub files for ImageNet. Methods
+with a stage 1 (the prompt methods' `prepare`) run it first, for one epoch.
 
 Short form (default): one config per (dataset, method) plus every CIFAR-100 pair once, chosen by
 rotation over the files found. Full form (MDISTILLER_E2E=full): every file.
@@ -19,6 +20,7 @@ import torch
 from conftest import REPO_ROOT
 from fake_data import write_fake_cifar100, write_fake_imagenet, write_fake_tiny_imagenet
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
+from mdistiller.distillers import distiller_dict
 from mdistiller.engine.build import build_model
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.run import train_run
@@ -136,7 +138,11 @@ def test_config_trains_one_epoch(path, data_root, tmp_path, monkeypatch):
             opts.append(f"DISTILLER.TEACHER_WEIGHTS={teacher_file(data_root, dataset, cfg.DISTILLER.TEACHER)}")
     if method == "CRD":
         opts.append("CRD.NCE.K=16")
-    trainer = train_run(build_cfg(path, opts), verbose=False)
+    if method in cfg and "PROMPT_PATH" in cfg[method]:  # prompt methods: stage 1 (tools/train_prompt.py) first
+        opts.append(f"{method}.PROMPT_EPOCHS=1")
+    run_cfg = build_cfg(path, opts)
+    distiller_dict[method].prepare(run_cfg)
+    trainer = train_run(run_cfg, verbose=False)
     run = tmp_path / cfg.EXPERIMENT.PROJECT / "run"
     assert 0.0 <= trainer.best_acc <= 100.0
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])

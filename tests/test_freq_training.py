@@ -1,5 +1,6 @@
-"""SFAKD, CANKD and CATKD through the real trainer: a short digits run lowers the loss, tools/eval.py
-evaluates an SFAKD run the way it trained, and one epoch runs through train_run on fake CIFAR-100."""
+"""The frequency / attention methods through the real trainer: a short digits run of each lowers its
+loss (FreeKD and AFPKD with stage 1's starting prompts), tools/eval.py evaluates an SFAKD run the way
+it trained, and one epoch runs through train_run on fake CIFAR-100."""
 
 import copy
 import math
@@ -11,6 +12,7 @@ import torch
 from conftest import REPO_ROOT, run_tool
 from fake_data import write_fake_cifar100
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
+from mdistiller.distillers._prompts import initial_prompt_file
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.loggers import read_metrics
 from mdistiller.engine.run import train_run
@@ -18,6 +20,7 @@ from mdistiller.models import cifar_model_dict
 from test_trainer import make_trainer
 
 METHODS = ("SFAKD", "CANKD", "CATKD")
+DIGITS_METHODS = METHODS + ("FREEKD", "AFPKD", "FAMKD")
 EVAL = os.path.join(REPO_ROOT, "tools", "eval.py")
 # Parameter-name prefixes each method adds to the full checkpoint (res32x4 -> res8x4: 256 channels
 # on both sides, so CANKD needs no connector).
@@ -43,14 +46,21 @@ def fixed_batch_loss(distiller, batch) -> float:
 
 @pytest.fixture(scope="module")
 def digits_runs(tmp_path_factory):
-    """One epoch of each method on the digits (16x16), wrn_16_2 teacher -> resnet8 student."""
+    """One epoch of each method on the digits (16x16; 8x8 for FREEKD, AFPKD, FAMKD), wrn_16_2 -> resnet8."""
     root = tmp_path_factory.mktemp("digits")
     teacher = save_teacher(root / "teacher.pth", "wrn_16_2", 10)
     runs = {}
-    for method in METHODS:
-        trainer = make_trainer(root, f"DISTILLER.TYPE={method}", "DISTILLER.TEACHER=wrn_16_2",
-                               f"DISTILLER.TEACHER_WEIGHTS={teacher}", "DATASET.IMAGE_SIZE=16", "SOLVER.EPOCHS=1",
-                               name=method)
+    for method in DIGITS_METHODS:
+        size = 16 if method in METHODS else 8  # the multi-stage methods at 8x8 keep the test short
+        opts = [f"DISTILLER.TYPE={method}", "DISTILLER.TEACHER=wrn_16_2", f"DISTILLER.TEACHER_WEIGHTS={teacher}",
+                f"DATASET.IMAGE_SIZE={size}", "SOLVER.EPOCHS=1"]
+        if method in ("FREEKD", "AFPKD"):
+            opts.append(f"{method}.PROMPT_PATH={root / method}.pth")
+            cfg = build_cfg(os.path.join(REPO_ROOT, "configs", "digits", "student.yaml"), opts)
+            model = cifar_model_dict["wrn_16_2"][0](num_classes=10)
+            model.load_state_dict(torch.load(teacher, weights_only=True)["model"])
+            initial_prompt_file(cfg, model)
+        trainer = make_trainer(root, *opts, name=method)
         batch = next(iter(trainer.val_loader))
         before = fixed_batch_loss(trainer.distiller, batch)
         trainer.train()
@@ -58,7 +68,7 @@ def digits_runs(tmp_path_factory):
     return runs
 
 
-@pytest.mark.parametrize("method", METHODS)
+@pytest.mark.parametrize("method", DIGITS_METHODS)
 def test_short_digits_run_lowers_the_loss(digits_runs, method):
     trainer, before, after = digits_runs[method]
     assert math.isfinite(after) and after < 0.9 * before, (before, after)

@@ -2,6 +2,9 @@
 
     python tools/train.py --cfg configs/cifar100/kd/res32x4_res8x4.yaml [KEY VALUE | KEY=VALUE | --KEY=VALUE ...]
     python tools/train.py --cfg ... --resume [RUN_DIR | CHECKPOINT]
+
+Prompt-based methods (FREEKD, AFPKD) first need `python tools/train_prompt.py` with the same arguments
+(stage 1); without its prompt file this tool stops and prints that exact command.
 """
 
 import argparse
@@ -12,10 +15,11 @@ from typing import List, Optional, Tuple, Union
 
 import _path  # noqa: F401
 
+from mdistiller.distillers._prompts import PromptFileError, stage1_command
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.cli import run_tool
 from mdistiller.engine.run import train_run
-from mdistiller.errors import CheckpointError
+from mdistiller.errors import CheckpointError, ConfigError
 
 CONFIG_KEY = re.compile(r"^(--)?[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+(=.*)?$")
 
@@ -58,7 +62,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     args, opts = parser.parse_known_args(argv)
     cfg = build_cfg(args.cfg, opts)
     run_dir, resume = resume_target(resume)
-    train_run(cfg, opts, resume=resume, run_dir=run_dir)
+    try:
+        train_run(cfg, opts, resume=resume, run_dir=run_dir)
+    except PromptFileError as err:  # stage 2 of a prompt method without its prompts: say exactly how to make them
+        raise ConfigError(err.with_command(stage1_command(args.cfg, opts))) from None
 
 
 if __name__ == "__main__":

@@ -75,6 +75,15 @@ class Distiller(nn.Module):
         """Number of parameters the method adds beside the student."""
         return sum(p.numel() for m in self.distiller_modules() for p in m.parameters())
 
+    @classmethod
+    def prepare(cls, cfg: CN) -> Optional[str]:
+        """Work to do once before training with `cfg` (none by default); returns the file it wrote, if any.
+
+        FreeKD learns its frequency prompts in the teacher here; tools/quickstart.py runs this
+        before each method's training run.
+        """
+        return None
+
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, **batch):
         raise NotImplementedError
 

@@ -1,4 +1,5 @@
-"""Fourier-domain feature filtering: the Gaussian high-pass mask and the SFA module of SFAKD.
+"""Fourier-domain feature filtering: the SFA module of SFAKD and the frequency attention module of
+FAM-KD, with their high-pass masks.
 
 SFAKD ("Smooth the Signal, Distill the Essence: A Frequency-Aware Modulation Framework for
 Knowledge Distillation", You et al., 2025) augments the student's last feature map ``x`` with
@@ -7,14 +8,21 @@ Knowledge Distillation", You et al., 2025) augments the student's last feature m
     SFA(x)  = r1 * freq(x) + r2 * conv1x1(x)
 
 where ``K`` is a learnable complex filter per channel and ``m`` the Gaussian high-pass mask below.
+FAM-KD ("Frequency Attention for Knowledge Distillation", Pham et al., WACV 2024) mixes channels in
+the Fourier domain instead, behind a hard high-pass that zeroes the centre square of the shifted
+spectrum:
+
+    global(x)[o] = Re ifft2( ifftshift( m * fftshift( sum_i fft2(x)[i] * K[i, o] ) ) )
+    FAM(x)       = r1 * global(x) + r2 * conv1x1(x)
 """
 
-from typing import Tuple
+from typing import Callable, Tuple
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["gaussian_highpass_mask", "SmoothedFrequencyAugmentation"]
+__all__ = ["FrequencyAttention", "SmoothedFrequencyAugmentation", "centre_square_highpass_mask",
+           "gaussian_highpass_mask", "spectral_filter"]
 
 
 def gaussian_highpass_mask(h: int, w: int, cutoff: float) -> Tensor:
@@ -38,6 +46,31 @@ def gaussian_highpass_mask(h: int, w: int, cutoff: float) -> Tensor:
     if peak > 0:
         mask = mask / peak
     return mask.float()
+
+
+def centre_square_highpass_mask(h: int, w: int, cuton: float) -> Tensor:
+    """FAM-KD's mask over an fftshift-ed ``h x w`` spectrum, float32: 1 except the centre rectangle
+    ``[cy - rh, cy + rh) x [cx - rw, cx + rw)`` set to 0, with ``cy = int(h / 2)``, ``rh = int(cuton * cy)``
+    (likewise for the width). Small maps have ``rh = 0``: all ones (a no-op below 20 x 20 at cuton 0.1).
+    """
+    if h < 1 or w < 1:
+        raise ValueError(f"mask size must be positive, got {h} x {w}")
+    cy, cx = int(h / 2), int(w / 2)
+    rh, rw = int(cuton * cy), int(cuton * cx)
+    mask = torch.ones(h, w)
+    mask[cy - rh:cy + rh, cx - rw:cx + rw] = 0.0
+    return mask
+
+
+def spectral_filter(x: Tensor, modulate: Callable[[Tensor, torch.dtype], Tensor]) -> Tensor:
+    """``Re ifft2(modulate(fft2(x)))`` ("ortho") in float32 (float64 for float64 input) whatever the
+    autocast state (``torch.fft`` has no bfloat16 kernels on the CPU), returned in ``x.dtype``.
+    `modulate(spectrum, real_dtype)` gets the complex spectrum and the real dtype it is computed in."""
+    dtype = torch.promote_types(x.dtype, torch.float32)
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        spectrum = modulate(torch.fft.fft2(x.to(dtype), norm="ortho"), dtype)
+        out = torch.fft.ifft2(spectrum, norm="ortho").real
+    return out.to(x.dtype)
 
 
 class SmoothedFrequencyAugmentation(nn.Module):
@@ -66,15 +99,49 @@ class SmoothedFrequencyAugmentation(nn.Module):
         self.register_buffer("spectral_mask", torch.fft.ifftshift(mask, dim=(-2, -1)), persistent=False)
 
     def frequency_branch(self, x: Tensor) -> Tensor:
-        """``Re ifft2(ifftshift(m * fftshift(fft2(x) * K)))`` in float32 (float64 for float64 input),
-        returned in ``x.dtype``."""
-        dtype = torch.promote_types(x.dtype, torch.float32)
-        with torch.autocast(device_type=x.device.type, enabled=False):
-            spectrum = torch.fft.fft2(x.to(dtype), norm="ortho")
+        """``Re ifft2(ifftshift(m * fftshift(fft2(x) * K)))`` (see :func:`spectral_filter`)."""
+
+        def modulate(spectrum: Tensor, dtype: torch.dtype) -> Tensor:
             kernel = torch.complex(self.real_weight.to(dtype), self.imag_weight.to(dtype))
-            spectrum = spectrum * (kernel * self.spectral_mask.to(dtype))
-            out = torch.fft.ifft2(spectrum, norm="ortho").real
-        return out.to(x.dtype)
+            return spectrum * (kernel * self.spectral_mask.to(dtype))
+
+        return spectral_filter(x, modulate)
 
     def forward(self, x: Tensor) -> Tensor:
         return self.rate1 * self.frequency_branch(x) + self.rate2 * self.w0(x)
+
+
+class FrequencyAttention(nn.Module):
+    """FAM-KD's frequency attention module: a learnable complex channel mixing per frequency behind
+    the centre-square high-pass, plus a 1x1 conv, mixed by learnable scalars.
+
+    Input ``(B, in_channels, h, w)``, output ``(B, out_channels, h, w)`` with ``(h, w) = size``. The
+    complex weights ``K`` (in_channels, out_channels, h, w) are held as ``real_weight`` and
+    ``imag_weight`` (both uniform in ``[0, 1 / (in_channels * out_channels)]`` at init, the authors'
+    ``scale * rand(cfloat)``); ``rate1`` (global) and ``rate2`` (local) start at 0.5, ``w0`` is the
+    1x1 conv with bias.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, size: Tuple[int, int], cuton: float = 0.1) -> None:
+        super().__init__()
+        h, w = size
+        scale = 1.0 / (in_channels * out_channels)
+        self.rate1 = nn.Parameter(torch.tensor(0.5))
+        self.rate2 = nn.Parameter(torch.tensor(0.5))
+        self.real_weight = nn.Parameter(scale * torch.rand(in_channels, out_channels, h, w))
+        self.imag_weight = nn.Parameter(scale * torch.rand(in_channels, out_channels, h, w))
+        self.w0 = nn.Conv2d(in_channels, out_channels, kernel_size=1)
+        mask = centre_square_highpass_mask(h, w, cuton)
+        self.register_buffer("spectral_mask", torch.fft.ifftshift(mask, dim=(-2, -1)), persistent=False)
+
+    def global_branch(self, x: Tensor) -> Tensor:
+        """``Re ifft2(m' * sum_i fft2(x)[:, i] * K[i])``, m' the mask moved back to FFT order."""
+
+        def modulate(spectrum: Tensor, dtype: torch.dtype) -> Tensor:
+            kernel = torch.complex(self.real_weight.to(dtype), self.imag_weight.to(dtype))
+            return torch.einsum("bihw,iohw->bohw", spectrum, kernel) * self.spectral_mask.to(dtype)
+
+        return spectral_filter(x, modulate)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.rate1 * self.global_branch(x) + self.rate2 * self.w0(x)

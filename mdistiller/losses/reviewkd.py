@@ -5,13 +5,15 @@ hierarchy through one ABF per level, and `hcl_loss` the hierarchical context los
 works on any list of maps (shallow level first), so other methods can reuse the hierarchy.
 """
 
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 Size = Union[int, Tuple[int, int]]
+HeadFactory = Callable[[int, int, Tuple[int, int]], nn.Module]
+"""(mid_channel, out_channel, out_size) -> the module taking a fused map to a level's output."""
 
 
 def _pair(size: Size) -> Tuple[int, int]:
@@ -23,19 +25,22 @@ class ABF(nn.Module):
     deeper level through two sigmoid attention maps, resized to `out_size`, then 3x3 conv + BN.
 
     `forward(x, residual, out_size)` returns `(output, fused)`: the output matched against the
-    teacher and the fused map handed to the next, shallower level.
+    teacher and the fused map handed to the next, shallower level. `head` replaces the output
+    3x3 conv + BN (FAM-KD puts its frequency attention module there).
     """
 
-    def __init__(self, in_channel: int, mid_channel: int, out_channel: int, fuse: bool) -> None:
+    def __init__(self, in_channel: int, mid_channel: int, out_channel: int, fuse: bool,
+                 head: Optional[nn.Module] = None) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(in_channel, mid_channel, kernel_size=1, bias=False),
                                    nn.BatchNorm2d(mid_channel))
-        self.conv2 = nn.Sequential(nn.Conv2d(mid_channel, out_channel, kernel_size=3, padding=1, bias=False),
-                                   nn.BatchNorm2d(out_channel))
+        self.conv2 = head if head is not None else nn.Sequential(
+            nn.Conv2d(mid_channel, out_channel, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(out_channel))
         self.att_conv = (nn.Sequential(nn.Conv2d(mid_channel * 2, 2, kernel_size=1), nn.Sigmoid())
                          if fuse else None)
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        if head is None:
+            nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 out_size: Optional[Size] = None) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -57,6 +62,8 @@ class ReviewFusion(nn.ModuleList):
         mid_channel: width of the fused maps.
         out_channels: channels of the outputs, shallow level first.
         out_shapes: spatial size (int or (h, w)) of each output, shallow level first.
+        head: builds each level's output module from (mid_channel, out_channel, out_size) in place
+            of ABF's 3x3 conv + BN.
 
     `forward(features)` takes the maps shallow level first and returns the outputs in the same
     order. Child `i` serves level `n - 1 - i` (child 0 the deepest level, the only one without
@@ -64,14 +71,16 @@ class ReviewFusion(nn.ModuleList):
     """
 
     def __init__(self, in_channels: Sequence[int], mid_channel: int, out_channels: Sequence[int],
-                 out_shapes: Sequence[Size]) -> None:
+                 out_shapes: Sequence[Size], head: Optional[HeadFactory] = None) -> None:
         if not len(in_channels) == len(out_channels) == len(out_shapes):
             raise ValueError(f"ReviewFusion needs one entry per level: {len(in_channels)} in_channels, "
                              f"{len(out_channels)} out_channels, {len(out_shapes)} out_shapes")
         last = len(in_channels) - 1
-        super().__init__(ABF(in_channels[i], mid_channel, out_channels[i], fuse=i < last)
+        shapes = [_pair(s) for s in out_shapes]
+        super().__init__(ABF(in_channels[i], mid_channel, out_channels[i], fuse=i < last,
+                             head=None if head is None else head(mid_channel, out_channels[i], shapes[i]))
                          for i in reversed(range(len(in_channels))))
-        self.out_shapes = [_pair(s) for s in out_shapes]
+        self.out_shapes = shapes
 
     def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
         if len(features) != len(self):

@@ -16,3 +16,12 @@ def pool_to_size(x: Tensor, size: Tuple[int, int]) -> Tensor:
     if tuple(x.shape[-2:]) == tuple(size):
         return x
     return F.adaptive_avg_pool2d(x, size)
+
+
+def resize_to(x: Tensor, size: Tuple[int, int]) -> Tensor:
+    """``x`` at spatial ``size``: average-pooled when larger, bilinearly upsampled when smaller."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    if x.shape[-2] >= size[0] and x.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(x, size)
+    return F.interpolate(x, size=size, mode="bilinear", align_corners=False)

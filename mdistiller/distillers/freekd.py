@@ -1,0 +1,57 @@
+"""FreeKD: Zhang et al., "FreeKD: Knowledge Distillation via Semantic Frequency Prompt", CVPR 2024."""
+
+import torch.nn.functional as F
+from torch import Tensor, nn
+from yacs.config import CfgNode as CN
+
+from mdistiller.distillers._base import register_distiller
+from mdistiller.distillers._prompts import PromptDistiller, prompt_defaults
+from mdistiller.losses.spatial import resize_to
+
+FREEKD_DEFAULTS = prompt_defaults(num_stages=2, low_band=False, relation=False)
+FREEKD_DEFAULTS.LOSS = CN()
+FREEKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
+FREEKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
+
+
+@register_distiller("FREEKD", FREEKD_DEFAULTS)
+class FreeKD(PromptDistiller):
+    """FreeKD for classification, on the last ``NUM_STAGES`` entries of ``feats``.
+
+    Stage 1 (:meth:`prepare`, ``tools/train_prompt.py``) learns a frequency prompt per distilled
+    teacher feature; here it is loaded and frozen. For each distilled level, the student map is
+    aligned to the teacher's channels by a 1x1 conv (when they differ) and brought to the teacher's
+    spatial size (average pooling if larger, bilinear upsampling if smaller: the teacher's bands
+    define the masks); both maps go through a ``DWT_LEVELS``-level Haar DWT, and
+
+        loss_kd = FEAT_WEIGHT * sum_levels sum_k mean | M_{k,t} * a_k - M_{k,t} * b_k |
+
+    over the high-band levels k, with masks ``M_k = sigmoid(P_k R_k)`` from the frozen prompt and the
+    teacher band (:class:`~mdistiller.distillers._prompts.PromptDistiller`). Variants: the authors'
+    code (default: ``LOW_BAND False``, ``RELATION False``) and the paper (``LOW_BAND True``: LL_L too;
+    ``RELATION True``: channel weights ``w_t * w_s``). ``loss_ce = CE_WEIGHT * CE``.
+    """
+
+    section = "FREEKD"
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN, **data_info) -> None:
+        super().__init__(student, teacher, cfg)
+        self.align = nn.ModuleList(
+            nn.Conv2d(s, t, kernel_size=1) if s != t else nn.Identity()
+            for s, t in zip(self.student_channels, self.teacher_channels)
+        )
+        self.init_prompts(cfg, teacher)
+
+    def forward_train(self, image: Tensor, target: Tensor, **batch):
+        logits_student, feats_student = self.student(image)
+        _, feats_teacher = self.teacher_forward(image)
+        teacher_maps = [feats_teacher["feats"][i] for i in self.teacher_indices]
+        student_maps = [
+            resize_to(align(feats_student["feats"][i]), t.shape[-2:])
+            for align, i, t in zip(self.align, self.student_indices, teacher_maps)
+        ]
+        losses = {
+            "loss_ce": self.ce_loss_weight * F.cross_entropy(logits_student, target),
+            "loss_kd": self.feat_loss_weight * self.frequency_loss(teacher_maps, student_maps),
+        }
+        return logits_student, losses
