@@ -157,7 +157,7 @@ class DenseDistiller(Distiller):
 
     def forward_test(self, image):
         out = self.student(image)
-        for capture in (self.transform_capture, self.student_capture):
-            if capture is not None:
+        for capture in vars(self).values():
+            if isinstance(capture, FeatureCapture):
                 capture.outputs = {}
         return out if self.detection else out["out"]
