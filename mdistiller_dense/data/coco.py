@@ -8,7 +8,8 @@ from typing import Dict, List, Tuple
 import torch
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
+import numpy as np
+from PIL import Image
 
 from mdistiller.errors import DatasetNotFoundError
 
@@ -67,8 +68,9 @@ class CocoDetection(Dataset):
     def __getitem__(self, index: int) -> Tuple[Tensor, Dict[str, Tensor]]:
         image_id = self.ids[index]
         info = self.coco.imgs[image_id]
-        image = decode_image(os.path.join(self.image_dir, info["file_name"]), mode=ImageReadMode.RGB)
-        image = image.float() / 255.0
+        with Image.open(os.path.join(self.image_dir, info["file_name"])) as file:
+            pixels = np.asarray(file.convert("RGB"), dtype=np.float32)
+        image = torch.from_numpy(pixels / 255.0).permute(2, 0, 1).contiguous()
         anns = [a for a in self.coco.imgToAnns.get(image_id, []) if self._valid(a)]
         boxes = torch.tensor([a["bbox"] for a in anns], dtype=torch.float32).reshape(-1, 4)
         boxes[:, 2:] += boxes[:, :2]

@@ -15,7 +15,7 @@ from mdistiller_dense.hooks import FeatureCapture, as_levels, default_feature_mo
 from mdistiller_dense.models import DETECTORS, parse_model_name
 
 __all__ = ["DenseBatch", "DenseDistiller", "dense_distiller_dict", "dense_method_defaults",
-           "register_dense_distiller", "level_channels", "align_convs", "select_levels"]
+           "register_dense_distiller", "level_channels", "level_shapes", "align_convs", "select_levels"]
 
 dense_distiller_dict = Registry("dense distiller")
 dense_method_defaults: Dict[str, CN] = {}
@@ -51,18 +51,23 @@ def select_levels(levels: Sequence[Tensor], count: int) -> List[Tensor]:
 
 
 @torch.no_grad()
-def level_channels(model: nn.Module, names: Sequence[str]) -> List[int]:
-    """Channels of each captured level, from a probe of ``model.backbone`` on a small zero image."""
+def level_shapes(model: nn.Module, names: Sequence[str], size: int = PROBE_SIZE) -> List[Tuple[int, int, int]]:
+    """(C, H, W) of each captured level, from a probe of ``model.backbone`` on a zero image of ``size``."""
     capture = FeatureCapture(model, names)
     was_training = model.training
     try:
         model.eval()
         parameter = next(model.parameters())
-        model.backbone(torch.zeros(1, 3, PROBE_SIZE, PROBE_SIZE, device=parameter.device, dtype=parameter.dtype))
-        return [level.shape[1] for level in as_levels(capture.pop())]
+        model.backbone(torch.zeros(1, 3, size, size, device=parameter.device, dtype=parameter.dtype))
+        return [tuple(level.shape[1:]) for level in as_levels(capture.pop())]
     finally:
         capture.remove()
         model.train(was_training)
+
+
+def level_channels(model: nn.Module, names: Sequence[str]) -> List[int]:
+    """Channels of each captured level."""
+    return [shape[0] for shape in level_shapes(model, names)]
 
 
 def align_convs(s_channels: Sequence[int], t_channels: Sequence[int], bias: bool = True) -> nn.ModuleList:
@@ -112,7 +117,9 @@ class DenseDistiller(Distiller):
             raise ConfigError(f"DISTILLER.TEACHER_FEATURES {outside} lie outside the teacher's backbone, "
                               "which is all the teacher runs; pick modules under 'backbone.'.")
         self.s_channels = level_channels(student, s_names)
-        self.t_channels = level_channels(teacher, t_names)
+        size = cfg.MODEL.MIN_SIZE if self.detection else (cfg.DATASET.CROP_SIZE or PROBE_SIZE)
+        self.t_shapes = level_shapes(teacher, t_names, size)
+        self.t_channels = [shape[0] for shape in self.t_shapes]
         if len(self.s_channels) != len(self.t_channels):
             raise ConfigError(f"The student's feature modules give {len(self.s_channels)} maps and the "
                               f"teacher's {len(self.t_channels)}; name modules giving the same number.")

@@ -27,6 +27,11 @@ class DenseCANKD(DenseDistiller):
             raise ConfigError(f"CANKD.AFFINITY must be one of {', '.join(AFFINITIES)}, got '{s.AFFINITY}'.")
         self.weight = s.WEIGHT
         channels = select_levels(self.t_channels, s.LEVELS)
+        small = [i for i, (_, h, w) in enumerate(self.t_shapes[:len(channels)]) if min(h, w) < s.POOL_SIZE]
+        if s.POOL_SIZE < 1 or small:
+            raise ConfigError(f"CANKD.POOL_SIZE {s.POOL_SIZE} does not fit the maps {small} of CANKD.LEVELS "
+                              f"{s.LEVELS} (sizes {[tuple(t[1:]) for t in self.t_shapes]} at the probe size): "
+                              "lower CANKD.LEVELS or POOL_SIZE.")
         self.align = align_convs(self.s_channels[:len(channels)], channels)
         self.blocks = nn.ModuleList(CrossAttentionNonLocal(c, s.AFFINITY, s.RESIDUAL, s.POOL_SIZE) for c in channels)
 
