@@ -11,7 +11,6 @@ prompt file and its checks are those of classification's stage 1
 AP / mIoU it logs is the prompted teacher's.
 """
 
-import os
 from collections import OrderedDict
 from typing import Dict, List, Sequence
 
@@ -20,8 +19,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-from mdistiller.distillers._prompts import build_prompts, check_section, prompt_path
-from mdistiller.engine.prompt_learning import PromptTrainer, prompt_learning_cfg
+from mdistiller.distillers._prompts import build_prompts
+from mdistiller.engine.prompt_learning import PromptTrainer, prompt_learning_cfg, run_prompt_trainer
 from mdistiller.engine.utils import resolve_device, seed_everything
 from mdistiller.errors import ConfigError
 from mdistiller_dense.build import build_dense_teacher
@@ -130,9 +129,6 @@ class DensePromptTrainer(PromptTrainer, DenseTrainer):
 def learn_dense_prompts(cfg: CN, name: str = "FREEKD", verbose: bool = True) -> str:
     """Stage 1 for the dense config ``cfg``; returns the prompt file's path."""
     section = cfg[name]
-    check_section(section, name)
-    if section.PROMPT_EPOCHS < 1:
-        raise ConfigError(f"{name}.PROMPT_EPOCHS must be at least 1, got {section.PROMPT_EPOCHS}.")
     stage_cfg = prompt_learning_cfg(cfg, name)
     seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
     train_loader, val_loader, num_classes = build_dense_loaders(stage_cfg)
@@ -150,17 +146,9 @@ def learn_dense_prompts(cfg: CN, name: str = "FREEKD", verbose: bool = True) -> 
     teacher_score = 100.0 * plain.get("ap", plain.get("miou", 0.0))
     model = PromptedDenseTeacher(teacher.cpu(), kind, names, prompts, indices, section.DIVERSITY,
                                  section.DIVERSITY_WEIGHT, cfg.DATASET.IGNORE_INDEX, num_classes)
-    path = prompt_path(cfg, name)
-    run_dir = os.path.splitext(path)[0]
-    experiment = os.path.join(cfg.EXPERIMENT.PROJECT, "prompts", os.path.basename(run_dir))
-    trainer = DensePromptTrainer(experiment, model, train_loader, val_loader, stage_cfg, run_dir, path, name, indices,
-                                 teacher_score)
-    if verbose:
-        print(f"== {name} stage 1: prompts on {cfg.DISTILLER.TEACHER} maps {indices} (channels "
-              f"{[p.channels for p in prompts]}, T={section.TOKENS}, {section.DWT_LEVELS} DWT levels), "
-              f"{section.PROMPT_EPOCHS} epochs; teacher score without prompts {teacher_score:.2f}")
-    trainer.train()
-    return path
+    metric = "AP" if kind in DETECTORS else "mIoU"
+    return run_prompt_trainer(DensePromptTrainer, cfg, stage_cfg, name, model, train_loader, val_loader, indices,
+                              teacher_score, metric, verbose).path
 
 
 class _Unprompted(nn.Module):

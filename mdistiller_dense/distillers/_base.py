@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-from mdistiller.distillers._base import Distiller
+from mdistiller.distillers._base import Distiller, registrar
 from mdistiller.errors import ConfigError
 from mdistiller.registry import Registry
 from mdistiller_dense.hooks import FeatureCapture, as_levels, default_feature_modules
@@ -23,16 +23,8 @@ dense_method_defaults: Dict[str, CN] = {}
 PROBE_SIZE = 64
 
 
-def register_dense_distiller(name: str, defaults: Optional[CN] = None):
-    """Class decorator: registers a dense distiller under ``name`` and its config section."""
-
-    def add(cls):
-        dense_distiller_dict.register(name, cls)
-        if defaults is not None:
-            dense_method_defaults[name] = defaults
-        return cls
-
-    return add
+register_dense_distiller = registrar(dense_distiller_dict, dense_method_defaults)
+register_dense_distiller.__doc__ = "Class decorator: registers a dense distiller under `name` and its config section."
 
 
 @dataclass
@@ -125,9 +117,6 @@ class DenseDistiller(Distiller):
                               f"teacher's {len(self.t_channels)}; name modules giving the same number.")
         self.student_capture = FeatureCapture(student, s_names)
         self.teacher_capture = FeatureCapture(teacher, t_names)
-
-    def distiller_modules(self) -> List[nn.Module]:
-        return [m for name, m in self.named_children() if name not in ("student", "teacher")]
 
     # -- one step -------------------------------------------------------------------------------
     def student_step(self, image, target) -> Tuple[Dict[str, Tensor], DenseBatch]:
