@@ -1,4 +1,5 @@
-# Quick start: `make demo` (train on the bundled digits data) and `make test` (the suite).
+# Quick start: `make demo` (train on the bundled digits data), `make demo-dense` (detection on generated
+# shapes) and `make test` (the suite).
 # Each target creates the virtualenv .venv inside the clone on first use.
 
 PYTHON ?= python3
@@ -6,7 +7,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-full clean
+.PHONY: install demo demo-dense test test-full clean
 
 install: $(STAMP)
 
@@ -18,6 +19,9 @@ $(STAMP): requirements.txt requirements-test.txt
 demo: $(STAMP)
 	$(PY) tools/quickstart.py
 
+demo-dense: $(STAMP)
+	$(PY) tools/quickstart_dense.py
+
 test: $(STAMP)
 	$(PY) -m pytest -q
 
@@ -25,4 +29,4 @@ test-full: $(STAMP)
 	MDISTILLER_E2E=full $(PY) -m pytest -q -m e2e
 
 clean:
-	rm -rf output/quickstart .pytest_cache
+	rm -rf output/quickstart output/quickstart_dense .pytest_cache

@@ -12,16 +12,23 @@ distiller_dict = Registry("distiller")
 method_defaults: Dict[str, CN] = {}
 
 
-def register_distiller(name: str, defaults: Optional[CN] = None):
-    """Class decorator: registers a distiller under `name` and its config section `cfg.<name>`."""
+def registrar(registry: Registry, defaults_of: Dict[str, CN]):
+    """A ``register(name, defaults=None)`` class decorator adding to `registry` and `defaults_of`."""
 
-    def add(cls):
-        distiller_dict.register(name, cls)
-        if defaults is not None:
-            method_defaults[name] = defaults
-        return cls
+    def register(name: str, defaults: Optional[CN] = None):
+        def add(cls):
+            registry.register(name, cls)
+            if defaults is not None:
+                defaults_of[name] = defaults
+            return cls
 
-    return add
+        return add
+
+    return register
+
+
+register_distiller = registrar(distiller_dict, method_defaults)
+register_distiller.__doc__ = "Class decorator: registers a distiller under `name` and its config section `cfg.<name>`."
 
 
 class Distiller(nn.Module):

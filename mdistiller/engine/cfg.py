@@ -221,12 +221,18 @@ def resolve_image_size(cfg: CN) -> None:
     cfg.DATASET.IMAGE_SIZE = image_size(cfg)
 
 
-def build_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Defaults <- YAML file <- command line, DATASET.IMAGE_SIZE resolved; returns a frozen copy."""
-    cfg = CFG.clone()
+def merge_cfg(defaults: CN, cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """A copy of `defaults` <- YAML file <- command line, strictly merged, not frozen."""
+    cfg = defaults.clone()
     if cfg_file:
         merge_file(cfg, cfg_file)
     merge_overrides(cfg, opts)
+    return cfg
+
+
+def build_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """Defaults <- YAML file <- command line, DATASET.IMAGE_SIZE resolved; returns a frozen copy."""
+    cfg = merge_cfg(CFG, cfg_file, opts)
     resolve_image_size(cfg)
     cfg.freeze()
     return cfg
@@ -237,9 +243,9 @@ def dump_cfg(cfg: CN) -> str:
     return cfg.dump()
 
 
-def load_cfg_text(text: str) -> CN:
-    """A config saved by :func:`dump_cfg`, merged strictly over the current defaults."""
-    cfg = CFG.clone()
+def load_cfg_text(text: str, defaults: Optional[CN] = None) -> CN:
+    """A config saved by :func:`dump_cfg`, merged strictly over `defaults` (the current CFG by default)."""
+    cfg = (CFG if defaults is None else defaults).clone()
     for key, value in (yaml.safe_load(text) or {}).items():
         _set(cfg, key, value, "the saved config")
     cfg.freeze()

@@ -11,7 +11,7 @@ epoch; its run directory (metrics, logs) is the file's path without the extensio
 """
 
 import os
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -30,7 +30,7 @@ from mdistiller.engine.trainer import Trainer
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device, seed_everything
 from mdistiller.errors import ConfigError
 
-__all__ = ["PromptTrainer", "PromptedTeacher", "learn_prompts", "prompt_learning_cfg"]
+__all__ = ["PromptTrainer", "PromptedTeacher", "learn_prompts", "prompt_learning_cfg", "prompt_run", "run_prompt_trainer"]
 
 
 class PromptedTeacher(nn.Module):
@@ -96,6 +96,9 @@ class PromptTrainer(Trainer):
 def prompt_learning_cfg(cfg: CN, name: str) -> CN:
     """`cfg` with the solver of stage 1: PROMPT_EPOCHS of AdamW at PROMPT_LR, cosine, no decay, no warm-up."""
     section = cfg[name]
+    check_section(section, name)
+    if section.PROMPT_EPOCHS < 1:
+        raise ConfigError(f"{name}.PROMPT_EPOCHS must be at least 1, got {section.PROMPT_EPOCHS}.")
     stage = cfg.clone()
     stage.defrost()
     stage.SOLVER.EPOCHS = section.PROMPT_EPOCHS
@@ -108,15 +111,19 @@ def prompt_learning_cfg(cfg: CN, name: str) -> CN:
     return stage
 
 
+def prompt_run(cfg: CN, name: str) -> Tuple[str, str, str]:
+    """Stage 1's prompt file, run directory (the file's path without extension) and experiment name."""
+    path = prompt_path(cfg, name)
+    run_dir = os.path.splitext(path)[0]
+    return path, run_dir, os.path.join(cfg.EXPERIMENT.PROJECT, "prompts", os.path.basename(run_dir))
+
+
 def learn_prompts(cfg: CN, name: str, verbose: bool = True) -> str:
     """Stage 1 for the method whose config section is `name`; returns the prompt file's path."""
     if name not in cfg or "PROMPT_PATH" not in cfg[name]:
         raise ConfigError(f"DISTILLER.TYPE {name} does not use frequency prompts (its config section has no "
                           "PROMPT_PATH); use the config of a prompt-based method such as FREEKD.")
     section = cfg[name]
-    check_section(section, name)
-    if section.PROMPT_EPOCHS < 1:
-        raise ConfigError(f"{name}.PROMPT_EPOCHS must be at least 1, got {section.PROMPT_EPOCHS}.")
     stage_cfg = prompt_learning_cfg(cfg, name)
     seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
     train_loader, val_loader, _, num_classes = get_dataset(stage_cfg)
@@ -131,16 +138,23 @@ def learn_prompts(cfg: CN, name: str, verbose: bool = True) -> str:
     prompts = build_prompts([shapes[i][0] for i in indices], section)
     model = PromptedTeacher(teacher, prompts, indices, image_size, section.DIVERSITY, section.DIVERSITY_WEIGHT)
 
-    path = prompt_path(cfg, name)
-    run_dir = os.path.splitext(path)[0]
-    experiment = os.path.join(cfg.EXPERIMENT.PROJECT, "prompts", os.path.basename(run_dir))
-    trainer = PromptTrainer(experiment, model, train_loader, val_loader, stage_cfg, run_dir, path, name, indices,
-                            teacher_top1)
-    if verbose:
-        print(f"== {name} stage 1: prompts for {cfg.DISTILLER.TEACHER} feats{indices} "
-              f"(channels {[p.channels for p in prompts]}, T={section.TOKENS}, {section.DWT_LEVELS} DWT levels), "
-              f"{section.PROMPT_EPOCHS} epochs; teacher top-1 without prompts {teacher_top1:.2f}")
-    trainer.train()
+    trainer = run_prompt_trainer(PromptTrainer, cfg, stage_cfg, name, model, train_loader, val_loader, indices,
+                                 teacher_top1, "top-1", verbose)
     if verbose:
         print(f"Teacher top-1 with the learned prompts {trainer.last_acc:.2f} (without {teacher_top1:.2f}).")
-    return path
+    return trainer.path
+
+
+def run_prompt_trainer(trainer_cls, cfg: CN, stage_cfg: CN, name: str, model: nn.Module, train_loader, val_loader,
+                       indices: Sequence[int], teacher_score: float, metric: str, verbose: bool = True) -> Trainer:
+    """Stage 1's training of `model`'s prompts by `trainer_cls` (a PromptTrainer); returns the trainer."""
+    path, run_dir, experiment = prompt_run(cfg, name)
+    trainer = trainer_cls(experiment, model, train_loader, val_loader, stage_cfg, run_dir, path, name, indices,
+                          teacher_score)
+    section = cfg[name]
+    if verbose:
+        print(f"== {name} stage 1: prompts for {cfg.DISTILLER.TEACHER} maps {list(indices)} "
+              f"(channels {[p.channels for p in model.prompts]}, T={section.TOKENS}, {section.DWT_LEVELS} DWT "
+              f"levels), {section.PROMPT_EPOCHS} epochs; teacher {metric} without prompts {teacher_score:.2f}")
+    trainer.train()
+    return trainer

@@ -1,8 +1,9 @@
 """One training run from a config: data, models, distiller, trainer (tools/train.py and the demo)."""
 
 import os
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Tuple, Union
 
+from torch import nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.dataset import get_dataset
@@ -14,11 +15,20 @@ from mdistiller.engine.trainer import Trainer, ensure_writable_dir, trainer_dict
 from mdistiller.engine.utils import resolve_device, seed_everything
 
 
+def build_classification_run(cfg: CN) -> Tuple[object, object, nn.Module]:
+    """The loaders and the distiller of a classification run."""
+    train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
+    return train_loader, val_loader, build_distiller(cfg, num_data, num_classes)
+
+
 def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = False,
-              run_dir: Optional[str] = None, verbose: bool = True) -> Trainer:
+              run_dir: Optional[str] = None, verbose: bool = True,
+              build: Callable[[CN], Tuple[object, object, nn.Module]] = build_classification_run) -> Trainer:
     """Build everything `cfg` names, train it, and return the finished trainer.
 
-    Launched by torchrun, the process joins the process group and trains on its shard of the data
+    `build(cfg)` returns the training loader, the validation loader and the distiller (the
+    classification builders by default; mdistiller_dense passes its own). Launched by torchrun, the
+    process joins the process group and trains on its shard of the data
     (mdistiller/engine/distributed.py).
     """
     distributed = init_distributed(cfg, resolve_device(cfg.SOLVER.DEVICE))
@@ -30,10 +40,9 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
         seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
         if verbose:
             show_cfg(cfg)
-        train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
+        train_loader, val_loader, distiller = build(cfg)
         if distributed:
             train_loader, val_loader = shard_loaders(train_loader, val_loader, cfg.EXPERIMENT.SEED)
-        distiller = build_distiller(cfg, num_data, num_classes)
         if cfg.DISTILLER.TYPE != "NONE":
             print(f"Extra parameters of {cfg.DISTILLER.TYPE}: {distiller.get_extra_parameters()}")
         trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, val_loader, cfg, run_dir=run_dir)

@@ -157,7 +157,7 @@ class Trainer:
         lr = learning_rate(epoch, self.cfg.SOLVER) * self.lr_scale
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        meters: Meters = {"loss": AverageMeter(), "top1": AverageMeter(), "top5": AverageMeter()}
+        meters = self.new_meters()
         term_meters: Meters = {}
         self.skipped_steps = 0
         self.distiller.train()
@@ -170,17 +170,16 @@ class Trainer:
             image, target, extra = self.to_device(batch)
             preds, losses, loss = self.train_iter(image, target, extra, epoch, step)
             if losses is not None:
-                n = image.size(0)
+                n = self.batch_size(image)
                 images_seen += n
-                top1, top5 = accuracy(preds.detach().float(), target, topk=(1, 5))
                 meters["loss"].update(loss, n)
-                meters["top1"].update(top1, n)
-                meters["top5"].update(top5, n)
+                self.update_meters(meters, preds, target, n)
                 for name, value in losses.items():
                     term_meters.setdefault(name, AverageMeter()).update(value, n)
             elapsed = time.perf_counter() - start
-            bar.set_postfix(loss=f"{meters['loss'].avg:.4f}", top1=f"{meters['top1'].avg:.2f}",
-                            img_s=f"{images_seen / max(elapsed, 1e-9):.0f}")
+            postfix = {name: f"{m.avg:.4f}" if name == "loss" else f"{m.avg:.2f}" for name, m in meters.items()
+                       if name != "top5"}
+            bar.set_postfix(**postfix, img_s=f"{images_seen / max(elapsed, 1e-9):.0f}")
             bar.update()
             if self.stop_signal:
                 bar.close()
@@ -191,23 +190,45 @@ class Trainer:
         reduce_meters(meters)
         reduce_meters(term_meters)
         images_seen = int(sum_over_processes([images_seen])[0])
-        test_acc, test_acc_top5, test_loss = self.validate()
-        metrics = OrderedDict(
-            train_acc=meters["top1"].avg,
-            train_loss=meters["loss"].avg,
-            test_acc=test_acc,
-            test_acc_top5=test_acc_top5,
-            test_loss=test_loss,
-        )
+        metrics = self.epoch_metrics(meters)
         metrics.update((name, m.avg) for name, m in term_meters.items())
         metrics.update(train_seconds=train_seconds, img_per_s=images_seen / max(train_seconds, 1e-9))
         skipped = ""
         if self.skip_nonfinite:
             metrics["skipped_steps"] = self.skipped_steps
             skipped = f" | skipped {self.skipped_steps} non-finite steps" if self.skipped_steps else ""
-        print(f"Epoch {epoch}: lr {lr:.4g} | train loss {metrics['train_loss']:.4f} top1 {metrics['train_acc']:.2f} "
-              f"| test top1 {test_acc:.2f} top5 {test_acc_top5:.2f} | {metrics['img_per_s']:.0f} img/s{skipped}")
+        print(self.epoch_line(epoch, lr, metrics) + skipped)
         return lr, metrics
+
+    # -- what a task measures (classification here; mdistiller_dense overrides these) ------------
+    def new_meters(self) -> Meters:
+        """The running training meters of an epoch; "loss" is always one of them."""
+        return {"loss": AverageMeter(), "top1": AverageMeter(), "top5": AverageMeter()}
+
+    def batch_size(self, image) -> int:
+        return image.size(0)
+
+    def update_meters(self, meters: Meters, preds, target, n: int) -> None:
+        """Add a batch's task metrics (top-1 / top-5 of the predictions) to `meters`."""
+        top1, top5 = accuracy(preds.detach().float(), target, topk=(1, 5))
+        meters["top1"].update(top1, n)
+        meters["top5"].update(top5, n)
+
+    def epoch_metrics(self, meters: Meters) -> "OrderedDict[str, float]":
+        """Training averages and validation results of an epoch; `test_acc` is the one `best` follows."""
+        test_acc, test_acc_top5, test_loss = self.validate()
+        return OrderedDict(
+            train_acc=meters["top1"].avg,
+            train_loss=meters["loss"].avg,
+            test_acc=test_acc,
+            test_acc_top5=test_acc_top5,
+            test_loss=test_loss,
+        )
+
+    def epoch_line(self, epoch: int, lr: float, metrics: Dict[str, float]) -> str:
+        return (f"Epoch {epoch}: lr {lr:.4g} | train loss {metrics['train_loss']:.4f} top1 {metrics['train_acc']:.2f} "
+                f"| test top1 {metrics['test_acc']:.2f} top5 {metrics['test_acc_top5']:.2f} "
+                f"| {metrics['img_per_s']:.0f} img/s")
 
     def restore_progress(self, batches: Iterator, meters: Meters, term_meters: Meters) -> int:
         """After resuming a mid-epoch checkpoint: skip the batches its steps used, restore the RNG
@@ -296,8 +317,12 @@ class Trainer:
     def backward_and_step(self, losses: Losses) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(sum(losses.values())).backward()
+        self.before_step()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+
+    def before_step(self) -> None:
+        """Called between backward and the optimizer step (gradients in place); nothing by default."""
 
     def agree_on_step(self, values: Dict[str, float], epoch: int, step: int) -> bool:
         """Whether to take this step, agreed by every process before any starts its backward pass.

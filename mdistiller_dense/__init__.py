@@ -1,0 +1,12 @@
+"""mdistiller_dense: the feature distillers of mdistiller on torchvision detectors and segmenters.
+
+The math comes from :mod:`mdistiller.losses` and :mod:`mdistiller.frequency`; this package holds the
+wiring only: models (:mod:`.models`), feature capture (:mod:`.hooks`), data (:mod:`.data`),
+evaluation (:mod:`.evaluation`), distillers (:mod:`.distillers`) and the trainer (:mod:`.trainer`),
+run by tools/train_dense.py and tools/eval_dense.py.
+"""
+
+from mdistiller_dense.distillers import dense_distiller_dict
+from mdistiller_dense.trainer import DenseTrainer
+
+__all__ = ["dense_distiller_dict", "DenseTrainer"]

@@ -1,0 +1,91 @@
+"""The dense-prediction configuration: the engine's EXPERIMENT / SOLVER / DISTRIBUTED / LOG sections
+(same keys, detection defaults), the dense DATASET / MODEL / DISTILLER sections and one section per
+dense method (declared next to each distiller in mdistiller_dense/distillers/).
+
+``best_acc`` / ``test_acc`` in logs and checkpoints hold the task's main metric in percent: COCO
+AP@[.50:.95] for detectors, mIoU for segmenters.
+"""
+
+from typing import Optional, Sequence
+
+from yacs.config import CfgNode as CN
+
+from mdistiller.engine.cfg import CFG, load_cfg_text, merge_cfg
+from mdistiller_dense.distillers import dense_method_defaults
+
+__all__ = ["DENSE_CFG", "build_dense_cfg", "load_dense_cfg_text"]
+
+DENSE_CFG = CN()
+for _section in ("EXPERIMENT", "SOLVER", "DISTRIBUTED", "LOG"):
+    DENSE_CFG[_section] = CFG[_section].clone()
+DENSE_CFG.EXPERIMENT.PROJECT = "dense"
+DENSE_CFG.SOLVER.TRAINER = "dense"
+DENSE_CFG.SOLVER.BATCH_SIZE = 16
+DENSE_CFG.SOLVER.EPOCHS = 12
+DENSE_CFG.SOLVER.LR = 0.01
+DENSE_CFG.SOLVER.LR_DECAY_STAGES = [8, 11]
+DENSE_CFG.SOLVER.WEIGHT_DECAY = 0.0001
+DENSE_CFG.SOLVER.CHANNELS_LAST = False   # the detectors' transforms hand over NCHW batches
+DENSE_CFG.SOLVER.FAST_TEACHER = False    # the teacher's backbone runs under hooks
+DENSE_CFG.SOLVER.GRAD_CLIP = 0.0         # max gradient norm; 0 = off (CanKD's detection recipe: 35)
+DENSE_CFG.LOG.SAVE_CHECKPOINT_FREQ = 1000
+
+DENSE_CFG.DATASET = CN()
+DENSE_CFG.DATASET.TYPE = "coco"           # coco | segmentation | shapes (generated on first use)
+DENSE_CFG.DATASET.ROOT = "data/coco"
+DENSE_CFG.DATASET.TRAIN_IMAGES = "train2017"
+DENSE_CFG.DATASET.TRAIN_ANNOTATIONS = "annotations/instances_train2017.json"
+DENSE_CFG.DATASET.TRAIN_MASKS = ""
+DENSE_CFG.DATASET.VAL_IMAGES = "val2017"
+DENSE_CFG.DATASET.VAL_ANNOTATIONS = "annotations/instances_val2017.json"
+DENSE_CFG.DATASET.VAL_MASKS = ""
+DENSE_CFG.DATASET.IMAGE_SUFFIX = ".png"   # segmentation folders: image <stem><IMAGE_SUFFIX> ...
+DENSE_CFG.DATASET.MASK_SUFFIX = ".png"    # ... pairs with label map <stem><MASK_SUFFIX>
+DENSE_CFG.DATASET.NUM_CLASSES = 0         # segmentation: classes of the label maps; detection: from the JSON
+DENSE_CFG.DATASET.IGNORE_INDEX = 255
+DENSE_CFG.DATASET.NUM_TRAIN = 0           # 0: every image; shapes: the number generated (0: 200)
+DENSE_CFG.DATASET.NUM_VAL = 0             # 0: every image; shapes: the number generated (0: 50)
+DENSE_CFG.DATASET.FLIP_PROB = 0.5
+DENSE_CFG.DATASET.SCALE_RANGE = [1.0, 1.0]
+DENSE_CFG.DATASET.CROP_SIZE = 0
+DENSE_CFG.DATASET.NUM_WORKERS = 2
+DENSE_CFG.DATASET.TEST = CN()
+DENSE_CFG.DATASET.TEST.BATCH_SIZE = 8
+DENSE_CFG.DATASET.SHAPES = CN()
+DENSE_CFG.DATASET.SHAPES.IMAGE_SIZE = 128
+DENSE_CFG.DATASET.SHAPES.MAX_OBJECTS = 4
+DENSE_CFG.DATASET.SHAPES.MIN_OBJECT_SIZE = 16
+DENSE_CFG.DATASET.SHAPES.MAX_OBJECT_SIZE = 56
+DENSE_CFG.DATASET.SHAPES.SEED = 0
+
+DENSE_CFG.MODEL = CN()
+DENSE_CFG.MODEL.MIN_SIZE = 800
+DENSE_CFG.MODEL.MAX_SIZE = 1333
+DENSE_CFG.MODEL.TRAINABLE_BACKBONE_LAYERS = 3
+DENSE_CFG.MODEL.DETECTIONS_PER_IMAGE = 100
+DENSE_CFG.MODEL.AUX_LOSS = False          # segmenters: FCN head on layer3, weight AUX_WEIGHT
+DENSE_CFG.MODEL.AUX_WEIGHT = 0.4
+
+DENSE_CFG.DISTILLER = CN()
+DENSE_CFG.DISTILLER.TYPE = "NONE"
+DENSE_CFG.DISTILLER.TEACHER = "fcos_resnet101_fpn"
+DENSE_CFG.DISTILLER.STUDENT = "fcos_resnet50_fpn"
+DENSE_CFG.DISTILLER.TEACHER_WEIGHTS = ""           # checkpoint path or torchvision:<Enum>.<NAME>
+DENSE_CFG.DISTILLER.STUDENT_BACKBONE_WEIGHTS = ""  # e.g. torchvision:ResNet50_Weights.IMAGENET1K_V1
+DENSE_CFG.DISTILLER.STUDENT_FEATURES = []          # module names to distil; [] = FPN / last stage
+DENSE_CFG.DISTILLER.TEACHER_FEATURES = []
+
+for _name, _defaults in dense_method_defaults.items():
+    DENSE_CFG[_name] = _defaults.clone()
+
+
+def build_dense_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
+    """Dense defaults <- YAML file <- command line, strictly merged; frozen."""
+    cfg = merge_cfg(DENSE_CFG, cfg_file, opts)
+    cfg.freeze()
+    return cfg
+
+
+def load_dense_cfg_text(text: str) -> CN:
+    """A dense config saved in a checkpoint or run directory."""
+    return load_cfg_text(text, DENSE_CFG)

@@ -1,0 +1,100 @@
+"""FreeKD on dense features: Zhang et al., "FreeKD: Knowledge Distillation via Semantic Frequency
+Prompt", CVPR 2024 (math: mdistiller/frequency/, mdistiller/losses/freekd.py; prompt file and band
+loss: mdistiller/distillers/_prompts.py)."""
+
+from typing import List, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from yacs.config import CfgNode as CN
+
+from mdistiller.distillers._prompts import PromptDistiller, check_section, prompt_defaults
+from mdistiller.errors import ConfigError
+from mdistiller.losses.spatial import resize_to
+from mdistiller_dense.distillers._base import DenseDistiller, align_convs, register_dense_distiller
+from mdistiller_dense.hooks import FeatureCapture
+
+FREEKD_DEFAULTS = prompt_defaults(num_stages=5, low_band=False, relation=False)
+FREEKD_DEFAULTS.TOKENS = 6          # the authors' detection configs (paper: 2)
+FREEKD_DEFAULTS.WEIGHT = 1.0        # mu: Faster R-CNN 1; RetinaNet 5, FCOS 10 (supplement A.1); segmentation 5
+FREEKD_DEFAULTS.FEAT_WEIGHT = 5.0   # plain MSE on the aligned maps (authors' code: 5; FCOS 10)
+FREEKD_DEFAULTS.REG_WEIGHT = 1.0    # smooth-L1 between the box-regression outputs (detectors)
+
+
+@register_dense_distiller("FREEKD", FREEKD_DEFAULTS)
+class DenseFREEKD(DenseDistiller):
+    """FreeKD's detection / segmentation recipe, stage 2 (stage 1: :meth:`prepare`).
+
+    On the last NUM_STAGES captured maps (default: every FPN level; segmenters ``backbone.layer4``),
+    the student's map is aligned to the teacher's channels (1x1 conv where they differ) and size;
+
+        loss_kd   = WEIGHT * sum_levels sum_k mean | M_{k,t} * a_k - M_{k,t} * b_k |   (frozen prompts)
+        loss_feat = FEAT_WEIGHT * sum_levels MSE(align(s), t)
+        loss_reg  = REG_WEIGHT * smooth-L1(student box regression, teacher box regression)
+
+    The regression outputs compared are the dense heads' (FCOS / RetinaNet ``head`` bbox_regression,
+    Faster R-CNN's RPN deltas; the teacher's head runs on its FPN maps), every location alike (the
+    supplement names the term, not its positions). LOW_BAND / RELATION select the paper's variants.
+    """
+
+    init_prompts = PromptDistiller.init_prompts            # the same prompt loading and band loss as
+    channel_weights = PromptDistiller.channel_weights      # classification's FreeKD (not copies)
+    frequency_loss = PromptDistiller.frequency_loss
+    section = "FREEKD"
+
+    def __init__(self, student, teacher, cfg, **info) -> None:
+        super().__init__(student, teacher, cfg, **info)
+        s = cfg.FREEKD
+        check_section(s, "FREEKD")
+        from mdistiller_dense.prompt_learning import distilled_levels
+
+        self.weights = (s.WEIGHT, s.FEAT_WEIGHT, s.REG_WEIGHT)
+        self.teacher_indices = distilled_levels(len(self.t_channels), s.NUM_STAGES)
+        self.align = align_convs([self.s_channels[i] for i in self.teacher_indices],
+                                 [self.t_channels[i] for i in self.teacher_indices])
+        self.init_prompts(cfg, teacher)
+        self.head_capture: Optional[FeatureCapture] = None
+        if s.REG_WEIGHT > 0 and self.detection:
+            if list(cfg.DISTILLER.STUDENT_FEATURES) or list(cfg.DISTILLER.TEACHER_FEATURES):
+                raise ConfigError("FREEKD.REG_WEIGHT needs the FPN maps (the teacher's head runs on them): leave "
+                                  "DISTILLER.*_FEATURES empty or set FREEKD.REG_WEIGHT 0.")
+            self.head_capture = FeatureCapture(student, [self._regression_head(student)])
+
+    @property
+    def teacher_channels(self) -> List[int]:
+        return [self.t_channels[i] for i in self.teacher_indices]
+
+    @staticmethod
+    def _regression_head(model: nn.Module) -> str:
+        return "rpn.head" if hasattr(model, "rpn") else "head"
+
+    @staticmethod
+    def _regression(output) -> Tensor:
+        if isinstance(output, dict):  # FCOS / RetinaNet head: (N, locations, 4)
+            return output["bbox_regression"]
+        return torch.cat([deltas.flatten(1) for deltas in output[1]], dim=1)  # RPN head: deltas per level
+
+    @classmethod
+    def prepare(cls, cfg: CN) -> str:
+        """Stage 1: learn the prompts in the teacher (returns the prompt file's path)."""
+        from mdistiller_dense.prompt_learning import learn_dense_prompts
+
+        return learn_dense_prompts(cfg, "FREEKD")
+
+    def distill(self, s_levels, t_levels, batch, **extra):
+        weight, feat_weight, reg_weight = self.weights
+        teacher_maps = [t_levels[i] for i in self.teacher_indices]
+        student_maps = [resize_to(align(s_levels[i]), t.shape[-2:])
+                        for align, i, t in zip(self.align, self.teacher_indices, teacher_maps)]
+        losses = {"loss_kd": weight * self.frequency_loss(teacher_maps, student_maps)}
+        if feat_weight > 0:
+            losses["loss_feat"] = feat_weight * sum(F.mse_loss(s.float(), t.float())
+                                                    for s, t in zip(student_maps, teacher_maps))
+        if self.head_capture is not None:
+            student_reg = self._regression(self.head_capture.pop()[0])
+            head = self.teacher.rpn.head if hasattr(self.teacher, "rpn") else self.teacher.head
+            with torch.no_grad():
+                teacher_reg = self._regression(head(t_levels))
+            losses["loss_reg"] = reg_weight * F.smooth_l1_loss(student_reg.float(), teacher_reg.float())
+        return losses

@@ -1,0 +1,70 @@
+"""The classification trainer with the dense task's batches, metrics and gradient clipping.
+
+Checkpoints, resume, autocast, loggers (worklog, metrics.jsonl, tensorboardX, wandb), the progress
+bar and the error handling are the engine's (:class:`mdistiller.engine.trainer.Trainer`).
+``test_acc`` (and so ``best`` / ``best_acc``) is COCO AP x 100 for detectors, mIoU x 100 for segmenters.
+"""
+
+from collections import OrderedDict
+from typing import Dict
+
+import torch
+
+from mdistiller.engine.trainer import Trainer, trainer_dict
+from mdistiller.engine.utils import AverageMeter
+from mdistiller_dense.evaluation import evaluate_detector, evaluate_segmenter
+
+__all__ = ["DenseTrainer", "dense_evaluate"]
+
+
+def dense_evaluate(distiller, loader, device: torch.device, autocast=None) -> "OrderedDict[str, float]":
+    """COCO APs or mIoU of the distiller's student (through ``forward_test``) over ``loader``."""
+    distiller.eval()
+    predict = lambda images: distiller(image=images)  # noqa: E731
+    if distiller.detection:
+        return evaluate_detector(predict, loader, device, autocast)
+    return evaluate_segmenter(predict, loader, device, distiller.num_classes, distiller.ignore_index, autocast)
+
+
+@trainer_dict.register("dense")
+class DenseTrainer(Trainer):
+    """Batches are (images, targets): lists for detectors, tensors for segmenters."""
+
+    def new_meters(self) -> Dict[str, AverageMeter]:
+        return {"loss": AverageMeter()}
+
+    def batch_size(self, image) -> int:
+        return len(image)
+
+    def update_meters(self, meters, preds, target, n: int) -> None:
+        pass
+
+    def to_device(self, batch):
+        images, targets = batch[0], batch[1]
+        if isinstance(images, (list, tuple)):
+            images = [image.to(self.device, non_blocking=True) for image in images]
+            targets = [{k: v.to(self.device, non_blocking=True) for k, v in t.items()} for t in targets]
+        else:
+            images = images.to(self.device, non_blocking=True).float()
+            targets = targets.to(self.device, non_blocking=True)
+        return images, targets, {}
+
+    def epoch_metrics(self, meters) -> "OrderedDict[str, float]":
+        results = dense_evaluate(self.distiller, self.val_loader, self.device, self.autocast)
+        main = results["ap"] if "ap" in results else results["miou"]
+        metrics = OrderedDict(train_loss=meters["loss"].avg, test_acc=100.0 * main)
+        metrics.update((f"test_{name}", 100.0 * value) for name, value in results.items())
+        return metrics
+
+    def epoch_line(self, epoch: int, lr: float, metrics: Dict[str, float]) -> str:
+        name = "AP" if "test_ap" in metrics else "mIoU"
+        extra = f" AP50 {metrics['test_ap50']:.2f}" if "test_ap50" in metrics else ""
+        return (f"Epoch {epoch}: lr {lr:.4g} | train loss {metrics['train_loss']:.4f} | test {name} "
+                f"{metrics['test_acc']:.2f}{extra} | {metrics['img_per_s']:.1f} img/s")
+
+    def before_step(self) -> None:
+        """Clip the gradient norm to SOLVER.GRAD_CLIP when it is set (CanKD's detection recipe: 35)."""
+        clip = self.cfg.SOLVER.GRAD_CLIP
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.distiller.get_learnable_parameters(), clip)

@@ -1,0 +1,44 @@
+"""Train a detector or segmenter student (or, with DISTILLER.TYPE NONE, a model alone).
+
+    python tools/train_dense.py --cfg configs/shapes/cwd.yaml [KEY VALUE | KEY=VALUE | --KEY=VALUE ...]
+    python tools/train_dense.py --cfg ... --resume [RUN_DIR | CHECKPOINT]
+
+FREEKD first needs stage 1, `python tools/train_dense_prompt.py` with the same arguments; without
+its prompt file this tool stops and prints that exact command.
+
+The classification engine runs it (mdistiller/engine: checkpoints, resume, autocast, loggers,
+wandb, one-line errors); mdistiller_dense supplies the data, models, distiller and metrics.
+"""
+
+import argparse
+import shlex
+import sys
+from typing import List, Optional
+
+import _path  # noqa: F401
+from train import resume_target, split_resume
+
+from mdistiller.distillers._prompts import PromptFileError
+from mdistiller.engine.cli import run_tool
+from mdistiller.engine.run import train_run
+from mdistiller_dense.build import build_dense_run
+from mdistiller_dense.config import build_dense_cfg
+from mdistiller.errors import ConfigError
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    argv, resume = split_resume(list(sys.argv[1:] if argv is None else argv))
+    parser = argparse.ArgumentParser(description="Knowledge distillation for detection and segmentation.")
+    parser.add_argument("--cfg", type=str, default="", help="YAML config file")
+    args, opts = parser.parse_known_args(argv)
+    cfg = build_dense_cfg(args.cfg, opts)
+    run_dir, resume = resume_target(resume)
+    try:
+        train_run(cfg, opts, resume=resume, run_dir=run_dir, build=build_dense_run)
+    except PromptFileError as err:  # FREEKD stage 2 without its prompts: say exactly how to make them
+        command = " ".join(shlex.quote(a) for a in ["python", "tools/train_dense_prompt.py", "--cfg", args.cfg, *opts])
+        raise ConfigError(err.with_command(command)) from None
+
+
+if __name__ == "__main__":
+    run_tool(main)

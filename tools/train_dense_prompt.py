@@ -1,0 +1,33 @@
+"""Stage 1 of FreeKD on a detector / segmenter: learn the frequency prompts in the frozen teacher.
+
+    python tools/train_dense_prompt.py --cfg configs/shapes/freekd.yaml [KEY VALUE ...]
+    python tools/train_dense.py        --cfg configs/shapes/freekd.yaml [the same KEY VALUE ...]
+
+The prompts go to FREEKD.PROMPT_PATH (by default under <LOG.PREFIX>/<EXPERIMENT.PROJECT>/prompts/),
+where stage 2 finds them.
+"""
+
+import argparse
+import shlex
+import sys
+from typing import List, Optional
+
+import _path  # noqa: F401
+
+from mdistiller.engine.cli import run_tool
+from mdistiller_dense.config import build_dense_cfg
+from mdistiller_dense.prompt_learning import learn_dense_prompts
+
+
+def main(argv: Optional[List[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description="Learn FreeKD's frequency prompts in a dense teacher (stage 1).")
+    parser.add_argument("--cfg", type=str, default="", help="YAML config file of the stage-2 run")
+    args, opts = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
+    cfg = build_dense_cfg(args.cfg, opts)
+    path = learn_dense_prompts(cfg, "FREEKD")
+    print(f"Saved the prompts to {path}")
+    print("Stage 2: " + " ".join(shlex.quote(a) for a in ["python", "tools/train_dense.py", "--cfg", args.cfg, *opts]))
+
+
+if __name__ == "__main__":
+    run_tool(main)
