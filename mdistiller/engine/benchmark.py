@@ -202,6 +202,9 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
     are other settings of the configured distiller timed in the same turns (e.g. EAGER_FP32); each
     gets its summary and the configured one's speed-up over it.
     """
+    # LR 0: every step does the same work (the optimizer still runs) but repeated steps on one random
+    # batch cannot drift the weights into non-finite losses.
+    cfg = _with(cfg, {"SOLVER.LR": 0.0})
     device = resolve_device(cfg.SOLVER.DEVICE)
     num_data, num_classes = DATASET_SHAPES.get(cfg.DATASET.TYPE, (50000, 100))
     teacher = _teacher_factory(cfg, num_classes)
