@@ -1,7 +1,8 @@
 """Checkpoint files: written atomically, read with weights-only unpickling.
 
-A checkpoint is a plain dict of tensors, numbers and strings, so `torch.load(path,
-weights_only=True)` reads it and a file carrying pickled code is refused, never executed.
+A checkpoint is a plain dict of tensors, numbers and strings, so
+`torch.load(path, weights_only=True)` reads it and a file carrying pickled code is refused, never
+executed.
 """
 
 import os
