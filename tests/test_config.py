@@ -65,6 +65,19 @@ def test_unknown_key_names_closest(tmp_path):
         build_cfg(path)
 
 
+def test_suggested_keys_are_settable():
+    """A section name ('SOLVER') is never suggested: only keys that hold a value can be set."""
+    with pytest.raises(ConfigError) as info:
+        build_cfg(None, ["SOLVER.LRR", "0.1"])
+    suggested = str(info.value).split("closest valid keys: ")[1].rstrip(".").split(", ")
+    cfg = build_cfg(None, [])
+    for key in suggested:
+        node = cfg
+        for part in key.split("."):
+            node = node[part]
+        assert not isinstance(node, dict), key
+
+
 def test_wrong_type_names_expected_type():
     with pytest.raises(ConfigError, match=r"SOLVER.EPOCHS.*expects int"):
         build_cfg(None, ["SOLVER.EPOCHS", "many"])

@@ -103,8 +103,11 @@ def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
         (["DISTILLER.TYPE=KD", "DISTILLER.TEACHER_WEIGHTS=none.pth"], ["Teacher checkpoint", "none.pth",
                                                                  "download_ckpts/README.md"]),
         (["DISTILLER.TYPE=KDD"], ["Unknown distiller 'KDD'", "KD"]),
+        (["DISTILLER.STUDENT=resnet9", "DATASET.TYPE=cifar100", "DATASET.ROOT=nowhere"],
+         ["Unknown model 'resnet9'", "resnet8"]),
     ],
-    ids=["unknown_key", "wrong_type", "missing_dataset", "missing_teacher", "unknown_distiller"],
+    ids=["unknown_key", "wrong_type", "missing_dataset", "missing_teacher", "unknown_distiller",
+         "unknown_model_before_missing_dataset"],
 )
 def test_train_user_errors_are_one_line(tool, tmp_path, args, fragments):
     result = tool(TRAIN, "--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", *args, cwd=str(tmp_path))

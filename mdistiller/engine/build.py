@@ -26,11 +26,23 @@ def _lookup(model_dict, name: str, dataset: str):
     return model_dict[name]
 
 
+def _model_dict(dataset: str):
+    return imagenet_model_dict if dataset == "imagenet" else MODEL_DICT_OF_DATASET.get(dataset, cifar_model_dict)
+
+
+def check_names(cfg: CN) -> None:
+    """UnknownNameError for an unknown distiller, student or teacher name, before any data is read."""
+    distiller_dict.get(cfg.DISTILLER.TYPE)
+    _lookup(_model_dict(cfg.DATASET.TYPE), cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE)
+    if cfg.DISTILLER.TYPE != "NONE":
+        _lookup(_model_dict(cfg.DATASET.TYPE), cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)
+
+
 def build_model(name: str, dataset: str, num_classes: int, pretrained: bool = False) -> nn.Module:
     """A freshly initialised (or, for ImageNet with `pretrained`, torchvision-weighted) model."""
     if dataset == "imagenet":
         return _lookup(imagenet_model_dict, name, dataset)(pretrained=pretrained)
-    constructor, _ = _lookup(MODEL_DICT_OF_DATASET.get(dataset, cifar_model_dict), name, dataset)
+    constructor, _ = _lookup(_model_dict(dataset), name, dataset)
     return constructor(num_classes=num_classes)
 
 
@@ -38,8 +50,7 @@ def teacher_checkpoint_path(cfg: CN) -> Optional[str]:
     """DISTILLER.TEACHER_WEIGHTS when set, else the standard path of the model dict."""
     if cfg.DISTILLER.TEACHER_WEIGHTS:
         return cfg.DISTILLER.TEACHER_WEIGHTS
-    model_dict = MODEL_DICT_OF_DATASET.get(cfg.DATASET.TYPE, cifar_model_dict)
-    return _lookup(model_dict, cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)[1]
+    return _lookup(_model_dict(cfg.DATASET.TYPE), cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)[1]
 
 
 def build_teacher(cfg: CN, num_classes: int) -> nn.Module:

@@ -86,18 +86,17 @@ for _name, _section in method_defaults.items():
     CFG[_name] = _section.clone()
 
 
-def _all_keys(node: CN, prefix: str = "") -> List[str]:
+def _leaf_keys(node: CN, prefix: str = "") -> List[str]:
+    """The full names of the keys that hold values (sections left out: they cannot be set)."""
     keys = []
     for key, value in node.items():
         full = f"{prefix}{key}"
-        keys.append(full)
-        if isinstance(value, CN):
-            keys += _all_keys(value, full + ".")
+        keys += _leaf_keys(value, full + ".") if isinstance(value, CN) else [full]
     return keys
 
 
 def _unknown_key(cfg: CN, full_key: str, source: str) -> ConfigError:
-    close = difflib.get_close_matches(full_key, _all_keys(cfg), n=3, cutoff=0.5)
+    close = difflib.get_close_matches(full_key, _leaf_keys(cfg), n=3, cutoff=0.5)
     hint = f"; closest valid keys: {', '.join(close)}" if close else ""
     return ConfigError(f"Unknown config key '{full_key}' in {source}{hint}.")
 

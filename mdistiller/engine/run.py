@@ -7,7 +7,7 @@ from torch import nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.dataset import get_dataset
-from mdistiller.engine.build import build_distiller
+from mdistiller.engine.build import build_distiller, check_names
 from mdistiller.engine.cfg import show_cfg
 from mdistiller.engine.distributed import cleanup_distributed, init_distributed, shard_loaders
 from mdistiller.engine.experiment import experiment_name
@@ -16,7 +16,8 @@ from mdistiller.engine.utils import resolve_device, seed_everything
 
 
 def build_classification_run(cfg: CN) -> Tuple[object, object, nn.Module]:
-    """The loaders and the distiller of a classification run."""
+    """The loaders and the distiller of a classification run (names checked before the data is read)."""
+    check_names(cfg)
     train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
     return train_loader, val_loader, build_distiller(cfg, num_data, num_classes)
 
