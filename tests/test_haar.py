@@ -67,6 +67,7 @@ def test_gradcheck_through_dwt_and_idwt():
 
     assert torch.autograd.gradcheck(roundtrip, (x,))
     assert torch.autograd.gradcheck(lambda t: haar_wavedec2(t, 3)[0], (x,))
+    assert torch.autograd.gradgradcheck(roundtrip, (x,))  # the backward (the inverse transform) is differentiable too
 
 
 @pytest.mark.parametrize("dtype, expected", [(torch.float64, torch.float64), (torch.float32, torch.float32),

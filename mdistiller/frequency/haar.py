@@ -39,31 +39,69 @@ def transform_dtype(x: Tensor) -> torch.dtype:
     return torch.float64 if x.dtype == torch.float64 else torch.float32
 
 
+def _analysis(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The butterfly of one level on an even-sized map: (cA, cH, cV, cD)."""
+    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
+    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
+    top, bottom = a + b, c + d
+    left_right_top, left_right_bottom = a - b, c - d
+    return (0.5 * (top + bottom), 0.5 * (top - bottom), 0.5 * (left_right_top + left_right_bottom),
+            0.5 * (left_right_top - left_right_bottom))
+
+
+def _synthesis(approx: Tensor, ch: Tensor, cv: Tensor, cd: Tensor) -> Tensor:
+    """The inverse butterfly: the 2h x 2w map whose analysis gives these four bands."""
+    s, t = approx + ch, approx - ch
+    u, v = cv + cd, cv - cd
+    h, w = approx.shape[-2:]
+    x = approx.new_empty((*approx.shape[:-2], 2 * h, 2 * w))
+    x[..., 0::2, 0::2] = 0.5 * (s + u)
+    x[..., 0::2, 1::2] = 0.5 * (s - u)
+    x[..., 1::2, 0::2] = 0.5 * (t + v)
+    x[..., 1::2, 1::2] = 0.5 * (t - v)
+    return x
+
+
+class _HaarAnalysis(torch.autograd.Function):
+    """One level as an autograd function. The transform is orthonormal, so its adjoint is its
+    inverse: the backward is one synthesis of the four band gradients, instead of autograd's
+    zero-filled gradient per strided slice (twice as fast, less memory)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _analysis(x)
+
+    @staticmethod
+    def backward(ctx, grad_a: Tensor, grad_h: Tensor, grad_v: Tensor, grad_d: Tensor) -> Tensor:
+        return _synthesis(grad_a, grad_h, grad_v, grad_d)
+
+
+class _HaarSynthesis(torch.autograd.Function):
+    """The inverse of one level; its backward is one analysis (see :class:`_HaarAnalysis`)."""
+
+    @staticmethod
+    def forward(ctx, approx: Tensor, ch: Tensor, cv: Tensor, cd: Tensor) -> Tensor:
+        return _synthesis(approx, ch, cv, cd)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        return _analysis(grad)
+
+
 def haar_dwt2(x: Tensor) -> Tuple[Tensor, Details]:
     """One level: ``(cA, (cH, cV, cD))``, each of size ``ceil(H/2) x ceil(W/2)``, like ``pywt.dwt2``."""
     x = x.to(transform_dtype(x))
     pad_h, pad_w = x.shape[-2] % 2, x.shape[-1] % 2
     if pad_h or pad_w:
         x = F.pad(x, (0, pad_w, 0, pad_h))
-    a, b = x[..., 0::2, 0::2], x[..., 0::2, 1::2]
-    c, d = x[..., 1::2, 0::2], x[..., 1::2, 1::2]
-    top, bottom = a + b, c + d
-    left_right_top, left_right_bottom = a - b, c - d
-    return 0.5 * (top + bottom), (0.5 * (top - bottom), 0.5 * (left_right_top + left_right_bottom),
-                                  0.5 * (left_right_top - left_right_bottom))
+    approx, ch, cv, cd = _HaarAnalysis.apply(x)
+    return approx, (ch, cv, cd)
 
 
 def haar_idwt2(approx: Tensor, details: Details) -> Tensor:
     """Inverse of one level: a map of size ``2h x 2w`` (``pywt.idwt2``)."""
-    ch, cv, cd = details
     dtype = transform_dtype(approx)
-    approx, ch, cv, cd = (t.to(dtype) for t in (approx, ch, cv, cd))
-    s, t = approx + ch, approx - ch
-    u, v = cv + cd, cv - cd
-    a, b, c, d = 0.5 * (s + u), 0.5 * (s - u), 0.5 * (t + v), 0.5 * (t - v)
-    top = torch.stack((a, b), dim=-1).flatten(-2)
-    bottom = torch.stack((c, d), dim=-1).flatten(-2)
-    return torch.stack((top, bottom), dim=-2).flatten(-3, -2)
+    return _HaarSynthesis.apply(*(t.to(dtype) for t in (approx, *details)))
 
 
 def haar_wavedec2(x: Tensor, level: int) -> List[Union[Tensor, Details]]:
