@@ -139,3 +139,13 @@ def test_sfa_gradients_by_finite_differences(size):
     real = sfa.real_weight.detach().clone().normal_().requires_grad_()
     imag = sfa.imag_weight.detach().clone().normal_().requires_grad_()
     assert torch.autograd.gradcheck(branch, (x, real, imag), fast_mode=True)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_sfa_output_keeps_the_input_layout(layout):
+    sfa = SmoothedFrequencyAugmentation(4, (4, 4))
+    x = torch.randn(2, 4, 4, 4).contiguous(memory_format=layout)
+    reference = sfa.frequency_branch(x.contiguous())
+    out = sfa.frequency_branch(x)
+    assert out.is_contiguous(memory_format=layout)
+    torch.testing.assert_close(out, reference)

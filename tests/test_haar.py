@@ -84,3 +84,12 @@ def test_dtypes_follow_input_with_half_precision_computed_in_float32(dtype, expe
 def test_level_must_be_positive():
     with pytest.raises(ValueError):
         haar_wavedec2(torch.zeros(1, 1, 4, 4), 0)
+
+
+@pytest.mark.parametrize("layout", [torch.channels_last, torch.contiguous_format])
+def test_gradient_keeps_the_input_layout(layout):
+    """Channels-last maps get channels-last gradients (the network's kernels slow down on mixed layouts)."""
+    x = torch.randn(2, 3, 8, 8).contiguous(memory_format=layout).requires_grad_()
+    coeffs = haar_wavedec2(x, 2)
+    (coeffs[0].square().sum() + sum(band.sum() for band in coeffs[1])).backward()
+    assert x.grad.is_contiguous(memory_format=layout)

@@ -21,6 +21,8 @@ from typing import Callable, Tuple
 import torch
 from torch import Tensor, nn
 
+from mdistiller.frequency._layout import memory_format_of
+
 __all__ = ["FrequencyAttention", "SmoothedFrequencyAugmentation", "centre_square_highpass_mask", "circulant_index",
            "gaussian_highpass_mask", "spectral_filter"]
 
@@ -130,7 +132,7 @@ class SmoothedFrequencyAugmentation(nn.Module):
         operators = kernel[:, self.circulant_index]  # (C, hw, hw): A_c[p, q] = g_c[p - q]
         columns = x.flatten(2).transpose(0, 1)  # (C, B, hw)
         out = torch.bmm(columns, operators.transpose(1, 2).to(columns.dtype))
-        return out.transpose(0, 1).reshape(x.shape)
+        return out.transpose(0, 1).unflatten(-1, x.shape[-2:]).contiguous(memory_format=memory_format_of(x))
 
     def forward(self, x: Tensor) -> Tensor:
         return self.rate1 * self.frequency_branch(x) + self.rate2 * self.w0(x)

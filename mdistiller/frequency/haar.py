@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from mdistiller.frequency._layout import memory_format_of
+
 __all__ = ["Details", "haar_dwt2", "haar_idwt2", "haar_wavedec2", "haar_waverec2", "transform_dtype"]
 
 Details = Tuple[Tensor, Tensor, Tensor]
@@ -49,12 +51,14 @@ def _analysis(x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
             0.5 * (left_right_top - left_right_bottom))
 
 
-def _synthesis(approx: Tensor, ch: Tensor, cv: Tensor, cd: Tensor) -> Tensor:
+def _synthesis(approx: Tensor, ch: Tensor, cv: Tensor, cd: Tensor,
+               memory_format: torch.memory_format = torch.contiguous_format) -> Tensor:
     """The inverse butterfly: the 2h x 2w map whose analysis gives these four bands."""
     s, t = approx + ch, approx - ch
     u, v = cv + cd, cv - cd
     h, w = approx.shape[-2:]
-    x = approx.new_empty((*approx.shape[:-2], 2 * h, 2 * w))
+    x = torch.empty((*approx.shape[:-2], 2 * h, 2 * w), dtype=approx.dtype, device=approx.device,
+                    memory_format=memory_format)
     x[..., 0::2, 0::2] = 0.5 * (s + u)
     x[..., 0::2, 1::2] = 0.5 * (s - u)
     x[..., 1::2, 0::2] = 0.5 * (t + v)
@@ -69,11 +73,12 @@ class _HaarAnalysis(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x: Tensor) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+        ctx.memory_format = memory_format_of(x)  # the gradient is given back in the input's layout
         return _analysis(x)
 
     @staticmethod
     def backward(ctx, grad_a: Tensor, grad_h: Tensor, grad_v: Tensor, grad_d: Tensor) -> Tensor:
-        return _synthesis(grad_a, grad_h, grad_v, grad_d)
+        return _synthesis(grad_a, grad_h, grad_v, grad_d, ctx.memory_format)
 
 
 class _HaarSynthesis(torch.autograd.Function):
