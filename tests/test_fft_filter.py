@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mdistiller.frequency import SmoothedFrequencyAugmentation, gaussian_highpass_mask
-from mdistiller.frequency.fft_filter import circulant_index
+from mdistiller.frequency.fft_filter import circulant_basis
 
 
 def reference_mask(h: int, w: int, cutoff: float) -> np.ndarray:
@@ -92,15 +92,15 @@ def test_sfa_initialisation():
     assert set(sfa.state_dict()) == {"rate1", "rate2", "real_weight", "imag_weight", "w0.weight", "w0.bias"}
 
 
-def test_circulant_index_is_a_circular_convolution():
-    """A[p, q] = g[(p - q) mod (h, w)]: A x equals the circular convolution sum_q g[p - q] x[q], by hand."""
+def test_circulant_basis_gives_a_circular_convolution():
+    """M[q, p] = g[(p - q) mod (h, w)]: x M equals the circular convolution sum_q g[p - q] x[q], by hand."""
     h, w = 3, 4
     g, x = torch.randn(h, w, dtype=torch.float64), torch.randn(h, w, dtype=torch.float64)
     expected = torch.zeros(h, w, dtype=torch.float64)
     for pr in range(h):
         for pc in range(w):
             expected[pr, pc] = sum(g[(pr - qr) % h, (pc - qc) % w] * x[qr, qc] for qr in range(h) for qc in range(w))
-    product = g.flatten()[circulant_index(h, w)] @ x.flatten()
+    product = x.flatten() @ (g.flatten() @ circulant_basis(h, w).double()).view(h * w, h * w)
     torch.testing.assert_close(product.reshape(h, w), expected)
 
 

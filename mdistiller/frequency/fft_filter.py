@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from mdistiller.frequency._layout import memory_format_of
 
-__all__ = ["FrequencyAttention", "SmoothedFrequencyAugmentation", "centre_square_highpass_mask", "circulant_index",
+__all__ = ["FrequencyAttention", "SmoothedFrequencyAugmentation", "centre_square_highpass_mask", "circulant_basis",
            "gaussian_highpass_mask", "spectral_filter"]
 
 
@@ -75,11 +75,14 @@ def spectral_filter(x: Tensor, modulate: Callable[[Tensor, torch.dtype], Tensor]
     return out.to(x.dtype)
 
 
-def circulant_index(h: int, w: int) -> Tensor:
-    """Indices (h*w, h*w) into a flattened ``h x w`` kernel g with ``A[p, q] = g[(p - q) mod (h, w)]``:
-    ``A @ x.flatten()`` is the 2-D circular convolution of x with g."""
+def circulant_basis(h: int, w: int) -> Tensor:
+    """The 0/1 matrix (h*w, (h*w)^2) taking a flattened ``h x w`` kernel g to the matrix
+    ``M = (g @ basis).view(h*w, h*w)``, ``M[q, p] = g[(p - q) mod (h, w)]``, so that the row vector
+    ``x.flatten() @ M`` is the 2-D circular convolution of x with g. A matrix product (not a gather) so
+    that its backward is one too; M comes out in the layout the batched product wants (no transpose)."""
     rows, cols = torch.arange(h * w) // w, torch.arange(h * w) % w
-    return ((rows[:, None] - rows[None, :]) % h) * w + (cols[:, None] - cols[None, :]) % w
+    index = ((rows[None, :] - rows[:, None]) % h) * w + (cols[None, :] - cols[:, None]) % w
+    return torch.nn.functional.one_hot(index.flatten(), h * w).T.float()
 
 
 class SmoothedFrequencyAugmentation(nn.Module):
@@ -115,7 +118,7 @@ class SmoothedFrequencyAugmentation(nn.Module):
         self.register_buffer("spectral_mask", torch.fft.ifftshift(mask, dim=(-2, -1)), persistent=False)
         self.use_circulant = h * w <= self.MAX_CIRCULANT_POSITIONS
         if self.use_circulant:
-            self.register_buffer("circulant_index", circulant_index(h, w), persistent=False)
+            self.register_buffer("circulant_basis", circulant_basis(h, w), persistent=False)
 
     def spectral_kernel(self, dtype: torch.dtype) -> Tensor:
         """``K * m`` (channels, h, w), complex, from the real dtype `dtype`."""
@@ -127,11 +130,12 @@ class SmoothedFrequencyAugmentation(nn.Module):
         if not self.use_circulant:
             return spectral_filter(x, lambda spectrum, dtype: spectrum * self.spectral_kernel(dtype))
         dtype = torch.promote_types(self.real_weight.dtype, torch.float32)
+        positions = x.shape[-2] * x.shape[-1]
         with torch.autocast(device_type=x.device.type, enabled=False):
             kernel = torch.fft.ifft2(self.spectral_kernel(dtype)).real.flatten(1)
-        operators = kernel[:, self.circulant_index]  # (C, hw, hw): A_c[p, q] = g_c[p - q]
-        columns = x.flatten(2).transpose(0, 1)  # (C, B, hw)
-        out = torch.bmm(columns, operators.transpose(1, 2).to(columns.dtype))
+            operators = (kernel @ self.circulant_basis.to(dtype)).view(-1, positions, positions)  # M_c[q, p] = g_c[p - q]
+        rows = x.flatten(2).transpose(0, 1)  # (C, B, hw)
+        out = torch.bmm(rows, operators.to(rows.dtype))
         return out.transpose(0, 1).unflatten(-1, x.shape[-2:]).contiguous(memory_format=memory_format_of(x))
 
     def forward(self, x: Tensor) -> Tensor:
