@@ -33,9 +33,9 @@ def _model_dict(dataset: str):
 def check_names(cfg: CN) -> None:
     """UnknownNameError for an unknown distiller, student or teacher name, before any data is read."""
     distiller_dict.get(cfg.DISTILLER.TYPE)
-    _lookup(_model_dict(cfg.DATASET.TYPE), cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE)
-    if cfg.DISTILLER.TYPE != "NONE":
-        _lookup(_model_dict(cfg.DATASET.TYPE), cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)
+    models = [cfg.DISTILLER.STUDENT] + ([cfg.DISTILLER.TEACHER] if cfg.DISTILLER.TYPE != "NONE" else [])
+    for name in models:
+        _lookup(_model_dict(cfg.DATASET.TYPE), name, cfg.DATASET.TYPE)
 
 
 def build_model(name: str, dataset: str, num_classes: int, pretrained: bool = False) -> nn.Module:
