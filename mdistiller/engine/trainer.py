@@ -23,8 +23,8 @@ from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, Wor
 from mdistiller.engine.optim import build_optimizer
 from mdistiller.engine.schedule import learning_rate
 from mdistiller.engine.stop import StopSignals
-from mdistiller.engine.utils import (AverageMeter, accuracy, autocast_context, autocast_dtype, resolve_device, rng_state,
-                                     seed_everything, set_rng_state)
+from mdistiller.engine.utils import (AverageMeter, accuracy, autocast_context, autocast_dtype, configure_kernels,
+                                     resolve_device, rng_state, seed_everything, set_rng_state)
 from mdistiller.errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingStopped
 from mdistiller.registry import Registry
 
@@ -73,6 +73,7 @@ class Trainer:
         self.cfg = cfg
         self.experiment_name = experiment_name
         self.device = local_device(resolve_device(cfg.SOLVER.DEVICE))
+        configure_kernels(bool(cfg.EXPERIMENT.DETERMINISTIC))
         self.amp_dtype = autocast_dtype(self.device, cfg.SOLVER)
         self.channels_last = channels_last_enabled(cfg.SOLVER.CHANNELS_LAST, self.device, self.amp_dtype)
         self.distiller = prepare_distiller(distiller, cfg.SOLVER, self.device, self.channels_last)
@@ -242,7 +243,7 @@ class Trainer:
             return 0
         for _ in range(progress["step"]):
             next(batches)
-        set_rng_state(progress["rng"])
+        set_rng_state(progress["rng"], self.device)
         self.skipped_steps = int(progress["skipped"])
         if self.is_main:  # the saved sums are over every process; the others start from zero
             for saved, target in ((progress["meters"], meters), (progress["terms"], term_meters)):
@@ -255,7 +256,7 @@ class Trainer:
         """Write `latest` after `step` steps of `epoch` (a clean stop); every process takes part."""
         reduce_meters(meters)
         reduce_meters(term_meters)
-        rng_of_ranks = all_gather_objects(rng_state())
+        rng_of_ranks = all_gather_objects(rng_state(self.device))
         if self.is_main:
             state = self.state(epoch - 1)
             state["rng_ranks"] = rng_of_ranks
@@ -368,7 +369,7 @@ class Trainer:
             "scheduler": {"last_epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
             "scaler": self.scaler.state_dict(),
             "best_acc": self.best_acc,
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "cfg": dump_cfg(self.cfg),
             "wandb_id": self.wandb_id or "",
         }
@@ -406,7 +407,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if "rng" in state:
-            set_rng_state(state["rng"])
+            set_rng_state(state["rng"], self.device)
         self.best_acc = float(state.get("best_acc", -1.0))
         self.wandb_id = state.get("wandb_id") or None
         progress = state.get("progress")

@@ -1,0 +1,93 @@
+"""The CUDA paths of the trainer, checked on the CPU with torch.cuda's functions stood in for:
+the kernel choice of EXPERIMENT.DETERMINISTIC across epochs, the GPU RNG state a checkpoint
+holds (the trainer's device only; older checkpoints with every GPU's state still load)."""
+
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from mdistiller.engine import utils
+from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
+
+from test_trainer import make_trainer
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+@pytest.mark.parametrize("deterministic", [True, False])
+def test_kernel_choice_survives_the_per_epoch_reseed(tmp_path, monkeypatch, deterministic):
+    trainer = make_trainer(tmp_path, f"EXPERIMENT.DETERMINISTIC={deterministic}", "SOLVER.EPOCHS=1")
+    assert torch.backends.cudnn.benchmark is (not deterministic)
+    assert torch.are_deterministic_algorithms_enabled() is deterministic
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a GPU machine
+    trainer.train_epoch(1)
+    assert torch.backends.cudnn.benchmark is (not deterministic)
+    assert torch.backends.cudnn.deterministic is deterministic
+    assert torch.are_deterministic_algorithms_enabled() is deterministic
+
+
+class FakeCudaRng:
+    """torch.cuda's RNG functions for `count` GPUs whose states are tensor([index])."""
+
+    def __init__(self, monkeypatch, count: int) -> None:
+        self.count = count
+        self.set_calls = []
+        monkeypatch.setattr(torch.cuda, "get_rng_state", self.get)
+        monkeypatch.setattr(torch.cuda, "set_rng_state", self.set)
+        monkeypatch.setattr(torch.cuda, "get_rng_state_all", self.refuse)
+        monkeypatch.setattr(torch.cuda, "set_rng_state_all", self.refuse)
+        monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
+
+    def get(self, device="cuda"):
+        index = torch.device(device).index or 0
+        if index >= self.count:
+            raise IndexError(f"no GPU {index}")
+        return torch.tensor([index], dtype=torch.uint8)
+
+    def set(self, state, device="cuda"):
+        index = torch.device(device).index or 0
+        if index >= self.count:
+            raise IndexError(f"no GPU {index}")
+        self.set_calls.append((int(state[0]), index))
+
+    def refuse(self, *args, **kwargs):
+        raise AssertionError("every GPU's RNG state touched")
+
+
+def test_rng_state_holds_the_trainer_gpu_only_and_round_trips(tmp_path, monkeypatch):
+    fake = FakeCudaRng(monkeypatch, count=4)
+    device = torch.device("cuda", 2)
+    torch.manual_seed(5)
+    random.seed(5)
+    np.random.seed(5)
+    state = utils.rng_state(device)
+    assert torch.equal(state["cuda"], torch.tensor([2], dtype=torch.uint8))
+    assert "cuda" not in utils.rng_state(torch.device("cpu"))
+    save_checkpoint({"rng": state}, str(tmp_path / "ckpt"))
+    loaded = load_checkpoint(str(tmp_path / "ckpt"))["rng"]  # weights_only
+    expected = (torch.rand(3), random.random(), np.random.rand())
+    torch.manual_seed(6)
+    random.seed(6)
+    np.random.seed(6)
+    utils.set_rng_state(loaded, device)
+    assert torch.equal(torch.rand(3), expected[0]) and random.random() == expected[1]
+    assert np.random.rand() == expected[2]
+    assert fake.set_calls == [(2, 2)]
+
+
+@pytest.mark.parametrize("saved_gpus, device, restored", [
+    (8, torch.device("cuda", 0), [(0, 0)]),  # written on 8 GPUs, resumed on 1
+    (4, torch.device("cuda", 1), [(1, 1)]),  # each process takes its own entry
+    (1, torch.device("cuda", 1), []),  # no entry for this GPU: its state is left as it is
+])
+def test_checkpoint_with_every_gpu_state_loads_on_fewer(tmp_path, monkeypatch, saved_gpus, device, restored):
+    fake = FakeCudaRng(monkeypatch, count=2)
+    state = utils.rng_state(torch.device("cpu"))
+    state["cuda"] = [torch.tensor([i], dtype=torch.uint8) for i in range(saved_gpus)]  # the old layout
+    save_checkpoint({"rng": state}, str(tmp_path / "old"))
+    utils.set_rng_state(load_checkpoint(str(tmp_path / "old"))["rng"], device)
+    assert fake.set_calls == restored
+    utils.set_rng_state(state, torch.device("cpu"))  # a CPU run ignores GPU states
+    assert fake.set_calls == restored
