@@ -91,3 +91,39 @@ def test_checkpoint_with_every_gpu_state_loads_on_fewer(tmp_path, monkeypatch, s
     assert fake.set_calls == restored
     utils.set_rng_state(state, torch.device("cpu"))  # a CPU run ignores GPU states
     assert fake.set_calls == restored
+
+
+PRECISION_BACKENDS = (torch.backends.cuda.matmul, torch.backends.cudnn.conv, torch.backends.mkldnn.matmul,
+                      torch.backends.mkldnn.conv)
+
+
+def test_fold_check_runs_without_tf32_and_restores_the_settings(monkeypatch):
+    """The BatchNorm-fold equality check compares in full float32: TF32 (and oneDNN's reduced
+    precision) off while it runs, the user's settings back after, also after an error."""
+    from mdistiller.engine import fast_teacher
+    from mdistiller.models import cifar_model_dict
+
+    seen = []
+    compare = fast_teacher.max_relative_difference
+
+    def recording(a, b):
+        seen.append(tuple(backend.fp32_precision for backend in PRECISION_BACKENDS))
+        return compare(a, b)
+
+    monkeypatch.setattr(fast_teacher, "max_relative_difference", recording)
+    user = ("tf32", "tf32", "bf16", "bf16")
+    before = [backend.fp32_precision for backend in PRECISION_BACKENDS]
+    try:
+        for backend, setting in zip(PRECISION_BACKENDS, user):
+            backend.fp32_precision = setting
+        model = cifar_model_dict["resnet8"][0](num_classes=10).eval()
+        fast_teacher.fold_batchnorm(model, torch.randn(2, 3, 8, 8))
+        assert seen and all(s == ("ieee",) * 4 for s in seen)
+        assert tuple(backend.fp32_precision for backend in PRECISION_BACKENDS) == user
+        with pytest.raises(RuntimeError, match="inside"):
+            with fast_teacher.full_fp32_precision():
+                raise RuntimeError("inside")
+        assert tuple(backend.fp32_precision for backend in PRECISION_BACKENDS) == user
+    finally:
+        for backend, setting in zip(PRECISION_BACKENDS, before):
+            backend.fp32_precision = setting
