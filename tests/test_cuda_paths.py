@@ -127,3 +127,42 @@ def test_fold_check_runs_without_tf32_and_restores_the_settings(monkeypatch):
     finally:
         for backend, setting in zip(PRECISION_BACKENDS, before):
             backend.fp32_precision = setting
+
+
+NORM_STATISTICS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def test_skipped_step_restores_normalisation_statistics_and_copies_nothing_else(tmp_path):
+    """SOLVER.SKIP_NONFINITE: a skipped step puts back the running statistics of every BatchNorm
+    outside the teacher, bit for bit, and copies no other buffer (not CRD's memory banks)."""
+    from mdistiller.models import cifar_model_dict
+    from test_nonfinite import poison
+
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.pth"
+    torch.save({"model": cifar_model_dict["wrn_16_2"][0](num_classes=10).state_dict()}, teacher_file)
+    trainer = make_trainer(tmp_path, "DISTILLER.TYPE=CRD", "SOLVER.TRAINER=crd", "CRD.NCE.K=16",
+                           "DISTILLER.TEACHER=wrn_16_2", f"DISTILLER.TEACHER_WEIGHTS={teacher_file}",
+                           "SOLVER.SKIP_NONFINITE=True")
+    names = {buffer.data_ptr(): name for name, buffer in trainer.distiller.named_buffers()}
+    restored = sorted(names[b.data_ptr()] for b in trainer.restored_buffers())
+    expected = sorted(name for name in names.values()
+                      if name.rsplit(".", 1)[-1] in NORM_STATISTICS and not name.startswith("teacher."))
+    assert restored == expected and any(name.startswith("embed_s.") or name.startswith("student.") for name in restored)
+    assert not any("memory" in name for name in restored)
+
+    image, target, extra = trainer.to_device(next(iter(trainer.train_loader)))
+    trainer.distiller.train()
+    before = {name: b.clone() for name, b in trainer.distiller.named_buffers()}
+    params = [p.detach().clone() for p in trainer.distiller.parameters()]
+    poison(trainer, from_call=1, term="loss_kd")
+    _, values, _ = trainer.train_iter(image, target, extra, epoch=1, step=0)
+    assert values is None and trainer.skipped_steps == 1
+    after = dict(trainer.distiller.named_buffers())
+    for name in expected:
+        assert torch.equal(after[name], before[name]), name
+    assert all(torch.equal(p, q) for p, q in zip(trainer.distiller.parameters(), params))
+    # the forward pass did move them (so restoring them is what kept them)
+    with torch.no_grad():
+        trainer.distiller(image=image, target=target, epoch=1, **extra)
+    assert not torch.equal(trainer.distiller.student.bn1.running_mean, before["student.bn1.running_mean"])

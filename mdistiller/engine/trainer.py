@@ -8,6 +8,7 @@ from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
+from torch import nn
 from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
@@ -298,22 +299,29 @@ class Trainer:
         A skipped step (a non-finite term with SOLVER.SKIP_NONFINITE) returns None for the terms and
         leaves no trace: no optimizer step, and the buffers (BatchNorm statistics) it changed restored.
         """
-        buffers = [b.clone() for b in self.trained_buffers()] if self.skip_nonfinite else []
+        buffers = [b.clone() for b in self.restored_buffers()] if self.skip_nonfinite else []
         with self.autocast():
             preds, losses = self.train_model(image=image, target=target, epoch=epoch, **extra)
         losses = {name: value.mean() for name, value in losses.items()}
         values = {name: float(value.detach()) for name, value in losses.items()}
         if not self.agree_on_step(values, epoch, step):
-            for buffer, saved in zip(self.trained_buffers(), buffers):
+            for buffer, saved in zip(self.restored_buffers(), buffers):
                 buffer.copy_(saved)
             self.skipped_steps += 1
             return preds, None, float("nan")
         self.backward_and_step(losses)
         return preds, values, sum(values.values())
 
-    def trained_buffers(self) -> List[torch.Tensor]:
-        """Buffers a training step may change: all but the frozen teacher's."""
-        return [b for name, b in self.distiller.named_buffers() if not name.startswith("teacher.")]
+    def restored_buffers(self) -> List[torch.Tensor]:
+        """What a skipped step (SOLVER.SKIP_NONFINITE) puts back: the running statistics of the
+        normalisation layers outside the frozen teacher (mean, variance and batch counter, which a
+        forward pass in train mode updates). These are all a model's forward pass changes; a
+        method's own per-batch state is not copied every step (CRD's two memory banks are 51 MB on
+        CIFAR-100), so a skipped batch's rows of CRD's banks keep the update its forward pass made.
+        """
+        return [buffer for name, module in self.distiller.named_modules()
+                if isinstance(module, nn.modules.batchnorm._NormBase) and name.split(".")[0] != "teacher"
+                for buffer in module.buffers(recurse=False)]
 
     def backward_and_step(self, losses: Losses) -> None:
         self.optimizer.zero_grad(set_to_none=True)
