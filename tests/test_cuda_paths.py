@@ -166,3 +166,14 @@ def test_skipped_step_restores_normalisation_statistics_and_copies_nothing_else(
     with torch.no_grad():
         trainer.distiller(image=image, target=target, epoch=1, **extra)
     assert not torch.equal(trainer.distiller.student.bn1.running_mean, before["student.bn1.running_mean"])
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_trainer_batches_follow_solver_channels_last(tmp_path, channels_last):
+    """DATASET.FAST_AUG batches reach the step in the layout SOLVER.CHANNELS_LAST asks for."""
+    trainer = make_trainer(tmp_path, f"SOLVER.CHANNELS_LAST={channels_last}")
+    assert trainer.channels_last is channels_last
+    for loader in (trainer.train_loader, trainer.val_loader):
+        image = trainer.to_device(next(iter(loader)))[0]
+        assert image.is_contiguous(memory_format=torch.channels_last) is channels_last
+        assert image.is_contiguous() is not channels_last

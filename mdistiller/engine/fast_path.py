@@ -45,6 +45,7 @@ def prepare_distiller(distiller: nn.Module, solver, device: torch.device, channe
     return distiller
 
 
-def place_loader(loader, device: torch.device):
-    """An in-memory loader (DATASET.FAST_AUG) moved to `device`; any other loader as it is."""
-    return loader.to(device) if isinstance(loader, InMemoryLoader) else loader
+def place_loader(loader, device: torch.device, channels_last: bool = True):
+    """An in-memory loader (DATASET.FAST_AUG) moved to `device`, its batches in channels_last
+    memory order when `channels_last`; any other loader as it is."""
+    return loader.to(device, channels_last=channels_last) if isinstance(loader, InMemoryLoader) else loader

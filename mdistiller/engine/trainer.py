@@ -81,8 +81,8 @@ class Trainer:
         self.train_model = wrap_ddp(self.distiller, self.device, cfg.DISTRIBUTED.SYNC_BN)
         self.is_main = is_main_process()
         self.lr_scale = world_size() if cfg.DISTRIBUTED.SCALE_LR else 1
-        self.train_loader = place_loader(train_loader, self.device)
-        self.val_loader = place_loader(val_loader, self.device)
+        self.train_loader = place_loader(train_loader, self.device, self.channels_last)
+        self.val_loader = place_loader(val_loader, self.device, self.channels_last)
         self.run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, experiment_name)
         ensure_writable_dir(self.run_dir)
         self.optimizer = self.init_optimizer()
