@@ -7,6 +7,8 @@ import random
 import numpy as np
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mdistiller.engine import utils
 from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -177,3 +179,101 @@ def test_trainer_batches_follow_solver_channels_last(tmp_path, channels_last):
         image = trainer.to_device(next(iter(loader)))[0]
         assert image.is_contiguous(memory_format=torch.channels_last) is channels_last
         assert image.is_contiguous() is not channels_last
+
+
+# Tensor methods that read a tensor's values to the host (on a GPU each waits for the device).
+HOST_READS = {torch.Tensor.tolist, torch.Tensor.item, torch.Tensor.__float__, torch.Tensor.__int__,
+              torch.Tensor.__bool__, torch.Tensor.__index__, torch.Tensor.numpy, torch.Tensor.cpu}
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the reads of tensor values to the host inside the block: the Python-level ones
+    (HOST_READS) and the scalar reads made inside torch (aten._local_scalar_dense)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.python, self.scalars = [], ScalarReads()
+
+    def __enter__(self):
+        self.scalars.__enter__()
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        super().__exit__(*exc)
+        return self.scalars.__exit__(*exc)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            self.python.append(func.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+class ScalarReads(TorchDispatchMode):
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func is torch.ops.aten._local_scalar_dense.default:
+            self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("skip_nonfinite", [False, True])
+def test_a_training_step_reads_the_device_once(tmp_path, skip_nonfinite):
+    """The loss terms, the meters' values and the agreed non-finite flags and stop signal come to
+    the host in one read per step, after the forward pass; the meters hold the same numbers as
+    the loss and accuracy computed apart."""
+    from mdistiller.models import cifar_model_dict
+
+    torch.manual_seed(0)
+    teacher_file = tmp_path / "teacher.pth"
+    torch.save({"model": cifar_model_dict["wrn_16_2"][0](num_classes=10).state_dict()}, teacher_file)
+    trainer = make_trainer(tmp_path, "DISTILLER.TYPE=KD", "DISTILLER.TEACHER=wrn_16_2",
+                           f"DISTILLER.TEACHER_WEIGHTS={teacher_file}", f"SOLVER.SKIP_NONFINITE={skip_nonfinite}")
+    trainer.distiller.train()
+    batches = [trainer.to_device(batch) for _, batch in zip(range(3), trainer.train_loader)]
+    trainer.train_iter(*batches[0], epoch=1, step=0)  # builds the teacher's folded copy (reads once)
+    for step, (image, target, extra) in enumerate(batches[1:], start=1):
+        state = {k: v.clone() for k, v in trainer.distiller.state_dict().items()}
+        with HostReads() as reads:
+            statistics, values, total = trainer.train_iter(image, target, extra, epoch=1, step=step)
+        assert reads.python == ["tolist"] and reads.scalars.count == 0
+        # the numbers read equal the loss terms and accuracies computed apart on the same weights
+        trainer.distiller.load_state_dict(state)
+        with torch.no_grad():
+            preds, losses = trainer.distiller(image=image, target=target, epoch=1, **extra)
+        for name, value in losses.items():
+            assert values[name] == pytest.approx(float(value), rel=1e-6, abs=1e-7), name
+        assert total == pytest.approx(sum(values.values()), rel=1e-12)
+        correct = (preds.argmax(1) == target).float().mean().item() * 100
+        top5 = (preds.topk(5, 1).indices == target[:, None]).any(1).float().mean().item() * 100
+        assert statistics == pytest.approx([correct, top5])
+
+
+@pytest.mark.parametrize("fast_aug", [True, False])
+def test_compiled_training_drops_the_last_partial_batch(fast_aug):
+    """SOLVER.COMPILE: every training batch has SOLVER.BATCH_SIZE images (a smaller last one would
+    compile the student again); validation still sees every image; without it nothing is dropped."""
+    from mdistiller.dataset import get_dataset
+    from mdistiller.engine.cfg import build_cfg
+
+    opts = ["DATASET.TYPE=digits", "DATASET.IMAGE_SIZE=8", "SOLVER.BATCH_SIZE=100", f"DATASET.FAST_AUG={fast_aug}",
+            "DATASET.NUM_WORKERS=0"]
+    compiled, val_loader, num_data, _ = get_dataset(build_cfg(None, opts + ["SOLVER.COMPILE=True"]))
+    eager, _, _, _ = get_dataset(build_cfg(None, opts))
+    assert num_data % 100 != 0  # the digits set has a partial last batch to drop
+    assert [len(batch[0]) for batch in compiled] == [100] * (num_data // 100)
+    assert sum(len(batch[0]) for batch in eager) == num_data and len(eager) == num_data // 100 + 1
+    assert sum(len(batch[0]) for batch in val_loader) == len(val_loader.dataset)
+
+
+def test_student_is_compiled_after_the_ddp_wrap(tmp_path, monkeypatch):
+    from mdistiller.engine import trainer as trainer_module
+
+    order = []
+    wrap = trainer_module.wrap_ddp
+    monkeypatch.setattr(trainer_module, "wrap_ddp", lambda *args: order.append("wrap") or wrap(*args))
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda module, *a, **k: order.append(type(module).__name__))
+    trainer = make_trainer(tmp_path, "SOLVER.COMPILE=True")
+    assert order == ["wrap", type(trainer.distiller.student).__name__]

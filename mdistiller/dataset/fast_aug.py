@@ -224,7 +224,8 @@ def _images_and_targets(dataset: Dataset) -> Optional[Tuple[Tensor, List[int], b
     return None
 
 
-def fast_loader(dataset: Dataset, batch_size: int, shuffle: bool, sampler: Optional[Sampler] = None) -> Optional[InMemoryLoader]:
+def fast_loader(dataset: Dataset, batch_size: int, shuffle: bool, sampler: Optional[Sampler] = None,
+                drop_last: bool = False) -> Optional[InMemoryLoader]:
     """An :class:`InMemoryLoader` equivalent to ``DataLoader(dataset, ...)``, or None if `dataset`
     is not an in-memory set (or an InstanceDataset around one) whose transform it can batch."""
     base = dataset.dataset if type(dataset) is InstanceDataset else dataset
@@ -238,4 +239,4 @@ def fast_loader(dataset: Dataset, batch_size: int, shuffle: bool, sampler: Optio
     if augmentation is None:
         return None
     return InMemoryLoader(dataset, images, targets, augmentation, batch_size, shuffle=shuffle, sampler=sampler,
-                          with_index=type(dataset) is InstanceDataset)
+                          drop_last=drop_last, with_index=type(dataset) is InstanceDataset)

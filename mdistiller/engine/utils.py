@@ -33,13 +33,19 @@ class AverageMeter:
         return self.sum / max(self.count, 1)
 
 
-def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> List[float]:
-    """Top-k accuracies in percent; k larger than the number of classes counts as every class."""
+def topk_accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> torch.Tensor:
+    """Top-k accuracies in percent as a float64 tensor on `output`'s device (nothing read to the
+    host); k larger than the number of classes counts as every class."""
     with torch.no_grad():
         maxk = min(max(topk), output.size(1))
         _, pred = output.topk(maxk, 1, True, True)
         correct = pred.t().eq(target.reshape(1, -1))
-        return [correct[: min(k, maxk)].any(0).float().mean().item() * 100.0 for k in topk]
+        return torch.stack([correct[: min(k, maxk)].any(0).float().mean().double() * 100.0 for k in topk])
+
+
+def accuracy(output: torch.Tensor, target: torch.Tensor, topk: Sequence[int] = (1,)) -> List[float]:
+    """Top-k accuracies in percent (:func:`topk_accuracy` read to the host)."""
+    return topk_accuracy(output, target, topk).tolist()
 
 
 def configure_kernels(deterministic: bool) -> None:
