@@ -304,8 +304,8 @@ class Trainer:
         """One optimisation step; returns the batch's :meth:`step_statistics`, each loss term and
         the total, as numbers read from the device in one transfer (:meth:`read_step`).
 
-        A skipped step (a non-finite term with SOLVER.SKIP_NONFINITE) returns None for the terms and
-        leaves no trace: no optimizer step, and the normalisation statistics it changed restored.
+        A skipped step (a non-finite term with SOLVER.SKIP_NONFINITE) returns None for the terms: no
+        optimizer step, and the normalisation statistics it changed restored (:meth:`restored_buffers`).
         """
         buffers = [b.clone() for b in self.restored_buffers()] if self.skip_nonfinite else []
         with self.autocast():
@@ -339,11 +339,11 @@ class Trainer:
         return values, host[2 * count + 1:], [bool(flag) for flag in nonfinite]
 
     def restored_buffers(self) -> List[torch.Tensor]:
-        """What a skipped step (SOLVER.SKIP_NONFINITE) puts back: the running statistics of the
-        normalisation layers outside the frozen teacher (mean, variance and batch counter, which a
-        forward pass in train mode updates). These are all a model's forward pass changes; a
-        method's own per-batch state is not copied every step (CRD's two memory banks are 51 MB on
-        CIFAR-100), so a skipped batch's rows of CRD's banks keep the update its forward pass made.
+        """What a skipped step (SOLVER.SKIP_NONFINITE) puts back: the running statistics (mean,
+        variance, batch counter) of the normalisation layers outside the frozen teacher, which a
+        forward pass in train mode updates. Nothing else is copied before each step: a method's own
+        per-batch state stays as the forward pass left it (CRD's memory banks, 51 MB on CIFAR-100:
+        a skipped batch's rows keep its update).
         """
         return [buffer for name, module in self.distiller.named_modules()
                 if isinstance(module, nn.modules.batchnorm._NormBase) and name.split(".")[0] != "teacher"
