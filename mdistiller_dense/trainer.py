@@ -36,7 +36,11 @@ class DenseTrainer(Trainer):
     def batch_size(self, image) -> int:
         return len(image)
 
-    def update_meters(self, meters, preds, target, n: int) -> None:
+    def step_statistics(self, preds, target) -> torch.Tensor:
+        """No per-batch task metric (AP and mIoU are measured on the validation set)."""
+        return torch.zeros(0, device=self.device)
+
+    def update_meters(self, meters, statistics, n: int) -> None:
         pass
 
     def to_device(self, batch):

@@ -32,16 +32,32 @@ def test_amp_setting_resolution(monkeypatch):
     monkeypatch.setattr(utils, "cpu_has_native_bf16", lambda: False)
     assert utils.autocast_dtype(CPU, solver("auto")) is None  # emulated bf16 would be slower
     assert utils.autocast_dtype(CPU, solver(True)) == torch.bfloat16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: False)
-    assert utils.autocast_dtype(CUDA, solver("auto")) == torch.float16
-    assert utils.autocast_dtype(CUDA, solver(True, "float16")) == torch.float16
-    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda *a, **k: True)
-    assert utils.autocast_dtype(CUDA, solver("auto")) == torch.bfloat16
     with pytest.raises(ConfigError, match="AMP_DTYPE"):
         utils.autocast_dtype(CPU, solver(True, "float8"))
 
     assert channels_last_enabled("auto", CPU, None) and channels_last_enabled("auto", CUDA, torch.float16)
     assert not channels_last_enabled("auto", CUDA, None) and not channels_last_enabled(False, CPU, torch.bfloat16)
+
+
+@pytest.mark.parametrize("capability, expected", [
+    ((6, 0), torch.float16),  # P100: no bfloat16 at all
+    ((7, 0), torch.float16),  # V100: bfloat16 only emulated
+    ((7, 5), torch.float16),  # T4: the same
+    ((8, 0), torch.bfloat16),  # A100: native
+    ((8, 9), torch.bfloat16),  # L4
+    ((9, 0), torch.bfloat16),  # H100
+])
+def test_cuda_auto_dtype_follows_native_bf16_not_emulation(monkeypatch, capability, expected):
+    """SOLVER.AMP auto on CUDA: bfloat16 from compute capability 8.0, else float16 with the grad
+    scaler, whatever torch.cuda.is_bf16_supported() (which counts emulation) says."""
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda device=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: True)
+    assert utils.cuda_has_native_bf16(CUDA) == (capability[0] >= 8)
+    assert utils.autocast_dtype(CUDA, solver("auto")) == expected
+    assert utils.autocast_dtype(CUDA, solver(True, "float16")) == torch.float16  # asked for: kept
+    assert utils.autocast_dtype(CUDA, solver(True, "bfloat16")) == torch.bfloat16  # asked for: kept
+    assert utils.autocast_dtype(CUDA, solver(False)) is None
 
 
 def test_auto_bool_keys_accept_true_false_auto_only():

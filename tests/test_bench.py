@@ -46,10 +46,12 @@ def forward_flops(model: nn.Module, size: int):
 
 def test_bench_json_and_flops(tmp_path, capsys):
     out = tmp_path / "bench.json"
+    torch.backends.cudnn.benchmark = False
     bench.main(["--cfg", KD_DIGITS, "DATASET.IMAGE_SIZE=8", "SOLVER.BATCH_SIZE=8", "--iters", "2", "--warmup", "1",
                 "--baseline", "--json", str(out)])
     record = json.loads(out.read_text())
     assert record["device"] == "cpu" and record["batch_size"] == 8
+    assert record["settings"]["cudnn_benchmark"] is True and torch.backends.cudnn.benchmark  # as training sets it
     for key in ("student_only", "floor", "distiller"):
         entry = record[key]
         assert entry["img_per_s"] == pytest.approx(8 / (entry["step_ms"] / 1e3)) and entry["peak_mem_mb"] > 0

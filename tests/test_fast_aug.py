@@ -8,6 +8,7 @@ import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy import stats
 from torch.utils.data import DataLoader, DistributedSampler
+from torch.overrides import TorchFunctionMode
 from torchvision import transforms
 
 from fake_data import write_fake_cifar100
@@ -181,3 +182,62 @@ def test_digits_and_non_plain_datasets(fake_cifar):
 
     crd = ContrastiveCIFAR(fake_cifar, train=True, transform=cifar100_train_transform())
     assert fast_loader(crd, 8, shuffle=True) is None
+
+
+class CallLog(TorchFunctionMode):
+    """Every torch function called inside the block, with its arguments."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        self.calls.append((func, args, kwargs))
+        return func(*args, **kwargs)
+
+
+def names_a_device(args, kwargs) -> bool:
+    values = list(args) + list(kwargs.values())
+    return any(isinstance(v, torch.device) or (isinstance(v, str) and v.split(":")[0] in ("cpu", "cuda"))
+               for v in values)
+
+
+def test_batches_drawn_on_the_device_with_one_copy_to_it_per_batch():
+    """Each batch copies only its indices to the device (one `.to(device)`); crop offsets and flips
+    come from a generator on the loader's device, seeded once per pass from torch's CPU generator."""
+    images = np.random.default_rng(3).integers(0, 256, (10, 32, 32, 3), dtype=np.uint8)
+    loader = cifar_loader(images, 4).to(torch.device("cpu"))
+    torch.manual_seed(0)
+    with CallLog() as log:
+        batches = list(loader)
+    assert len(batches) == 3
+    copies = [c for c in log.calls if c[0] in (torch.Tensor.to, torch.Tensor.cuda, torch.Tensor.copy_)
+              and names_a_device(c[1][1:], c[2])]
+    created_on_device = [c for c in log.calls if c[0] in (torch.as_tensor, torch.tensor) and "device" in c[2]]
+    assert len(copies) == 3 and not created_on_device
+    draws = [c for c in log.calls if c[0] in (torch.randint, torch.rand)]
+    assert len(draws) == 3 * 3  # top, left, flip per batch
+    generators = {id(c[2]["generator"]) for c in draws}
+    assert len(generators) == 1
+    assert all(c[2]["generator"].device == loader.device and c[2]["device"] == loader.device for c in draws)
+
+    torch.manual_seed(0)
+    again = list(loader)
+    torch.manual_seed(1)
+    other = list(loader)
+    assert all(torch.equal(a[0], b[0]) for a, b in zip(batches, again))
+    assert not all(torch.equal(a[0], b[0]) for a, b in zip(batches, other))
+
+
+@pytest.mark.parametrize("channels_last", [True, False])
+def test_batch_memory_order_follows_the_channels_last_setting(channels_last):
+    images = np.random.default_rng(4).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
+    loader = cifar_loader(images, 6).to(torch.device("cpu"), channels_last=channels_last)
+    torch.manual_seed(0)
+    image = next(iter(loader))[0]
+    assert image.is_contiguous(memory_format=torch.channels_last) is channels_last
+    assert image.is_contiguous() is not channels_last
+    torch.manual_seed(0)
+    reference = next(iter(cifar_loader(images, 6)))[0]  # the same draws, default layout
+    assert torch.equal(image, reference)

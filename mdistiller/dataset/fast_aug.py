@@ -112,9 +112,12 @@ class InMemoryLoader:
 
     Iterates `sampler` (shuffled by default; a DistributedSampler under DDP) in batches of
     `batch_size`, the last partial batch kept unless `drop_last`. The images are stored once with
-    the crop's zero padding. Random draws come from torch's global CPU generator, so the
-    trainer's per-epoch seeding makes an epoch reproducible. Images come out as float32 NCHW
-    tensors in channels_last memory order.
+    the crop's zero padding. Everything of a batch happens on the loader's device (the training
+    device once the trainer calls ``.to(device)``): the only host-to-device copy is the batch's
+    indices. Crop offsets and flips are drawn there from a generator on that device, seeded at
+    the start of each pass from torch's global CPU generator, so the trainer's per-epoch seeding
+    makes an epoch reproducible. Images come out as float32 NCHW tensors, in channels_last memory
+    order unless ``.to(device, channels_last=False)``.
     """
 
     def __init__(self, dataset: Dataset, images: Tensor, targets: Sequence[int], augmentation: BatchedAugmentation,
@@ -128,6 +131,7 @@ class InMemoryLoader:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.with_index = with_index
+        self.channels_last = True
         self.sampler = sampler if sampler is not None else (
             RandomSampler(range(len(self.targets))) if shuffle else SequentialSampler(range(len(self.targets))))
         channels = images.shape[-1]
@@ -138,48 +142,64 @@ class InMemoryLoader:
     def device(self) -> torch.device:
         return self.images.device
 
-    def to(self, device: torch.device) -> "InMemoryLoader":
-        """Keep the images (and targets) on `device`; batches are then augmented there."""
+    def to(self, device: torch.device, channels_last: bool = True) -> "InMemoryLoader":
+        """Keep the images (and targets) on `device`; batches are then augmented there, and come
+        out in channels_last memory order or, with `channels_last` False, contiguous NCHW."""
         self.images = self.images.to(device)
         self.targets = self.targets.to(device)
         self._mean, self._std = self._mean.to(device), self._std.to(device)
+        self.channels_last = channels_last
         return self
 
     def __len__(self) -> int:
         return len(BatchSampler(self.sampler, self.batch_size, self.drop_last))
 
-    def draw(self, batch: int) -> Tuple[Tensor, Tensor, Tensor]:
-        """Crop offsets (top, left) in the padded image and flip flags for `batch` images, on the CPU."""
-        aug = self.augmentation
+    @property
+    def random(self) -> bool:
+        """Whether batches are drawn at random (a crop or a flip), not only normalised."""
+        return self.augmentation.size is not None or self.augmentation.flip_p > 0
+
+    def draw(self, batch: int, generator: Optional[torch.Generator] = None) -> Tuple[Tensor, Tensor, Tensor]:
+        """Crop offsets (top, left) in the padded image and flip flags for `batch` images, drawn on
+        the loader's device from `generator` (a generator on that device)."""
+        aug, device = self.augmentation, self.device
         if aug.size is not None:
             span = self.images.shape[1] - aug.size + 1
-            top = torch.randint(0, span, (batch,))
-            left = torch.randint(0, span, (batch,))
+            top = torch.randint(0, span, (batch,), generator=generator, device=device)
+            left = torch.randint(0, span, (batch,), generator=generator, device=device)
         else:
-            top = left = torch.zeros(batch, dtype=torch.int64)
-        flip = torch.rand(batch) < aug.flip_p if aug.flip_p > 0 else torch.zeros(batch, dtype=torch.bool)
+            top = left = torch.zeros(batch, dtype=torch.int64, device=device)
+        if aug.flip_p > 0:
+            flip = torch.rand(batch, generator=generator, device=device) < aug.flip_p
+        else:
+            flip = torch.zeros(batch, dtype=torch.bool, device=device)
         return top, left, flip
 
     def apply(self, index: Tensor, top: Tensor, left: Tensor, flip: Tensor) -> Tensor:
-        """Images `index` -> normalised float32 (B, C, S, S) for the given draws.
+        """Images `index` -> normalised float32 (B, C, S, S) for the given draws (all on the
+        loader's device).
 
         After the crop come torchvision's own operations (``div(255)`` of ToTensor,
         ``sub_(mean).div_(std)`` of Normalize), so the result equals its pipeline bit for bit.
         """
         aug = self.augmentation
-        device = self.device
         size = aug.size if aug.size is not None else self.image_size
-        images = crop_flip(self.images, index.to(device), top.to(device), left.to(device), flip.to(device), size)
-        # (B, H, W, C) viewed as NCHW is already channels_last; the float copy keeps that order.
-        out = images.permute(0, 3, 1, 2).float()
+        images = crop_flip(self.images, index, top, left, flip, size)
+        # (B, H, W, C) viewed as NCHW is channels_last; the float copy keeps that order or makes NCHW.
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        out = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=layout)
         if aug.divisor != 1.0:
             out = out.div_(aug.divisor)
         return out.sub_(self._mean).div_(self._std)
 
     def __iter__(self) -> Iterator[List[Tensor]]:
+        generator = None
+        if self.random:
+            generator = torch.Generator(device=self.device)
+            generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
         for indices in BatchSampler(self.sampler, self.batch_size, self.drop_last):
-            index = torch.as_tensor(indices, dtype=torch.int64)
-            batch = [self.apply(index, *self.draw(len(indices))), self.targets[index.to(self.device)]]
+            index = torch.as_tensor(indices, dtype=torch.int64).to(self.device, non_blocking=True)
+            batch = [self.apply(index, *self.draw(len(indices), generator)), self.targets[index]]
             if self.with_index:
                 batch.append(index)
             yield batch
@@ -204,7 +224,8 @@ def _images_and_targets(dataset: Dataset) -> Optional[Tuple[Tensor, List[int], b
     return None
 
 
-def fast_loader(dataset: Dataset, batch_size: int, shuffle: bool, sampler: Optional[Sampler] = None) -> Optional[InMemoryLoader]:
+def fast_loader(dataset: Dataset, batch_size: int, shuffle: bool, sampler: Optional[Sampler] = None,
+                drop_last: bool = False) -> Optional[InMemoryLoader]:
     """An :class:`InMemoryLoader` equivalent to ``DataLoader(dataset, ...)``, or None if `dataset`
     is not an in-memory set (or an InstanceDataset around one) whose transform it can batch."""
     base = dataset.dataset if type(dataset) is InstanceDataset else dataset
@@ -218,4 +239,4 @@ def fast_loader(dataset: Dataset, batch_size: int, shuffle: bool, sampler: Optio
     if augmentation is None:
         return None
     return InMemoryLoader(dataset, images, targets, augmentation, batch_size, shuffle=shuffle, sampler=sampler,
-                          with_index=type(dataset) is InstanceDataset)
+                          drop_last=drop_last, with_index=type(dataset) is InstanceDataset)

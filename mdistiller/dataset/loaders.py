@@ -64,7 +64,8 @@ def build_loaders(
 ) -> Tuple[Iterable, Iterable]:
     """Train and validation loaders: train shuffled unless ``train_sampler`` is given (e.g. a
     ``DistributedSampler``), validation in order; batches of
-    ``SOLVER.BATCH_SIZE`` and ``DATASET.TEST.BATCH_SIZE``; the last partial batch kept.
+    ``SOLVER.BATCH_SIZE`` and ``DATASET.TEST.BATCH_SIZE``; the last partial batch kept, except in
+    training under ``SOLVER.COMPILE`` (its other batch size would compile the student again).
 
     With ``DATASET.FAST_AUG`` (default on) a set held in memory (CIFAR-100, digits) whose transform
     is crop / flip / normalise gets an :class:`~mdistiller.dataset.fast_aug.InMemoryLoader`
@@ -90,11 +91,12 @@ def build_loaders(
     )
     fast = bool(dataset_cfg.get("FAST_AUG", False))
     train_batch, val_batch = int(cfg.SOLVER.BATCH_SIZE), int(dataset_cfg.TEST.BATCH_SIZE)
-    train_loader = fast_loader(train_set, train_batch, shuffle=True, sampler=train_sampler) if fast else None
+    drop_last = bool(cfg.get("SOLVER", {}).get("COMPILE", False))
+    train_loader = fast_loader(train_set, train_batch, shuffle=True, sampler=train_sampler,
+                               drop_last=drop_last) if fast else None
     if train_loader is None:
-        train_loader = DataLoader(
-            train_set, batch_size=train_batch, shuffle=train_sampler is None, sampler=train_sampler, **common
-        )
+        train_loader = DataLoader(train_set, batch_size=train_batch, shuffle=train_sampler is None,
+                                  sampler=train_sampler, **dict(common, drop_last=drop_last))
     val_loader = fast_loader(val_set, val_batch, shuffle=False) if fast else None
     if val_loader is None:
         val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **common)

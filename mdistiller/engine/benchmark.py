@@ -237,6 +237,7 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
             "channels_last": base.trainer.channels_last,
             "fast_teacher": bool(cfg.SOLVER.FAST_TEACHER),
             "compile": bool(cfg.SOLVER.COMPILE),
+            "cudnn_benchmark": torch.backends.cudnn.benchmark,  # set by the trainer, as in training
             "threads": torch.get_num_threads(),
         },
         "iters": iters,

@@ -28,7 +28,7 @@ from mdistiller.errors import ConfigError
 __all__ = [
     "NullLog", "ShardSampler", "all_gather_objects", "barrier", "broadcast_buffers", "cleanup_distributed",
     "init_distributed", "is_distributed", "is_main_process", "local_device", "max_each_over_processes",
-    "max_over_processes", "mean_over_processes", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
+    "max_over_processes", "max_over_processes_tensor", "mean_over_processes", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
     "sum_over_processes", "world_size", "wrap_ddp",
 ]
 
@@ -140,6 +140,16 @@ def max_each_over_processes(values: Sequence[float]) -> List[float]:
     tensor = torch.tensor(list(values), dtype=torch.float64, device=_reduce_device())
     dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
     return tensor.tolist()
+
+
+def max_over_processes_tensor(tensor: torch.Tensor) -> torch.Tensor:
+    """Element-wise maxima of `tensor` over all processes, reduced where the backend reduces (the
+    GPU under NCCL: no host copy) and returned on `tensor`'s device; `tensor` on one process."""
+    if not is_distributed():
+        return tensor
+    reduced = tensor.to(_reduce_device())
+    dist.all_reduce(reduced, op=dist.ReduceOp.MAX)
+    return reduced.to(tensor.device)
 
 
 def max_over_processes(value: float) -> float:

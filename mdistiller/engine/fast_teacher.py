@@ -10,15 +10,16 @@ teacher (what checkpoints hold) is never touched. :class:`InferenceTeacher` runs
 teacher's own tensors change (a resumed checkpoint, a move to another device).
 """
 
+import contextlib
 import copy
 import warnings
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-__all__ = ["InferenceTeacher", "fold_batchnorm", "max_relative_difference"]
+__all__ = ["InferenceTeacher", "fold_batchnorm", "full_fp32_precision", "max_relative_difference"]
 
 # Folding changes results only by rounding; a larger difference means a conv output was read twice.
 FOLD_CHECK_TOLERANCE = 1e-3
@@ -60,6 +61,36 @@ def max_relative_difference(a: Any, b: Any) -> float:
         scale = x.abs().max().clamp_min(1e-12) if x.numel() else 1.0
         worst = max(worst, float((x - y).abs().max() / scale) if x.numel() else 0.0)
     return worst
+
+
+# The backends whose float32 convolutions and matrix products may run in a lower precision: TF32 on
+# CUDA (cuDNN's convolutions use it by default), bfloat16 in oneDNN when asked for.
+_FP32_PRECISION_BACKENDS = ("cuda.matmul", "cudnn.conv", "mkldnn.matmul", "mkldnn.conv")
+
+
+@contextlib.contextmanager
+def full_fp32_precision() -> Iterator[None]:
+    """Float32 convolutions and matrix products in full IEEE precision inside the block (TF32 off:
+    ``torch.backends.cuda.matmul`` and ``cudnn.conv`` at ``fp32_precision = "ieee"``, the setting
+    that replaces ``allow_tf32`` since torch 2.9; ``allow_tf32 = False`` before). Each setting is
+    restored after, also on an error."""
+    settings = []  # (object, attribute, value to restore)
+    for path in _FP32_PRECISION_BACKENDS:
+        backend = torch.backends
+        for part in path.split("."):
+            backend = getattr(backend, part, None)
+        if backend is not None and hasattr(backend, "fp32_precision"):
+            settings.append((backend, "fp32_precision", "ieee"))
+    if not settings:  # torch before 2.9
+        settings = [(torch.backends.cuda.matmul, "allow_tf32", False), (torch.backends.cudnn, "allow_tf32", False)]
+    saved = [(backend, name, getattr(backend, name)) for backend, name, _ in settings]
+    try:
+        for backend, name, value in settings:
+            setattr(backend, name, value)
+        yield
+    finally:
+        for backend, name, value in saved:
+            setattr(backend, name, value)
 
 
 def _conv_bn_pairs(model: nn.Module, example: Tensor) -> List[Tuple[str, str]]:
@@ -141,11 +172,13 @@ def fold_batchnorm(model: nn.Module, example: Tensor) -> Tuple[nn.Module, int]:
 
     Returns the copy and the number of folded pairs. Each candidate pair is kept only if the
     copy's outputs on `example` (float32) stay those of the model up to rounding: a conv output
-    that is also read elsewhere (e.g. returned as a feature, like a WRN stem) keeps its BN.
+    that is also read elsewhere (e.g. returned as a feature, like a WRN stem) keeps its BN. The
+    check runs in full float32 precision (:func:`full_fp32_precision`): under cuDNN's default
+    TF32 the rounding of a deep network alone can exceed the tolerance.
     """
     folded = copy.deepcopy(model).eval().requires_grad_(False)
     example = example.float()
-    with torch.autocast(example.device.type, enabled=False), torch.no_grad():
+    with torch.autocast(example.device.type, enabled=False), torch.no_grad(), full_fp32_precision():
         pairs = _conv_bn_pairs(folded, example)
         reference = folded(example)
 

@@ -8,23 +8,24 @@ from collections import OrderedDict
 from typing import Dict, Iterator, List, Optional, Tuple, Union
 
 import torch
+from torch import nn
 from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
 from mdistiller.engine.cfg import dump_cfg
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
 from mdistiller.engine.distributed import (NullLog, all_gather_objects, barrier, broadcast_buffers, is_main_process,
-                                           local_device, max_each_over_processes, max_over_processes,
+                                           local_device, max_over_processes, max_over_processes_tensor,
                                            mean_over_processes, rank, reduce_meters, set_sampler_epoch,
                                            sum_over_processes, world_size, wrap_ddp)
 from mdistiller.engine.evaluate import evaluate
-from mdistiller.engine.fast_path import channels_last_enabled, place_loader, prepare_distiller
+from mdistiller.engine.fast_path import channels_last_enabled, compile_student, place_loader, prepare_distiller
 from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, WorkLog
 from mdistiller.engine.optim import build_optimizer
 from mdistiller.engine.schedule import learning_rate
 from mdistiller.engine.stop import StopSignals
-from mdistiller.engine.utils import (AverageMeter, accuracy, autocast_context, autocast_dtype, resolve_device, rng_state,
-                                     seed_everything, set_rng_state)
+from mdistiller.engine.utils import (AverageMeter, autocast_context, autocast_dtype, configure_kernels,
+                                     resolve_device, rng_state, seed_everything, set_rng_state, topk_accuracy)
 from mdistiller.errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingStopped
 from mdistiller.registry import Registry
 
@@ -60,7 +61,8 @@ class Trainer:
     Speed (mdistiller/engine/fast_path.py): autocast (SOLVER.AMP), channels_last, the teacher's fast
     inference copy, torch.compile. Under torchrun (mdistiller/engine/distributed.py) `train_model`
     is the DDP wrapper of `distiller`, metrics are reduced over processes and rank 0 alone logs and
-    saves; `distiller` stays the bare module, so checkpoints are the same as on one process.
+    saves; `distiller` stays the bare module, so checkpoints are the same as on one process. A step
+    reads the device once (:meth:`read_step`): loss terms and metrics stay tensors until then.
 
     Reliability (docs/reliability.md): SIGINT / SIGTERM stop the run after the current step with
     `latest` saved mid-epoch, and `train(resume=...)` continues from there exactly; a NaN / inf loss
@@ -73,14 +75,16 @@ class Trainer:
         self.cfg = cfg
         self.experiment_name = experiment_name
         self.device = local_device(resolve_device(cfg.SOLVER.DEVICE))
+        configure_kernels(bool(cfg.EXPERIMENT.DETERMINISTIC))
         self.amp_dtype = autocast_dtype(self.device, cfg.SOLVER)
         self.channels_last = channels_last_enabled(cfg.SOLVER.CHANNELS_LAST, self.device, self.amp_dtype)
         self.distiller = prepare_distiller(distiller, cfg.SOLVER, self.device, self.channels_last)
         self.train_model = wrap_ddp(self.distiller, self.device, cfg.DISTRIBUTED.SYNC_BN)
+        compile_student(self.distiller, cfg.SOLVER)
         self.is_main = is_main_process()
         self.lr_scale = world_size() if cfg.DISTRIBUTED.SCALE_LR else 1
-        self.train_loader = place_loader(train_loader, self.device)
-        self.val_loader = place_loader(val_loader, self.device)
+        self.train_loader = place_loader(train_loader, self.device, self.channels_last)
+        self.val_loader = place_loader(val_loader, self.device, self.channels_last)
         self.run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, experiment_name)
         ensure_writable_dir(self.run_dir)
         self.optimizer = self.init_optimizer()
@@ -168,12 +172,12 @@ class Trainer:
         images_seen, start = 0, time.perf_counter()
         for step, batch in enumerate(batches, start=first_step):
             image, target, extra = self.to_device(batch)
-            preds, losses, loss = self.train_iter(image, target, extra, epoch, step)
+            statistics, losses, loss = self.train_iter(image, target, extra, epoch, step)
             if losses is not None:
                 n = self.batch_size(image)
                 images_seen += n
                 meters["loss"].update(loss, n)
-                self.update_meters(meters, preds, target, n)
+                self.update_meters(meters, statistics, n)
                 for name, value in losses.items():
                     term_meters.setdefault(name, AverageMeter()).update(value, n)
             elapsed = time.perf_counter() - start
@@ -208,9 +212,14 @@ class Trainer:
     def batch_size(self, image) -> int:
         return image.size(0)
 
-    def update_meters(self, meters: Meters, preds, target, n: int) -> None:
-        """Add a batch's task metrics (top-1 / top-5 of the predictions) to `meters`."""
-        top1, top5 = accuracy(preds.detach().float(), target, topk=(1, 5))
+    def step_statistics(self, preds, target) -> torch.Tensor:
+        """A batch's task metrics as a 1-d tensor on the device (read to the host with the loss
+        terms, in the step's one transfer): top-1 and top-5 accuracy of the predictions."""
+        return topk_accuracy(preds.detach().float(), target, topk=(1, 5))
+
+    def update_meters(self, meters: Meters, statistics: List[float], n: int) -> None:
+        """Add a batch's :meth:`step_statistics`, read to the host, to `meters`."""
+        top1, top5 = statistics
         meters["top1"].update(top1, n)
         meters["top5"].update(top5, n)
 
@@ -242,7 +251,7 @@ class Trainer:
             return 0
         for _ in range(progress["step"]):
             next(batches)
-        set_rng_state(progress["rng"])
+        set_rng_state(progress["rng"], self.device)
         self.skipped_steps = int(progress["skipped"])
         if self.is_main:  # the saved sums are over every process; the others start from zero
             for saved, target in ((progress["meters"], meters), (progress["terms"], term_meters)):
@@ -255,7 +264,7 @@ class Trainer:
         """Write `latest` after `step` steps of `epoch` (a clean stop); every process takes part."""
         reduce_meters(meters)
         reduce_meters(term_meters)
-        rng_of_ranks = all_gather_objects(rng_state())
+        rng_of_ranks = all_gather_objects(rng_state(self.device))
         if self.is_main:
             state = self.state(epoch - 1)
             state["rng_ranks"] = rng_of_ranks
@@ -291,28 +300,54 @@ class Trainer:
         return image, target.to(self.device, non_blocking=True), extra
 
     def train_iter(self, image: torch.Tensor, target: torch.Tensor, extra: Dict[str, torch.Tensor],
-                   epoch: int, step: int) -> Tuple[torch.Tensor, Optional[Dict[str, float]], float]:
-        """One optimisation step; returns predictions, each loss term and the total as floats.
+                   epoch: int, step: int) -> Tuple[List[float], Optional[Dict[str, float]], float]:
+        """One optimisation step; returns the batch's :meth:`step_statistics`, each loss term and
+        the total, as numbers read from the device in one transfer (:meth:`read_step`).
 
-        A skipped step (a non-finite term with SOLVER.SKIP_NONFINITE) returns None for the terms and
-        leaves no trace: no optimizer step, and the buffers (BatchNorm statistics) it changed restored.
+        A skipped step (a non-finite term with SOLVER.SKIP_NONFINITE) returns None for the terms: no
+        optimizer step, and the normalisation statistics it changed restored (:meth:`restored_buffers`).
         """
-        buffers = [b.clone() for b in self.trained_buffers()] if self.skip_nonfinite else []
+        buffers = [b.clone() for b in self.restored_buffers()] if self.skip_nonfinite else []
         with self.autocast():
             preds, losses = self.train_model(image=image, target=target, epoch=epoch, **extra)
         losses = {name: value.mean() for name, value in losses.items()}
-        values = {name: float(value.detach()) for name, value in losses.items()}
-        if not self.agree_on_step(values, epoch, step):
-            for buffer, saved in zip(self.trained_buffers(), buffers):
+        values, statistics, nonfinite = self.read_step(losses, self.step_statistics(preds, target))
+        if not self.agree_on_step(values, nonfinite, epoch, step):
+            for buffer, saved in zip(self.restored_buffers(), buffers):
                 buffer.copy_(saved)
             self.skipped_steps += 1
-            return preds, None, float("nan")
+            return statistics, None, float("nan")
         self.backward_and_step(losses)
-        return preds, values, sum(values.values())
+        return statistics, values, sum(values.values())
 
-    def trained_buffers(self) -> List[torch.Tensor]:
-        """Buffers a training step may change: all but the frozen teacher's."""
-        return [b for name, b in self.distiller.named_buffers() if not name.startswith("teacher.")]
+    def read_step(self, losses: Losses, statistics: torch.Tensor) -> Tuple[Dict[str, float], List[float], List[bool]]:
+        """The step's one host sync: every loss term, the task `statistics` and, agreed over
+        processes, whether each term is non-finite somewhere and the stop signal (sets `stop_signal`).
+
+        The flags and the signal number are reduced on the device in one all-reduce (MAX; none on
+        one process), then one device-to-host copy reads them with the values.
+        """
+        terms = torch.stack([value.detach().double() for value in losses.values()])
+        flags = torch.cat([(~torch.isfinite(terms)).double(),
+                           torch.full((1,), float(self.stop.received or 0), dtype=torch.float64, device=terms.device)])
+        flags = max_over_processes_tensor(flags)
+        host = torch.cat([flags, terms, statistics.double().reshape(-1)]).tolist()
+        count = len(losses)
+        *nonfinite, signum = host[:count + 1]
+        self.stop_signal = int(signum)
+        values = dict(zip(losses, host[count + 1:2 * count + 1]))
+        return values, host[2 * count + 1:], [bool(flag) for flag in nonfinite]
+
+    def restored_buffers(self) -> List[torch.Tensor]:
+        """What a skipped step (SOLVER.SKIP_NONFINITE) puts back: the running statistics (mean,
+        variance, batch counter) of the normalisation layers outside the frozen teacher, which a
+        forward pass in train mode updates. Nothing else is copied before each step: a method's own
+        per-batch state stays as the forward pass left it (CRD's memory banks, 51 MB on CIFAR-100:
+        a skipped batch's rows keep its update).
+        """
+        return [buffer for name, module in self.distiller.named_modules()
+                if isinstance(module, nn.modules.batchnorm._NormBase) and name.split(".")[0] != "teacher"
+                for buffer in module.buffers(recurse=False)]
 
     def backward_and_step(self, losses: Losses) -> None:
         self.optimizer.zero_grad(set_to_none=True)
@@ -324,18 +359,15 @@ class Trainer:
     def before_step(self) -> None:
         """Called between backward and the optimizer step (gradients in place); nothing by default."""
 
-    def agree_on_step(self, values: Dict[str, float], epoch: int, step: int) -> bool:
+    def agree_on_step(self, values: Dict[str, float], nonfinite: List[bool], epoch: int, step: int) -> bool:
         """Whether to take this step, agreed by every process before any starts its backward pass.
 
-        One all-reduce (MAX) of a flag per loss term and of the stop signal number: a term that is
-        NaN or inf on any process raises NonFiniteLossError on every process (naming the term, epoch
-        and step, counted from 1), or with SOLVER.SKIP_NONFINITE returns False on every process.
-        Sets `stop_signal`.
+        `nonfinite` holds, per loss term, whether it is NaN or inf on any process (reduced by
+        :meth:`read_step`): such a term raises NonFiniteLossError on every process (naming the
+        term, epoch and step, counted from 1), or with SOLVER.SKIP_NONFINITE returns False on every
+        process.
         """
-        flags = [0.0 if math.isfinite(v) else 1.0 for v in values.values()]
-        *flags, signum = max_each_over_processes(flags + [float(self.stop.received or 0)])
-        self.stop_signal = int(signum)
-        bad = [name for name, flag in zip(values, flags) if flag]
+        bad = [name for name, flag in zip(values, nonfinite) if flag]
         if not bad:
             return True
         if self.skip_nonfinite:
@@ -368,7 +400,7 @@ class Trainer:
             "scheduler": {"last_epoch": epoch, "lr": self.optimizer.param_groups[0]["lr"]},
             "scaler": self.scaler.state_dict(),
             "best_acc": self.best_acc,
-            "rng": rng_state(),
+            "rng": rng_state(self.device),
             "cfg": dump_cfg(self.cfg),
             "wandb_id": self.wandb_id or "",
         }
@@ -406,7 +438,7 @@ class Trainer:
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
         if "rng" in state:
-            set_rng_state(state["rng"])
+            set_rng_state(state["rng"], self.device)
         self.best_acc = float(state.get("best_acc", -1.0))
         self.wandb_id = state.get("wandb_id") or None
         progress = state.get("progress")
