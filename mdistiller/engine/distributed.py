@@ -26,8 +26,8 @@ from yacs.config import CfgNode as CN
 from mdistiller.errors import ConfigError
 
 __all__ = [
-    "NullLog", "ShardSampler", "all_gather_objects", "barrier", "broadcast_buffers", "cleanup_distributed",
-    "init_distributed", "is_distributed", "is_main_process", "local_device", "max_each_over_processes",
+    "NullLog", "ShardSampler", "all_gather_objects", "average_gradients", "barrier", "broadcast_buffers",
+    "cleanup_distributed", "init_distributed", "is_distributed", "is_main_process", "local_device", "max_each_over_processes",
     "max_over_processes", "mean_over_processes", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
     "sum_over_processes", "world_size", "wrap_ddp",
 ]
@@ -106,6 +106,12 @@ def wrap_ddp(distiller: nn.Module, device: torch.device, sync_bn: bool) -> nn.Mo
 
     With `sync_bn`, BatchNorm layers outside the teacher become SyncBatchNorm first (in place: the
     returned wrapper and `distiller` share their parameters and state_dict keys).
+
+    Buffers are not broadcast before each forward (`broadcast_buffers=False`): each process keeps
+    its own BatchNorm statistics during an epoch (validation copies rank 0's, :func:`broadcast_buffers`),
+    and a buffer a method keeps equal on every process by itself (CRD's memory banks, updated from
+    the embeddings of all processes) is not overwritten by rank 0's. Parameters that no loss term
+    reaches must be frozen by the method, or the method sets `ddp_find_unused_parameters`.
     """
     if not is_distributed():
         return distiller
@@ -116,8 +122,29 @@ def wrap_ddp(distiller: nn.Module, device: torch.device, sync_bn: bool) -> nn.Mo
     return DistributedDataParallel(
         distiller,
         device_ids=[device.index] if device.type == "cuda" else None,
+        broadcast_buffers=False,
         find_unused_parameters=bool(getattr(distiller, "ddp_find_unused_parameters", False)),
     )
+
+
+def average_gradients(grads: Sequence[Optional[torch.Tensor]]) -> None:
+    """Replace each gradient by its mean over processes, in place, in one all-reduce (as DDP does).
+
+    `None` entries (parameters without a gradient) are skipped; they must be the same on every
+    process, which holds when every process runs the same model code.
+    """
+    if not is_distributed():
+        return
+    present = [g for g in grads if g is not None]
+    if not present:
+        return
+    flat = torch.cat([g.reshape(-1) for g in present])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for g in present:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _reduce_device() -> torch.device:
@@ -195,13 +222,18 @@ class NullLog:
 
 
 def broadcast_buffers(distiller: nn.Module) -> None:
-    """Copy rank 0's buffers outside the teacher (BatchNorm running statistics) to every process."""
+    """Copy rank 0's BatchNorm running statistics outside the teacher to every process.
+
+    Only BatchNorm's: other buffers (CRD's memory banks) are kept equal by their method, and the
+    multi-process tests check that they are.
+    """
     if not is_distributed():
         return
     for name, child in distiller.named_children():
         if name == "teacher":
             continue
-        for buffer in child.buffers():
+        norms = [m for m in child.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        for buffer in (b for m in norms for b in m.buffers(recurse=False)):
             data = buffer.data.contiguous()
             dist.broadcast(data, src=0)
             if data.data_ptr() != buffer.data.data_ptr():

@@ -9,7 +9,7 @@ from yacs.config import CfgNode as CN
 from mdistiller.dataset import get_dataset
 from mdistiller.engine.build import build_distiller, check_names
 from mdistiller.engine.cfg import show_cfg
-from mdistiller.engine.distributed import cleanup_distributed, init_distributed, shard_loaders
+from mdistiller.engine.distributed import barrier, cleanup_distributed, init_distributed, is_distributed, shard_loaders
 from mdistiller.engine.experiment import experiment_name
 from mdistiller.engine.trainer import Trainer, ensure_writable_dir, trainer_dict
 from mdistiller.engine.utils import resolve_device, seed_everything
@@ -32,6 +32,7 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
     process joins the process group and trains on its shard of the data
     (mdistiller/engine/distributed.py).
     """
+    joined_before = is_distributed()  # a caller's own group (tests, notebooks) outlives this run
     distributed = init_distributed(cfg, resolve_device(cfg.SOLVER.DEVICE))
     finished = False
     try:
@@ -51,6 +52,8 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
         trainer.train(resume=resume)
         finished = True
     finally:
-        if distributed:
+        if distributed and not joined_before:
             cleanup_distributed(finished)
+        elif distributed and finished:
+            barrier()
     return trainer

@@ -1,5 +1,6 @@
 """The training loop shared by every distiller: step, validate, checkpoint, log, resume."""
 
+import contextlib
 import math
 import os
 import signal
@@ -298,7 +299,7 @@ class Trainer:
         leaves no trace: no optimizer step, and the buffers (BatchNorm statistics) it changed restored.
         """
         buffers = [b.clone() for b in self.trained_buffers()] if self.skip_nonfinite else []
-        with self.autocast():
+        with self.autocast(), self.forward_context():
             preds, losses = self.train_model(image=image, target=target, epoch=epoch, **extra)
         losses = {name: value.mean() for name, value in losses.items()}
         values = {name: float(value.detach()) for name, value in losses.items()}
@@ -309,6 +310,10 @@ class Trainer:
             return preds, None, float("nan")
         self.backward_and_step(losses)
         return preds, values, sum(values.values())
+
+    def forward_context(self):
+        """The context of the training forward pass; none by default (DOT: DDP's `no_sync`)."""
+        return contextlib.nullcontext()
 
     def trained_buffers(self) -> List[torch.Tensor]:
         """Buffers a training step may change: all but the frozen teacher's."""
