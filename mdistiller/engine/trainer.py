@@ -110,8 +110,11 @@ class Trainer:
         """
         epoch = 1
         metrics_file = MetricsFile(self.run_dir) if self.is_main else NullLog()
+        path = os.path.join(self.run_dir, "latest") if resume is True else resume
+        if resume and not self.checkpoint_exists(path):
+            print(f"No checkpoint at {path} yet: training from the beginning.")
+            resume = False
         if resume:
-            path = os.path.join(self.run_dir, "latest") if resume is True else resume
             epoch = self.load_state(load_checkpoint(path)) + 1
             metrics_file.truncate_after(epoch - 1)
             step = f" step {self.resume_progress['step']}" if self.resume_progress else ""
@@ -151,6 +154,21 @@ class Trainer:
         print(f"Best accuracy: {self.best_acc:.2f}")
         worklog.finish(self.best_acc)
         return self.best_acc
+
+    @staticmethod
+    def checkpoint_exists(path: str) -> bool:
+        """Whether the checkpoint to resume from exists, agreed by every process.
+
+        A scheduler restarting a job killed before its first checkpoint passes `--resume` all the
+        same: then no process sees the file and the run starts over. CheckpointError when only some
+        processes see it (a run directory on a file system some machines do not share).
+        """
+        found = os.path.isfile(path)
+        any_found, any_missing = max_each_over_processes([float(found), float(not found)])
+        if any_found and any_missing:
+            raise CheckpointError(f"Checkpoint {path} is visible to some processes only: put LOG.PREFIX on a "
+                                  "file system every machine sees.")
+        return found
 
     def train_epoch(self, epoch: int) -> Tuple[float, "OrderedDict[str, float]"]:
         seed_everything(self.cfg.EXPERIMENT.SEED * 100_003 + epoch + 1_000_003 * rank())
