@@ -13,6 +13,7 @@ Without torchrun (WORLD_SIZE unset or 1) every helper here is a no-op.
 """
 
 import builtins
+import contextlib
 import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -28,7 +29,7 @@ from mdistiller.errors import ConfigError
 __all__ = [
     "NullLog", "ShardSampler", "all_gather_objects", "average_gradients", "barrier", "broadcast_buffers",
     "cleanup_distributed", "init_distributed", "is_distributed", "is_main_process", "local_device", "max_each_over_processes",
-    "max_over_processes", "mean_over_processes", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
+    "max_over_processes", "mean_over_processes", "process_group", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
     "sum_over_processes", "world_size", "wrap_ddp",
 ]
 
@@ -90,6 +91,24 @@ def init_distributed(cfg: CN, device: torch.device) -> bool:
     if not is_main_process():
         _silence_print()
     return True
+
+
+@contextlib.contextmanager
+def process_group(cfg: CN, device: torch.device) -> Iterator[bool]:
+    """The block runs in torchrun's process group (joined here when launched by torchrun; yields
+    whether distributed). A group the caller joined before is left as it is; one joined here is
+    left after the block, on success after rank 0's last write (a barrier)."""
+    joined_before = is_distributed()
+    distributed = init_distributed(cfg, device)
+    finished = False
+    try:
+        yield distributed
+        finished = True
+    finally:
+        if distributed and not joined_before:
+            cleanup_distributed(finished)
+        elif distributed and finished:
+            barrier()
 
 
 def cleanup_distributed(finished: bool) -> None:
@@ -222,22 +241,20 @@ class NullLog:
 
 
 def broadcast_buffers(distiller: nn.Module) -> None:
-    """Copy rank 0's BatchNorm running statistics outside the teacher to every process.
+    """Copy rank 0's BatchNorm running statistics to every process (before validation).
 
-    Only BatchNorm's: other buffers (CRD's memory banks) are kept equal by their method, and the
+    The teacher's too: a method that runs it in train mode (OFD) updates them from each process's
+    shard. Other buffers (CRD's memory banks) are kept equal by their method, and the
     multi-process tests check that they are.
     """
     if not is_distributed():
         return
-    for name, child in distiller.named_children():
-        if name == "teacher":
-            continue
-        norms = [m for m in child.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-        for buffer in (b for m in norms for b in m.buffers(recurse=False)):
-            data = buffer.data.contiguous()
-            dist.broadcast(data, src=0)
-            if data.data_ptr() != buffer.data.data_ptr():
-                buffer.data.copy_(data)
+    norms = [m for m in distiller.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for buffer in (b for m in norms for b in m.buffers(recurse=False)):
+        data = buffer.data.contiguous()
+        dist.broadcast(data, src=0)
+        if data.data_ptr() != buffer.data.data_ptr():
+            buffer.data.copy_(data)
 
 
 class ShardSampler(Sampler[int]):

@@ -1,0 +1,166 @@
+"""Every method under DDP: 2 processes, gloo on the CPU, a few steps each (docs/distributed.md).
+
+Every registered classification method on digits (FREEKD / AFPKD with their stage 1 through
+tools/train_prompt.py), the DOT trainer with a logit method (KD) and a feature method (AT), and
+every registered dense method on a tiny shapes set (FREEKD through tools/train_dense_prompt.py)
+train one epoch on 2 processes, resume to a second epoch on 2 processes, then to a third on one.
+After each 2-process epoch the two ranks' parameters, buffers (BatchNorm statistics, CRD's memory
+banks ...) and optimizer states are compared exactly; the resumed epoch must change the weights.
+The dense detector's AP in the 2-process run's metrics equals tools/eval_dense.py's AP of its
+saved student in this one process.
+
+The default suite runs the short form (SHORT: one case per multi-process concern); MDISTILLER_E2E=full
+runs every case. tests/ddp_matrix_worker.py is the process.
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from dense_helpers import SHAPES_OPTS, dense_cfg, save_teacher
+from mdistiller.distillers import distiller_dict
+from mdistiller.engine.cfg import CFG
+from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
+from mdistiller.engine.loggers import read_metrics
+from mdistiller.models import cifar_model_dict
+from mdistiller_dense.distillers import dense_distiller_dict
+from test_distributed import communicate_all, process_env
+
+pytestmark = pytest.mark.e2e
+
+WORKER = os.path.join(REPO_ROOT, "tests", "ddp_matrix_worker.py")
+DIGITS = os.path.join(REPO_ROOT, "configs", "digits")
+SHAPES = os.path.join(REPO_ROOT, "configs", "shapes")
+# A method that cannot run under DDP and says so before training (none today): name -> words of its one line.
+REFUSED: dict = {}
+# The short form (the default suite): one case per multi-process concern. SFAKD: a student
+# parameter no loss reaches (frozen); CRD: memory banks updated from every process; OFD: the
+# teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; DOT_AT: DOT's two
+# gradients through feature hooks; dense NONE: AP of the whole validation set; dense CWD: a dense
+# distiller. MDISTILLER_E2E=full runs every case.
+SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "dense_NONE", "dense_CWD"}
+
+
+def selected(cases, full: bool):
+    return cases if full else [case for case in cases if case["name"] in SHORT]
+
+
+def classification_cases(tmp_path):
+    teacher_file = tmp_path / "digits_teacher.pth"
+    torch.manual_seed(0)
+    save_checkpoint({"model": cifar_model_dict["wrn_16_2"][0](num_classes=10).state_dict()}, str(teacher_file))
+    common = [f"LOG.PREFIX={tmp_path / 'cls'}", f"DISTILLER.TEACHER_WEIGHTS={teacher_file}", "SOLVER.AMP=False",
+              "SOLVER.BATCH_SIZE=256", "DATASET.TEST.BATCH_SIZE=512", "LOG.PROGRESS_BAR=False"]
+    cases = []
+    for method in sorted(distiller_dict.keys()):
+        own = os.path.join(DIGITS, f"{method.lower()}.yaml")
+        config, typed = (own, []) if os.path.isfile(own) else (os.path.join(DIGITS, "student.yaml"),
+                                                                [f"DISTILLER.TYPE={method}"])
+        prompts = method in CFG and "PROMPT_PATH" in CFG[method]  # the test tools/train_prompt.py makes
+        stage1 = [f"{method}.PROMPT_EPOCHS=1"] if prompts else []
+        cases.append({"name": method, "tool": "train", "args": ["--cfg", config, *typed, *common, *stage1],
+                      "stage1": "train_prompt" if prompts else ""})
+    for method in ("KD", "AT"):
+        cases.append({"name": f"DOT_{method}", "tool": "train", "stage1": "",
+                      "args": ["--cfg", os.path.join(DIGITS, f"{method.lower()}.yaml"), *common, "SOLVER.TRAINER=dot"]})
+    return cases
+
+
+def dense_cases(tmp_path):
+    cfg = dense_cfg(tmp_path, "NONE")
+    save_teacher(cfg)
+    common = SHAPES_OPTS + ["DATASET.ROOT", str(tmp_path / "data"), "LOG.PREFIX", str(tmp_path / "dense"),
+                            "LOG.SAVE_CHECKPOINT_FREQ", "1",
+                            "DISTILLER.STUDENT", "fcos_resnet18_fpn", "DISTILLER.TEACHER", "fcos_resnet18_fpn",
+                            "DISTILLER.TEACHER_WEIGHTS", cfg.DISTILLER.TEACHER_WEIGHTS]
+    cases = []
+    for method in sorted(dense_distiller_dict.keys()):
+        own = os.path.join(SHAPES, f"{method.lower()}.yaml")
+        config = own if os.path.isfile(own) else os.path.join(SHAPES, "student.yaml")
+        stage1 = ["FREEKD.PROMPT_EPOCHS", "1"] if method == "FREEKD" else []
+        cases.append({"name": f"dense_{method}", "tool": "train_dense", "stage1": "train_dense_prompt" if stage1 else "",
+                      "args": ["--cfg", config, *common, "DISTILLER.TYPE", method, *stage1]})
+    return cases
+
+
+def launch(tmp_path, cases, world: int, out):
+    cases_file = tmp_path / f"cases_{out.name}.json"
+    cases_file.write_text(json.dumps(cases))
+    store = tmp_path / f"store_{out.name}_{world}"
+    procs = [subprocess.Popen([sys.executable, WORKER, str(store), str(rank), str(world), str(cases_file), str(out)],
+                              cwd=str(tmp_path), env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for rank in range(world)]
+    for code, out_text, err in communicate_all(procs, timeout=600):
+        assert code == 0, f"exit {code}\n{out_text[-2000:]}\n{err[-4000:]}"
+    return [json.loads((out / f"rank{rank}_{world}.json").read_text()) for rank in range(world)]
+
+
+def assert_same(a, b, where: str) -> None:
+    """Exactly equal nested dicts / lists of tensors and numbers."""
+    if isinstance(a, dict):
+        assert sorted(a, key=str) == sorted(b, key=str), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), f"{where} differs between the ranks (max |diff| {(a.double() - b.double()).abs().max()})"
+    else:
+        assert a == b, where
+
+
+def check_matrix(tmp_path, cases, out):
+    """Both ranks trained every case (or refused as REFUSED says), identically; resumes worked."""
+    rank0, rank1 = launch(tmp_path, cases, 2, out)
+    trained = []
+    for case in cases:
+        name = case["name"]
+        outcome = rank0[name]["outcome"]
+        assert rank1[name]["outcome"] == outcome, name
+        if name in REFUSED:
+            assert outcome.startswith("refused:") and REFUSED[name] in outcome, outcome
+            continue
+        assert outcome == "trained", f"{name}: {outcome}"
+        trained.append(case)
+        states = {}
+        for epoch in (1, 2):
+            a, b = (torch.load(out / name / f"rank{r}_epoch{epoch}.pt", weights_only=True) for r in (0, 1))
+            assert_same(a, b, f"{name} epoch {epoch}")
+            states[epoch] = a["model"]
+        learnable = [k for k, v in states[1].items() if v.is_floating_point() and not k.startswith("teacher.")]
+        assert any(not torch.equal(states[1][k], states[2][k]) for k in learnable), f"{name}: epoch 2 changed nothing"
+    (single,) = launch(tmp_path, trained, 1, out)
+    for case in trained:
+        assert single[case["name"]]["outcome"] == "trained", single[case["name"]]
+        assert (out / case["name"] / "rank0_epoch3.pt").is_file()
+    return rank0
+
+
+def test_every_classification_method_under_two_processes(tmp_path, e2e_full):
+    cases = classification_cases(tmp_path)
+    assert {"FREEKD", "AFPKD", "CRD", "SFAKD", "DOT_KD", "DOT_AT"} <= {c["name"] for c in cases}
+    cases = selected(cases, e2e_full)
+    check_matrix(tmp_path, cases, tmp_path / "cls_out")
+    for case in cases:
+        latest = load_checkpoint(str(tmp_path / "cls" / case["name"] / "latest"))
+        assert latest["epoch"] == 3, case["name"]
+
+
+def test_every_dense_method_under_two_processes_and_ap_of_the_whole_validation_set(tmp_path, e2e_full):
+    cases = selected(dense_cases(tmp_path), e2e_full)
+    check_matrix(tmp_path, cases, tmp_path / "dense_out")
+    run = tmp_path / "dense" / "dense_NONE"
+    ap_two_processes = read_metrics(str(run))[1]["test_ap"]  # epoch 2, scored under 2 processes
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+    import eval_dense
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        eval_dense.main(["-c", str(run / "student_2"), "DATASET.ROOT", str(tmp_path / "data")])
+    assert f"ap: {ap_two_processes:.2f}" in printed.getvalue(), (ap_two_processes, printed.getvalue())
