@@ -14,6 +14,7 @@ Without torchrun (WORLD_SIZE unset or 1) every helper here is a no-op.
 
 import builtins
 import contextlib
+import inspect
 import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -120,16 +121,23 @@ def cleanup_distributed(finished: bool) -> None:
     dist.destroy_process_group()
 
 
+# DDP without rank 0's buffers copied to every process before each forward: `forward_sync_buffers`
+# in newer torch (buffers still synced once, at the wrap), `broadcast_buffers` (deprecated there) before.
+_DDP_ARGUMENTS = inspect.signature(DistributedDataParallel.__init__).parameters
+NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGUMENTS
+                          else {"broadcast_buffers": False})
+
+
 def wrap_ddp(distiller: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     """`distiller` inside DistributedDataParallel (the module itself when not distributed).
 
     With `sync_bn`, BatchNorm layers outside the teacher become SyncBatchNorm first (in place: the
     returned wrapper and `distiller` share their parameters and state_dict keys).
 
-    Buffers are not broadcast before each forward (`broadcast_buffers=False`): each process keeps
-    its own BatchNorm statistics during an epoch (validation copies rank 0's, :func:`broadcast_buffers`),
-    and a buffer a method keeps equal on every process by itself (CRD's memory banks, updated from
-    the embeddings of all processes) is not overwritten by rank 0's. Parameters that no loss term
+    Buffers are not copied from rank 0 before each forward (:data:`NO_FORWARD_BUFFER_SYNC`): each
+    process keeps its own BatchNorm statistics during an epoch (validation copies rank 0's,
+    :func:`broadcast_buffers`), and a buffer a method keeps equal on every process by itself (CRD's
+    memory banks, updated from the embeddings of all processes) is not overwritten by rank 0's. Parameters that no loss term
     reaches must be frozen by the method, or the method sets `ddp_find_unused_parameters`.
     """
     if not is_distributed():
@@ -141,8 +149,8 @@ def wrap_ddp(distiller: nn.Module, device: torch.device, sync_bn: bool) -> nn.Mo
     return DistributedDataParallel(
         distiller,
         device_ids=[device.index] if device.type == "cuda" else None,
-        broadcast_buffers=False,
         find_unused_parameters=bool(getattr(distiller, "ddp_find_unused_parameters", False)),
+        **NO_FORWARD_BUFFER_SYNC,
     )
 
 
