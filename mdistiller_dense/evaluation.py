@@ -10,7 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["coco_results", "coco_map", "confusion_matrix", "mean_iou", "evaluate_detector", "evaluate_segmenter"]
+__all__ = ["coco_results", "coco_map", "confusion_matrix", "detection_results", "evaluate_detector",
+           "evaluate_segmenter", "mean_iou", "segmentation_confusion", "segmentation_scores"]
 
 COCO_STATS = ("ap", "ap50", "ap75", "ap_small", "ap_medium", "ap_large")
 
@@ -65,23 +66,29 @@ def mean_iou(confusion: Tensor) -> float:
 
 
 @torch.inference_mode()
-def evaluate_detector(predict: Callable, loader, device: torch.device,
-                      autocast: Optional[Callable[[], ContextManager]] = None) -> "OrderedDict[str, float]":
-    """COCO AP of ``predict(list of images) -> list of detections`` over a CocoDetection loader."""
+def detection_results(predict: Callable, loader, device: torch.device,
+                      autocast: Optional[Callable[[], ContextManager]] = None) -> List[Dict]:
+    """COCO result records of ``predict(list of images) -> list of detections`` over a CocoDetection loader."""
     autocast = autocast or contextlib.nullcontext
-    dataset = loader.dataset
     results: List[Dict] = []
     for images, targets in loader:
         with autocast():
             detections = predict([image.to(device) for image in images])
-        results += coco_results(detections, [int(t["image_id"]) for t in targets], dataset.cat_ids)
-    return coco_map(dataset.coco, results, dataset.ids)
+        results += coco_results(detections, [int(t["image_id"]) for t in targets], loader.dataset.cat_ids)
+    return results
+
+
+def evaluate_detector(predict: Callable, loader, device: torch.device,
+                      autocast: Optional[Callable[[], ContextManager]] = None) -> "OrderedDict[str, float]":
+    """COCO AP of ``predict(list of images) -> list of detections`` over a CocoDetection loader."""
+    return coco_map(loader.dataset.coco, detection_results(predict, loader, device, autocast), loader.dataset.ids)
 
 
 @torch.inference_mode()
-def evaluate_segmenter(predict: Callable, loader, device: torch.device, num_classes: int, ignore_index: int = 255,
-                       autocast: Optional[Callable[[], ContextManager]] = None) -> "OrderedDict[str, float]":
-    """mIoU and pixel accuracy of ``predict(images) -> (B, K, h, w) logits`` (resized to the labels)."""
+def segmentation_confusion(predict: Callable, loader, device: torch.device, num_classes: int,
+                           ignore_index: int = 255,
+                           autocast: Optional[Callable[[], ContextManager]] = None) -> Tensor:
+    """The (K, K) confusion matrix of ``predict(images) -> (B, K, h, w) logits`` (resized to the labels)."""
     autocast = autocast or contextlib.nullcontext
     confusion = torch.zeros(num_classes, num_classes, dtype=torch.int64)
     for images, masks in loader:
@@ -89,5 +96,16 @@ def evaluate_segmenter(predict: Callable, loader, device: torch.device, num_clas
             logits = predict(images.to(device))
         logits = F.interpolate(logits.float(), size=masks.shape[-2:], mode="bilinear", align_corners=False)
         confusion += confusion_matrix(logits.argmax(1).cpu(), masks, num_classes, ignore_index)
+    return confusion
+
+
+def segmentation_scores(confusion: Tensor) -> "OrderedDict[str, float]":
+    """mIoU and pixel accuracy of a confusion matrix."""
     total = confusion.sum().clamp(min=1)
     return OrderedDict(miou=mean_iou(confusion), pixel_acc=float(confusion.diag().sum() / total))
+
+
+def evaluate_segmenter(predict: Callable, loader, device: torch.device, num_classes: int, ignore_index: int = 255,
+                       autocast: Optional[Callable[[], ContextManager]] = None) -> "OrderedDict[str, float]":
+    """mIoU and pixel accuracy of ``predict(images) -> (B, K, h, w) logits`` (resized to the labels)."""
+    return segmentation_scores(segmentation_confusion(predict, loader, device, num_classes, ignore_index, autocast))

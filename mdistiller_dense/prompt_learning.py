@@ -21,6 +21,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._prompts import build_prompts
 from mdistiller.engine.prompt_learning import PromptTrainer, prompt_learning_cfg, run_prompt_trainer
+from mdistiller.engine.distributed import local_device, process_group, shard_loaders
 from mdistiller.engine.utils import resolve_device, seed_everything
 from mdistiller.errors import ConfigError
 from mdistiller_dense.build import build_dense_teacher
@@ -128,10 +129,17 @@ class DensePromptTrainer(PromptTrainer, DenseTrainer):
 
 def learn_dense_prompts(cfg: CN, name: str = "FREEKD", verbose: bool = True) -> str:
     """Stage 1 for the dense config ``cfg``; returns the prompt file's path."""
-    section = cfg[name]
     stage_cfg = prompt_learning_cfg(cfg, name)
-    seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
-    train_loader, val_loader, num_classes = build_dense_loaders(stage_cfg)
+    with process_group(cfg, resolve_device(cfg.SOLVER.DEVICE)):
+        seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
+        train_loader, val_loader, num_classes = build_dense_loaders(stage_cfg)
+        train_loader, val_loader = shard_loaders(train_loader, val_loader, cfg.EXPERIMENT.SEED)
+        return _learn_dense_prompts(cfg, stage_cfg, name, train_loader, val_loader, num_classes, verbose)
+
+
+def _learn_dense_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_loader, num_classes: int,
+                         verbose: bool) -> str:
+    section = cfg[name]
     kind, _ = parse_model_name(cfg.DISTILLER.TEACHER)
     teacher = build_dense_teacher(cfg, num_classes)
     names = list(cfg.DISTILLER.TEACHER_FEATURES) or default_feature_modules(kind)
@@ -140,7 +148,7 @@ def learn_dense_prompts(cfg: CN, name: str = "FREEKD", verbose: bool = True) -> 
     channels = level_channels(teacher, names)
     indices = distilled_levels(len(channels), section.NUM_STAGES)
     prompts = build_prompts([channels[i] for i in indices], section)
-    device = resolve_device(cfg.SOLVER.DEVICE)
+    device = local_device(resolve_device(cfg.SOLVER.DEVICE))
     plain = dense_evaluate(_Unprompted(teacher, kind in DETECTORS, cfg.DATASET.IGNORE_INDEX, num_classes).to(device),
                            val_loader, device)
     teacher_score = 100.0 * plain.get("ap", plain.get("miou", 0.0))

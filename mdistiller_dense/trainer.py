@@ -10,20 +10,33 @@ from typing import Dict
 
 import torch
 
+from mdistiller.engine.distributed import ShardSampler, all_gather_objects, broadcast_buffers, sum_over_processes
 from mdistiller.engine.trainer import Trainer, trainer_dict
 from mdistiller.engine.utils import AverageMeter
-from mdistiller_dense.evaluation import evaluate_detector, evaluate_segmenter
+from mdistiller_dense.evaluation import coco_map, detection_results, segmentation_confusion, segmentation_scores
 
 __all__ = ["DenseTrainer", "dense_evaluate"]
 
 
 def dense_evaluate(distiller, loader, device: torch.device, autocast=None) -> "OrderedDict[str, float]":
-    """COCO APs or mIoU of the distiller's student (through ``forward_test``) over ``loader``."""
+    """COCO APs or mIoU of the distiller's student (through ``forward_test``) over ``loader``.
+
+    When ``loader`` is one process's shard of the validation set (a :class:`ShardSampler`, under
+    torchrun), the detections of every process are gathered, or their confusion matrices summed,
+    before scoring: every process gets the scores of the whole set.
+    """
     distiller.eval()
     predict = lambda images: distiller(image=images)  # noqa: E731
+    sharded = isinstance(getattr(loader, "sampler", None), ShardSampler)
     if distiller.detection:
-        return evaluate_detector(predict, loader, device, autocast)
-    return evaluate_segmenter(predict, loader, device, distiller.num_classes, distiller.ignore_index, autocast)
+        results = detection_results(predict, loader, device, autocast)
+        if sharded:
+            results = [record for part in all_gather_objects(results) for record in part]
+        return coco_map(loader.dataset.coco, results, loader.dataset.ids)
+    confusion = segmentation_confusion(predict, loader, device, distiller.num_classes, distiller.ignore_index, autocast)
+    if sharded:
+        confusion = torch.tensor(sum_over_processes(confusion.flatten().tolist()), dtype=torch.int64).view_as(confusion)
+    return segmentation_scores(confusion)
 
 
 @trainer_dict.register("dense")
@@ -54,6 +67,7 @@ class DenseTrainer(Trainer):
         return images, targets, {}
 
     def epoch_metrics(self, meters) -> "OrderedDict[str, float]":
+        broadcast_buffers(self.distiller)  # every process scores rank 0's model, as in classification
         results = dense_evaluate(self.distiller, self.val_loader, self.device, self.autocast)
         main = results["ap"] if "ap" in results else results["miou"]
         metrics = OrderedDict(train_loss=meters["loss"].avg, test_acc=100.0 * main)

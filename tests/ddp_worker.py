@@ -46,4 +46,7 @@ if __name__ == "__main__":
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     sys.argv = [TRAIN, *sys.argv[4:]]
     sys.path.insert(0, os.path.dirname(TRAIN))
-    runpy.run_path(TRAIN, run_name="__main__")
+    try:
+        runpy.run_path(TRAIN, run_name="__main__")
+    finally:  # the run leaves a group it did not join itself as it found it
+        dist.destroy_process_group()

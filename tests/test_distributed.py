@@ -16,7 +16,7 @@ import torch
 from conftest import REPO_ROOT
 from mdistiller.dataset import get_dataset
 from mdistiller.engine.build import build_model
-from mdistiller.engine.cfg import build_cfg
+from mdistiller.engine.cfg import build_cfg, dump_cfg
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.loggers import read_metrics
@@ -121,3 +121,28 @@ def test_torchrun_launch(tmp_path):
     (out,) = finish([proc])
     assert out.count("Epoch 1:") == 1
     check_one_run(tmp_path / "quickstart" / "torchrun", [1])
+
+
+def test_resume_before_the_first_checkpoint_starts_over_on_every_process(tmp_path):
+    """A scheduler restarting a job stopped before its first checkpoint passes --resume again: the
+    run directory holds only cfg.yaml (written when training starts), so both processes agree to
+    train from the beginning, with that config, and rank 0 says so in one line."""
+    run = tmp_path / "quickstart" / "restarted"
+    run.mkdir(parents=True)
+    cfg = build_cfg(DIGITS, common_args(tmp_path, "restarted")[2:] + ["SOLVER.EPOCHS=1"])
+    (run / "cfg.yaml").write_text(dump_cfg(cfg))
+    rank0, rank1 = run_two_processes(tmp_path, "--resume", str(run))
+    line = f"No checkpoint at {run / 'latest'} yet: training from the beginning."
+    assert rank0.count(line) == 1 and line not in rank1 and "Resumed from" not in rank0
+    check_one_run(run, [1])
+    assert load_checkpoint(str(run / "latest"))["epoch"] == 1
+
+
+def test_resume_with_cfg_and_no_run_yet_starts_over(tmp_path):
+    args = common_args(tmp_path, "fresh") + ["SOLVER.EPOCHS=1"]
+    proc = subprocess.run([sys.executable, TRAIN, *args, "--resume"], cwd=str(tmp_path), env=process_env(),
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "quickstart" / "fresh"
+    assert f"No checkpoint at {run / 'latest'} yet: training from the beginning." in proc.stdout
+    check_one_run(run, [1])

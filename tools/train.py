@@ -6,7 +6,9 @@
 
 `--resume` continues in the run directory (the checkpoint's directory), so a run can be extended
 with more epochs (SOLVER.EPOCHS) where it is. Without --cfg the checkpoint's own config is used,
-with the command line's overrides on top.
+with the command line's overrides on top. A run directory without a checkpoint yet (a job a
+scheduler restarts with the same command after it was stopped before its first epoch ended)
+trains from the beginning, with the config in its `cfg.yaml`, and says so in one line.
 
 Prompt-based methods (FREEKD, AFPKD) first need `python tools/train_prompt.py` with the same arguments
 (stage 1); without its prompt file this tool stops and prints that exact command.
@@ -63,11 +65,22 @@ def resume_target(resume: Union[bool, str]) -> Tuple[Optional[str], Union[bool, 
 
 
 def saved_cfg(checkpoint: str, opts: Sequence[str]) -> CN:
-    """The config a checkpoint was trained with, the command-line overrides merged on top."""
-    state = load_checkpoint(checkpoint)
-    if not state.get("cfg"):
+    """The config a checkpoint was trained with, the command-line overrides merged on top.
+
+    Without the checkpoint (a run stopped before its first one), the run's own `cfg.yaml` beside it.
+    """
+    run_cfg = os.path.join(os.path.dirname(checkpoint), "cfg.yaml")
+    if os.path.isfile(checkpoint):
+        text = load_checkpoint(checkpoint).get("cfg")
+    elif os.path.isfile(run_cfg):
+        with open(run_cfg) as f:
+            text = f.read()
+    else:
+        raise CheckpointError(f"Neither {checkpoint} nor {run_cfg} exists yet: pass the run's config file "
+                              "with --cfg to start it.")
+    if not text:
         raise CheckpointError(f"{checkpoint} holds no config: pass the run's config file with --cfg.")
-    cfg = load_cfg_text(state["cfg"])
+    cfg = load_cfg_text(text)
     cfg.defrost()
     merge_overrides(cfg, opts)
     cfg.freeze()

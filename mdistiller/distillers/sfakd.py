@@ -40,8 +40,10 @@ class SFAKD(Distiller):
         loss_ce   = CE_WEIGHT * CE(logits, y),  loss_kd = KD_WEIGHT * KD(logits, teacher logits, T)
 
     A term whose weight is 0 is left out (the default trains on ``loss_feat`` alone, as the
-    authors). Training, ``forward_test`` (evaluation) and export share the prediction path, so the
-    deployed student is student + ``sfa`` + ``transfer`` + the teacher's classifier: evaluate a
+    authors). With the teacher's classifier, the student's own classifier is on no path and is
+    frozen (``requires_grad`` False). Training, ``forward_test`` (evaluation) and export share the
+    prediction path, so the deployed student is student + ``sfa`` + ``transfer`` + the teacher's
+    classifier: evaluate a
     full checkpoint (``best`` / ``latest``), not ``student_best``. The SFA filter is as large as the
     aligned maps, found by a probe forward at ``DATASET.IMAGE_SIZE``.
     """
@@ -72,6 +74,8 @@ class SFAKD(Distiller):
                 f"SFAKD reuses the teacher's classifier '{self.classifier_name}' ({classifier.in_features} inputs), "
                 f"but the teacher's last feature map has {t_shape[-3]} channels; set SFAKD.TEACHER_CLASSIFIER False."
             )
+        if self.use_teacher_classifier:  # no loss term reaches the student's own classifier: frozen, so
+            find_classifier(student)[1].requires_grad_(False)  # DDP does not wait for its gradient
         self.sfa = SmoothedFrequencyAugmentation(s_shape[-3], self.feature_size, section.CUT_OFF)
         self.transfer = bottleneck_projector(s_shape[-3], t_shape[-3])
 

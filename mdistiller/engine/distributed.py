@@ -13,6 +13,8 @@ Without torchrun (WORLD_SIZE unset or 1) every helper here is a no-op.
 """
 
 import builtins
+import contextlib
+import inspect
 import os
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -26,9 +28,10 @@ from yacs.config import CfgNode as CN
 from mdistiller.errors import ConfigError
 
 __all__ = [
-    "NullLog", "ShardSampler", "all_gather_objects", "barrier", "broadcast_buffers", "cleanup_distributed",
-    "init_distributed", "is_distributed", "is_main_process", "local_device", "max_each_over_processes",
-    "max_over_processes", "max_over_processes_tensor", "mean_over_processes", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
+    "NullLog", "ShardSampler", "all_gather_objects", "average_gradients", "barrier", "broadcast_buffers",
+    "cleanup_distributed", "init_distributed", "is_distributed", "is_main_process", "local_device",
+    "max_each_over_processes", "max_over_processes", "max_over_processes_tensor", "mean_over_processes",
+    "process_group", "rank", "reduce_meters", "set_sampler_epoch", "shard_loaders",
     "sum_over_processes", "world_size", "wrap_ddp",
 ]
 
@@ -92,6 +95,24 @@ def init_distributed(cfg: CN, device: torch.device) -> bool:
     return True
 
 
+@contextlib.contextmanager
+def process_group(cfg: CN, device: torch.device) -> Iterator[bool]:
+    """The block runs in torchrun's process group (joined here when launched by torchrun; yields
+    whether distributed). A group the caller joined before is left as it is; one joined here is
+    left after the block, on success after rank 0's last write (a barrier)."""
+    joined_before = is_distributed()
+    distributed = init_distributed(cfg, device)
+    finished = False
+    try:
+        yield distributed
+        finished = True
+    finally:
+        if distributed and not joined_before:
+            cleanup_distributed(finished)
+        elif distributed and finished:
+            barrier()
+
+
 def cleanup_distributed(finished: bool) -> None:
     """Leave the process group; after a normal finish, wait for rank 0's last checkpoint first."""
     if not is_distributed():
@@ -101,11 +122,24 @@ def cleanup_distributed(finished: bool) -> None:
     dist.destroy_process_group()
 
 
+# DDP without rank 0's buffers copied to every process before each forward: `forward_sync_buffers`
+# in newer torch (buffers still synced once, at the wrap), `broadcast_buffers` (deprecated there) before.
+_DDP_ARGUMENTS = inspect.signature(DistributedDataParallel.__init__).parameters
+NO_FORWARD_BUFFER_SYNC = ({"forward_sync_buffers": False} if "forward_sync_buffers" in _DDP_ARGUMENTS
+                          else {"broadcast_buffers": False})
+
+
 def wrap_ddp(distiller: nn.Module, device: torch.device, sync_bn: bool) -> nn.Module:
     """`distiller` inside DistributedDataParallel (the module itself when not distributed).
 
     With `sync_bn`, BatchNorm layers outside the teacher become SyncBatchNorm first (in place: the
     returned wrapper and `distiller` share their parameters and state_dict keys).
+
+    Buffers are not copied from rank 0 before each forward (:data:`NO_FORWARD_BUFFER_SYNC`): each
+    process keeps its own BatchNorm statistics during an epoch (validation copies rank 0's,
+    :func:`broadcast_buffers`), and a buffer a method keeps equal on every process by itself (CRD's
+    memory banks, updated from the embeddings of all processes) is not overwritten by rank 0's. Parameters that no loss term
+    reaches must be frozen by the method, or the method sets `ddp_find_unused_parameters`.
     """
     if not is_distributed():
         return distiller
@@ -117,7 +151,28 @@ def wrap_ddp(distiller: nn.Module, device: torch.device, sync_bn: bool) -> nn.Mo
         distiller,
         device_ids=[device.index] if device.type == "cuda" else None,
         find_unused_parameters=bool(getattr(distiller, "ddp_find_unused_parameters", False)),
+        **NO_FORWARD_BUFFER_SYNC,
     )
+
+
+def average_gradients(grads: Sequence[Optional[torch.Tensor]]) -> None:
+    """Replace each gradient by its mean over processes, in place, in one all-reduce (as DDP does).
+
+    `None` entries (parameters without a gradient) are skipped; they must be the same on every
+    process, which holds when every process runs the same model code.
+    """
+    if not is_distributed():
+        return
+    present = [g for g in grads if g is not None]
+    if not present:
+        return
+    flat = torch.cat([g.reshape(-1) for g in present])
+    dist.all_reduce(flat, op=dist.ReduceOp.SUM)
+    flat /= world_size()
+    offset = 0
+    for g in present:
+        g.copy_(flat[offset:offset + g.numel()].view_as(g))
+        offset += g.numel()
 
 
 def _reduce_device() -> torch.device:
@@ -205,17 +260,20 @@ class NullLog:
 
 
 def broadcast_buffers(distiller: nn.Module) -> None:
-    """Copy rank 0's buffers outside the teacher (BatchNorm running statistics) to every process."""
+    """Copy rank 0's BatchNorm running statistics to every process (before validation).
+
+    The teacher's too: a method that runs it in train mode (OFD) updates them from each process's
+    shard. Other buffers (CRD's memory banks) are kept equal by their method, and the
+    multi-process tests check that they are.
+    """
     if not is_distributed():
         return
-    for name, child in distiller.named_children():
-        if name == "teacher":
-            continue
-        for buffer in child.buffers():
-            data = buffer.data.contiguous()
-            dist.broadcast(data, src=0)
-            if data.data_ptr() != buffer.data.data_ptr():
-                buffer.data.copy_(data)
+    norms = [m for m in distiller.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    for buffer in (b for m in norms for b in m.buffers(recurse=False)):
+        data = buffer.data.contiguous()
+        dist.broadcast(data, src=0)
+        if data.data_ptr() != buffer.data.data_ptr():
+            buffer.data.copy_(data)
 
 
 class ShardSampler(Sampler[int]):

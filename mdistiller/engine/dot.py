@@ -7,11 +7,13 @@ of the two, `MOMENTUM`. Select it with `SOLVER.TRAINER dot` (MDistiller's `crd_d
 trainer here: batches already carry CRD's indices).
 """
 
-from typing import Dict, List, Optional
+import contextlib
+from typing import Dict, List, Optional, Sequence
 
 import torch
 from torch.optim import Optimizer
 
+from mdistiller.engine.distributed import average_gradients
 from mdistiller.engine.trainer import Losses, Trainer, trainer_dict
 from mdistiller.errors import ConfigError
 
@@ -89,6 +91,13 @@ class DistillationOrientedTrainer(Optimizer):
         return loss
 
 
+def set_averaged_grads(params: List[torch.Tensor], grads: Sequence[Optional[torch.Tensor]]) -> None:
+    """`param.grad = grad` for each pair, the gradients first averaged over processes."""
+    average_gradients(grads)
+    for p, grad in zip(params, grads):
+        p.grad = grad
+
+
 class DOTTrainer(Trainer):
     """The base trainer with DOT's two-backward step; `loss_ce` is the task loss, every other
     term the distillation loss."""
@@ -103,20 +112,29 @@ class DOTTrainer(Trainer):
             weight_decay=solver.WEIGHT_DECAY,
         )
 
+    def forward_context(self):
+        """DDP's `no_sync`: this trainer reduces its two gradients itself (`backward_and_step`)."""
+        no_sync = getattr(self.train_model, "no_sync", None)
+        return no_sync() if no_sync is not None else contextlib.nullcontext()
+
     def backward_and_step(self, losses: Losses) -> None:
+        """The distillation gradient, then the task gradient, each by `torch.autograd.grad` and
+        averaged over processes by hand (one all-reduce each), then DOT's step: on every process
+        the update of one process on the concatenated batch."""
         if TASK_LOSS not in losses:
             raise ConfigError(f"SOLVER.TRAINER dot needs a '{TASK_LOSS}' loss term; "
                               f"{self.cfg.DISTILLER.TYPE} gives {', '.join(losses)}.")
         if self.scaler.is_enabled():
             raise ConfigError("SOLVER.TRAINER dot does not support float16 autocast; "
                               "set SOLVER.AMP_DTYPE bfloat16 or SOLVER.AMP False.")
+        params = [p for group in self.optimizer.param_groups for p in group["params"] if p.requires_grad]
         distill = [value for name, value in losses.items() if name != TASK_LOSS]
         self.optimizer.zero_grad(set_to_none=True)
         if distill:
-            sum(distill).backward(retain_graph=True)
+            set_averaged_grads(params, torch.autograd.grad(sum(distill), params, retain_graph=True, allow_unused=True))
             self.optimizer.step_kd()
             self.optimizer.zero_grad(set_to_none=True)
-        losses[TASK_LOSS].backward()
+        set_averaged_grads(params, torch.autograd.grad(losses[TASK_LOSS], params, allow_unused=True))
         self.optimizer.step()
 
 

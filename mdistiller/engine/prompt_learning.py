@@ -25,6 +25,8 @@ from mdistiller.distillers._prompts import (build_prompts, check_section, distil
 from mdistiller.distillers._shapes import feature_shapes
 from mdistiller.engine.build import build_teacher
 from mdistiller.engine.checkpoint import save_checkpoint
+from mdistiller.engine.distributed import (barrier, local_device, mean_over_processes, process_group,
+                                           shard_loaders)
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.trainer import Trainer
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device, seed_everything
@@ -86,10 +88,13 @@ class PromptTrainer(Trainer):
         self.last_acc = -1.0
 
     def save(self, epoch: int, test_acc: float) -> None:
+        """Rank 0 writes the prompt file; every process waits for it (stage 2 reads it next)."""
         model = self.distiller
-        record = prompt_record(model.prompts, model.teacher, self.cfg, self.name, self.indices, epoch=epoch,
-                               prompted_top1=test_acc, teacher_top1=self.teacher_top1)
-        save_checkpoint(record, self.path)
+        if self.is_main:
+            record = prompt_record(model.prompts, model.teacher, self.cfg, self.name, self.indices, epoch=epoch,
+                                   prompted_top1=test_acc, teacher_top1=self.teacher_top1)
+            save_checkpoint(record, self.path)
+        barrier()
         self.last_acc = test_acc
 
 
@@ -123,15 +128,22 @@ def learn_prompts(cfg: CN, name: str, verbose: bool = True) -> str:
     if name not in cfg or "PROMPT_PATH" not in cfg[name]:
         raise ConfigError(f"DISTILLER.TYPE {name} does not use frequency prompts (its config section has no "
                           "PROMPT_PATH); use the config of a prompt-based method such as FREEKD.")
-    section = cfg[name]
     stage_cfg = prompt_learning_cfg(cfg, name)
-    seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
-    train_loader, val_loader, _, num_classes = get_dataset(stage_cfg)
-    device = resolve_device(cfg.SOLVER.DEVICE)
+    with process_group(cfg, resolve_device(cfg.SOLVER.DEVICE)):
+        seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
+        train_loader, val_loader, _, num_classes = get_dataset(stage_cfg)
+        train_loader, val_loader = shard_loaders(train_loader, val_loader, cfg.EXPERIMENT.SEED)
+        return _learn_prompts(cfg, stage_cfg, name, train_loader, val_loader, num_classes, verbose)
+
+
+def _learn_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_loader, num_classes: int,
+                   verbose: bool) -> str:
+    section = cfg[name]
+    device = local_device(resolve_device(cfg.SOLVER.DEVICE))
     teacher = build_teacher(cfg, num_classes).to(device).eval()
     dtype = autocast_dtype(device, cfg.SOLVER)
-    teacher_top1, _, _ = evaluate(lambda image: teacher(image)[0], val_loader, device,
-                                  lambda: autocast_context(device, dtype))
+    teacher_top1 = mean_over_processes(evaluate(lambda image: teacher(image)[0], val_loader, device,
+                                                lambda: autocast_context(device, dtype)), val_loader)[0]
     image_size = cfg.DATASET.IMAGE_SIZE
     shapes = [s[1:] for s in feature_shapes(teacher, image_size)["feats"]]
     indices = distilled_indices(len(shapes), section.NUM_STAGES, name)

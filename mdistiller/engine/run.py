@@ -9,7 +9,7 @@ from yacs.config import CfgNode as CN
 from mdistiller.dataset import get_dataset
 from mdistiller.engine.build import build_distiller, check_names
 from mdistiller.engine.cfg import show_cfg
-from mdistiller.engine.distributed import cleanup_distributed, init_distributed, shard_loaders
+from mdistiller.engine.distributed import process_group, shard_loaders
 from mdistiller.engine.experiment import experiment_name
 from mdistiller.engine.trainer import Trainer, ensure_writable_dir, trainer_dict
 from mdistiller.engine.utils import resolve_device, seed_everything
@@ -32,9 +32,7 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
     process joins the process group and trains on its shard of the data
     (mdistiller/engine/distributed.py).
     """
-    distributed = init_distributed(cfg, resolve_device(cfg.SOLVER.DEVICE))
-    finished = False
-    try:
+    with process_group(cfg, resolve_device(cfg.SOLVER.DEVICE)) as distributed:
         name, _ = experiment_name(cfg, opts)
         run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, name)
         ensure_writable_dir(run_dir)  # before the slow part: data and models
@@ -49,8 +47,4 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
         trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, val_loader, cfg, run_dir=run_dir)
         print(f"Run directory: {trainer.run_dir}")
         trainer.train(resume=resume)
-        finished = True
-    finally:
-        if distributed:
-            cleanup_distributed(finished)
     return trainer

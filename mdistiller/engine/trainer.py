@@ -1,5 +1,6 @@
 """The training loop shared by every distiller: step, validate, checkpoint, log, resume."""
 
+import contextlib
 import math
 import os
 import signal
@@ -113,8 +114,11 @@ class Trainer:
         """
         epoch = 1
         metrics_file = MetricsFile(self.run_dir) if self.is_main else NullLog()
+        path = os.path.join(self.run_dir, "latest") if resume is True else resume
+        if resume and not self.checkpoint_exists(path):
+            print(f"No checkpoint at {path} yet: training from the beginning.")
+            resume = False
         if resume:
-            path = os.path.join(self.run_dir, "latest") if resume is True else resume
             epoch = self.load_state(load_checkpoint(path)) + 1
             metrics_file.truncate_after(epoch - 1)
             step = f" step {self.resume_progress['step']}" if self.resume_progress else ""
@@ -154,6 +158,21 @@ class Trainer:
         print(f"Best accuracy: {self.best_acc:.2f}")
         worklog.finish(self.best_acc)
         return self.best_acc
+
+    @staticmethod
+    def checkpoint_exists(path: str) -> bool:
+        """Whether the checkpoint to resume from exists, agreed by every process.
+
+        A scheduler restarting a job killed before its first checkpoint passes `--resume` all the
+        same: then no process sees the file and the run starts over. CheckpointError when only some
+        processes see it (a run directory on a file system some machines do not share).
+        """
+        found = os.path.isfile(path)
+        any_found, any_missing = max_each_over_processes([float(found), float(not found)])
+        if any_found and any_missing:
+            raise CheckpointError(f"Checkpoint {path} is visible to some processes only: put LOG.PREFIX on a "
+                                  "file system every machine sees.")
+        return found
 
     def train_epoch(self, epoch: int) -> Tuple[float, "OrderedDict[str, float]"]:
         seed_everything(self.cfg.EXPERIMENT.SEED * 100_003 + epoch + 1_000_003 * rank())
@@ -308,7 +327,7 @@ class Trainer:
         optimizer step, and the normalisation statistics it changed restored (:meth:`restored_buffers`).
         """
         buffers = [b.clone() for b in self.restored_buffers()] if self.skip_nonfinite else []
-        with self.autocast():
+        with self.autocast(), self.forward_context():
             preds, losses = self.train_model(image=image, target=target, epoch=epoch, **extra)
         losses = {name: value.mean() for name, value in losses.items()}
         values, statistics, nonfinite = self.read_step(losses, self.step_statistics(preds, target))
@@ -348,6 +367,10 @@ class Trainer:
         return [buffer for name, module in self.distiller.named_modules()
                 if isinstance(module, nn.modules.batchnorm._NormBase) and name.split(".")[0] != "teacher"
                 for buffer in module.buffers(recurse=False)]
+
+    def forward_context(self):
+        """The context of the training forward pass; none by default (DOT: DDP's `no_sync`)."""
+        return contextlib.nullcontext()
 
     def backward_and_step(self, losses: Losses) -> None:
         self.optimizer.zero_grad(set_to_none=True)

@@ -5,6 +5,7 @@ import math
 from typing import Optional, Tuple
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
 
@@ -57,6 +58,10 @@ class ContrastMemory(nn.Module):
     `mean * num_data`. Returns `(out_v1, out_v2)`, each (B, K + 1), then writes
     `normalize(m * memory[index] + (1 - m) * v)` into each bank. Buffer names (`params`,
     `memory_v1`, `memory_v2`) are MDistiller's, so its checkpoints load.
+
+    Under torch.distributed (DDP), Z is the mean over the first batch of every process and the
+    banks are written with the (index, v1, v2) of every process: the banks stay equal on all
+    processes, and equal to those of one process trained on the concatenated batches.
     """
 
     def __init__(self, feat_dim: int, num_data: int, k: int, temperature: float = 0.07,
@@ -80,12 +85,12 @@ class ContrastMemory(nn.Module):
             out_v2 = torch.exp(self._scores(self.memory_v1, contrast_index, v2) / temperature)
             out_v1 = torch.exp(self._scores(self.memory_v2, contrast_index, v1) / temperature)
             with torch.no_grad():
-                if z_v1 < 0:
-                    self.params[2] = out_v1.mean() * self.num_data
-                    z_v1 = self.params[2].item()
-                if z_v2 < 0:
-                    self.params[3] = out_v2.mean() * self.num_data
-                    z_v2 = self.params[3].item()
+                if z_v1 < 0 or z_v2 < 0:
+                    sums = torch.stack([out_v1.sum(), out_v2.sum(), out_v1.new_tensor(out_v1.numel())])
+                    sums = _sum_over_processes(sums.double())
+                    self.params[2:4] = (sums[:2] / sums[2] * self.num_data).to(self.params.dtype)
+                    z_v1, z_v2 = self.params[2].item(), self.params[3].item()
+                index, v1, v2 = _gather_from_processes(index, v1.detach(), v2.detach())
             self._update(self.memory_v1, index, v1, momentum)
             self._update(self.memory_v2, index, v2, momentum)
         return out_v1 / z_v1, out_v2 / z_v2
@@ -100,6 +105,41 @@ class ContrastMemory(nn.Module):
     def _update(memory: torch.Tensor, index: torch.Tensor, v: torch.Tensor, momentum: float) -> None:
         mixed = memory[index] * momentum + v.detach() * (1.0 - momentum)
         memory.index_copy_(0, index, mixed / mixed.pow(2).sum(dim=1, keepdim=True).sqrt())
+
+
+def _distributed() -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def _sum_over_processes(tensor: torch.Tensor) -> torch.Tensor:
+    """`tensor` summed over the processes of the default group (itself on one process)."""
+    if _distributed():
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def _gather_from_processes(*tensors: torch.Tensor) -> Tuple[torch.Tensor, ...]:
+    """Each tensor of every process concatenated along dim 0 in rank order (itself on one process).
+
+    Batches may differ in size between processes: each is padded to the largest, then trimmed.
+    """
+    if not _distributed():
+        return tensors
+    world = dist.get_world_size()
+    size = torch.tensor([tensors[0].shape[0]], device=tensors[0].device)
+    sizes = [torch.zeros_like(size) for _ in range(world)]
+    dist.all_gather(sizes, size)
+    sizes = [int(s) for s in sizes]
+    longest = max(sizes)
+    gathered = []
+    for tensor in tensors:
+        padded = tensor.new_zeros((longest, *tensor.shape[1:]))
+        padded[:tensor.shape[0]] = tensor
+        parts = [torch.empty_like(padded) for _ in range(world)]
+        dist.all_gather(parts, padded.contiguous())
+        gathered.append(torch.cat([part[:n] for part, n in zip(parts, sizes)]))
+    return tuple(gathered)
 
 
 def contrast_loss(scores: torch.Tensor, num_data: int) -> torch.Tensor:

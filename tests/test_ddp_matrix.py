@@ -1,0 +1,177 @@
+"""Every method under DDP: 2 processes, gloo on the CPU, a few steps each (docs/distributed.md).
+
+Every registered classification method on digits (FREEKD / AFPKD with their stage 1 through
+tools/train_prompt.py), the DOT trainer with a logit method (KD) and a feature method (AT), and
+every registered dense method on a tiny shapes set (FREEKD through tools/train_dense_prompt.py)
+train two epochs on 2 processes, resume to a third on 2 processes, then to a fourth on one. After
+each 2-process run the two ranks' parameters, buffers (BatchNorm statistics, CRD's memory banks
+...) and optimizer states are compared exactly; the resumed epoch must change the weights. The
+fast teacher is built at most once in a 2-epoch run on each rank (once for CRD and DOT_AT).
+The dense CWD student's COCO APs in the 2-process run's metrics equal those tools/eval_dense.py
+prints for its saved student in this one process.
+
+The default suite runs the short form (SHORT: one case per multi-process concern); MDISTILLER_E2E=full
+runs every case. tests/ddp_matrix_worker.py is the process (one launch of 2 per test).
+"""
+
+import io
+import json
+import os
+import subprocess
+import sys
+from contextlib import redirect_stdout
+
+import pytest
+import torch
+
+from conftest import REPO_ROOT
+from dense_helpers import SHAPES_OPTS, dense_cfg, save_teacher
+from mdistiller.distillers import distiller_dict
+from mdistiller.engine.cfg import CFG
+from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
+from mdistiller.engine.loggers import read_metrics
+from mdistiller.models import cifar_model_dict
+from mdistiller_dense.distillers import dense_distiller_dict
+from mdistiller_dense.evaluation import COCO_STATS
+from test_distributed import communicate_all, process_env
+
+pytestmark = pytest.mark.e2e
+
+WORKER = os.path.join(REPO_ROOT, "tests", "ddp_matrix_worker.py")
+DIGITS = os.path.join(REPO_ROOT, "configs", "digits")
+SHAPES = os.path.join(REPO_ROOT, "configs", "shapes")
+# A method that cannot run under DDP and says so before training (none today): name -> words of its one line.
+REFUSED: dict = {}
+# The short form (the default suite): one case per multi-process concern. SFAKD: a student
+# parameter no loss reaches (frozen); CRD: memory banks updated from every process; OFD: the
+# teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; DOT_AT: DOT's two
+# gradients through feature hooks; dense CWD: a dense distiller, and the AP of the whole validation set. MDISTILLER_E2E=full runs every case.
+SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "dense_CWD"}
+# Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
+EXTRA = {"CRD": ["CRD.NCE.K=64"]}
+
+
+def selected(cases, full: bool):
+    return cases if full else [case for case in cases if case["name"] in SHORT]
+
+
+def classification_cases(tmp_path):
+    teacher_file = tmp_path / "digits_teacher.pth"
+    torch.manual_seed(0)
+    save_checkpoint({"model": cifar_model_dict["wrn_16_2"][0](num_classes=10).state_dict()}, str(teacher_file))
+    common = [f"LOG.PREFIX={tmp_path / 'cls'}", f"DISTILLER.TEACHER_WEIGHTS={teacher_file}", "SOLVER.AMP=False",
+              "SOLVER.BATCH_SIZE=512", "DATASET.TEST.BATCH_SIZE=512", "LOG.PROGRESS_BAR=False"]
+    cases = []
+    for method in sorted(distiller_dict.keys()):
+        own = os.path.join(DIGITS, f"{method.lower()}.yaml")
+        config, typed = (own, []) if os.path.isfile(own) else (os.path.join(DIGITS, "student.yaml"),
+                                                                [f"DISTILLER.TYPE={method}"])
+        prompts = method in CFG and "PROMPT_PATH" in CFG[method]  # the test tools/train_prompt.py makes
+        stage1 = [f"{method}.PROMPT_EPOCHS=1"] if prompts else []
+        cases.append({"name": method, "tool": "train",
+                      "args": ["--cfg", config, *typed, *common, *stage1, *EXTRA.get(method, [])],
+                      "stage1": "train_prompt" if prompts else ""})
+    for method in ("KD", "AT"):
+        cases.append({"name": f"DOT_{method}", "tool": "train", "stage1": "",
+                      "args": ["--cfg", os.path.join(DIGITS, f"{method.lower()}.yaml"), *common, "SOLVER.TRAINER=dot"]})
+    return cases
+
+
+def dense_cases(tmp_path):
+    cfg = dense_cfg(tmp_path, "NONE")
+    save_teacher(cfg)
+    common = SHAPES_OPTS + ["DATASET.ROOT", str(tmp_path / "data"), "LOG.PREFIX", str(tmp_path / "dense"),
+                            "LOG.SAVE_CHECKPOINT_FREQ", "1", "CANKD.LEVELS", "3",  # 64 px: the 4th level is 1x1
+                            "DISTILLER.STUDENT", "fcos_resnet18_fpn", "DISTILLER.TEACHER", "fcos_resnet18_fpn",
+                            "DISTILLER.TEACHER_WEIGHTS", cfg.DISTILLER.TEACHER_WEIGHTS]
+    cases = []
+    for method in sorted(dense_distiller_dict.keys()):
+        own = os.path.join(SHAPES, f"{method.lower()}.yaml")
+        config = own if os.path.isfile(own) else os.path.join(SHAPES, "student.yaml")
+        stage1 = ["FREEKD.PROMPT_EPOCHS", "1"] if method == "FREEKD" else []
+        cases.append({"name": f"dense_{method}", "tool": "train_dense", "stage1": "train_dense_prompt" if stage1 else "",
+                      "args": ["--cfg", config, *common, "DISTILLER.TYPE", method, *stage1]})
+    return cases
+
+
+def launch(tmp_path, cases, out):
+    """The reports of rank 0, rank 1 (2 processes) and rank 0 (alone, the last part) of the worker."""
+    cases_file = tmp_path / f"cases_{out.name}.json"
+    cases_file.write_text(json.dumps(cases))
+    store = tmp_path / f"store_{out.name}"
+    procs = [subprocess.Popen([sys.executable, WORKER, str(store), str(rank), str(cases_file), str(out)],
+                              cwd=str(tmp_path), env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True)
+             for rank in (0, 1)]
+    for code, out_text, err in communicate_all(procs, timeout=900):
+        assert code == 0, f"exit {code}\n{out_text[-2000:]}\n{err[-4000:]}"
+    return [json.loads((out / name).read_text()) for name in ("rank0_2.json", "rank1_2.json", "rank0_1.json")]
+
+
+def assert_same(a, b, where: str) -> None:
+    """Exactly equal nested dicts / lists of tensors and numbers."""
+    if isinstance(a, dict):
+        assert sorted(a, key=str) == sorted(b, key=str), where
+        for key in a:
+            assert_same(a[key], b[key], f"{where}.{key}")
+    elif torch.is_tensor(a):
+        assert torch.equal(a, b), f"{where} differs between the ranks (max |diff| {(a.double() - b.double()).abs().max()})"
+    else:
+        assert a == b, where
+
+
+def check_matrix(tmp_path, cases, out):
+    """Both ranks trained every case (or refused as REFUSED says), identically; resumes worked."""
+    rank0, rank1, single = launch(tmp_path, cases, out)
+    print(json.dumps({"2 processes": rank0, "1 process": single}))  # the figures of docs/distributed.md
+    trained = []
+    for case in cases:
+        name = case["name"]
+        outcome = rank0[name]["outcome"]
+        assert rank1[name]["outcome"] == outcome, name
+        if name in REFUSED:
+            assert outcome.startswith("refused:") and REFUSED[name] in outcome, outcome
+            continue
+        assert outcome == "trained", f"{name}: {outcome}"
+        trained.append(case)
+        assert rank0[name]["teacher_builds"] == rank1[name]["teacher_builds"] <= 1, name  # once a run, or never
+        states = {}
+        for epoch in (2, 3):
+            a, b = (torch.load(out / name / f"rank{r}_epoch{epoch}.pt", weights_only=True) for r in (0, 1))
+            assert_same(a, b, f"{name} epoch {epoch}")
+            states[epoch] = a["model"]
+        learnable = [k for k, v in states[2].items() if v.is_floating_point() and not k.startswith("teacher.")]
+        assert any(not torch.equal(states[2][k], states[3][k]) for k in learnable), f"{name}: epoch 3 changed nothing"
+    assert sorted(single) == sorted(case["name"] for case in trained)
+    for case in trained:
+        assert single[case["name"]]["outcome"] == "trained", single[case["name"]]
+        assert (out / case["name"] / "rank0_epoch4.pt").is_file()
+    return rank0
+
+
+def test_every_classification_method_under_two_processes(tmp_path, e2e_full):
+    cases = classification_cases(tmp_path)
+    assert {"FREEKD", "AFPKD", "CRD", "SFAKD", "DOT_KD", "DOT_AT"} <= {c["name"] for c in cases}
+    cases = selected(cases, e2e_full)
+    rank0 = check_matrix(tmp_path, cases, tmp_path / "cls_out")
+    for case in cases:
+        latest = load_checkpoint(str(tmp_path / "cls" / case["name"] / "latest"))
+        assert latest["epoch"] == 4, case["name"]
+    builds = {case["name"]: rank0[case["name"]]["teacher_builds"] for case in cases}
+    assert all(builds[name] == 1 for name in ("CRD", "DOT_AT") if name in builds), builds
+
+
+def test_every_dense_method_under_two_processes_and_ap_of_the_whole_validation_set(tmp_path, e2e_full):
+    cases = selected(dense_cases(tmp_path), e2e_full)
+    check_matrix(tmp_path, cases, tmp_path / "dense_out")
+    run = tmp_path / "dense" / "dense_CWD"
+    scored = read_metrics(str(run))[2]  # epoch 3, scored under 2 processes
+    assert scored["test_ap50"] > 0  # else the comparison below shows nothing
+    sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
+    import eval_dense
+
+    printed = io.StringIO()
+    with redirect_stdout(printed):
+        eval_dense.main(["-c", str(run / "student_3"), "DATASET.ROOT", str(tmp_path / "data")])
+    expected = "  ".join(f"{name}: {scored['test_' + name]:.2f}" for name in COCO_STATS)
+    assert printed.getvalue().strip() == expected
