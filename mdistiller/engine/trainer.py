@@ -16,9 +16,9 @@ from yacs.config import CfgNode as CN
 from mdistiller.engine.cfg import dump_cfg
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
 from mdistiller.engine.distributed import (NullLog, all_gather_objects, barrier, broadcast_buffers, is_main_process,
-                                           local_device, max_over_processes, max_over_processes_tensor,
-                                           mean_over_processes, rank, reduce_meters, set_sampler_epoch,
-                                           sum_over_processes, world_size, wrap_ddp)
+                                           local_device, max_each_over_processes, max_over_processes,
+                                           max_over_processes_tensor, mean_over_processes, rank, reduce_meters,
+                                           set_sampler_epoch, sum_over_processes, world_size, wrap_ddp)
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.fast_path import channels_last_enabled, compile_student, place_loader, prepare_distiller
 from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, WorkLog
