@@ -1,0 +1,231 @@
+"""Loss values against independent computations written here (numpy, PyWavelets, formulas), for the
+methods whose value no other test checks: CANKD with a non-zero W, FREEKD with RELATION on, AFPKD in
+its default variant, and every dense distiller (NONE, CWD, PKD, MGD with a fixed mask, FGD's four
+terms, CANKD, FREEKD). docs/methods/README.md lists, for every registered key, the test that checks
+its value and against what."""
+
+import numpy as np
+import pytest
+import pywt
+import torch
+import torch.nn.functional as F
+
+from mdistiller.distillers import distiller_dict
+from mdistiller.engine.cfg import build_cfg
+from mdistiller.models import cifar_model_dict
+from prompt_files import write_prompt_file
+
+pytestmark = pytest.mark.usefixtures("torch_single_thread")
+
+
+# -- numpy building blocks ----------------------------------------------------------------------
+def array(t: torch.Tensor) -> np.ndarray:
+    return t.detach().double().numpy()
+
+
+def conv1x1(conv, x):
+    out = np.einsum("oi,bihw->bohw", array(conv.weight)[:, :, 0, 0], x)
+    return out if conv.bias is None else out + array(conv.bias)[None, :, None, None]
+
+
+def conv3x3(conv, x):
+    """3x3 convolution, stride 1, zero padding 1, as a sum over the nine offsets."""
+    weight, (h, w) = array(conv.weight), x.shape[-2:]
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (1, 1)))
+    out = sum(np.einsum("oi,bihw->bohw", weight[:, :, i, j], padded[:, :, i:i + h, j:j + w])
+              for i in range(3) for j in range(3))
+    return out + array(conv.bias)[None, :, None, None]
+
+
+def batch_norm_train(x, bn):
+    mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+    return (x - mean) / np.sqrt(var + bn.eps) * array(bn.weight)[None, :, None, None] \
+        + array(bn.bias)[None, :, None, None]
+
+
+def instance_norm(x, eps=1e-5):
+    mean, var = x.mean(axis=(2, 3), keepdims=True), x.var(axis=(2, 3), keepdims=True)
+    return (x - mean) / np.sqrt(var + eps)
+
+
+def softmax(x, axis=-1):
+    e = np.exp(x - x.max(axis=axis, keepdims=True))
+    return e / e.sum(axis=axis, keepdims=True)
+
+
+def sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def maxpool2(x):
+    b, c, h, w = x.shape
+    return x[:, :, :h // 2 * 2, :w // 2 * 2].reshape(b, c, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+def bilinear(x, size):
+    """PyTorch's bilinear resize with align_corners=False: source = (i + 0.5) * in / out - 0.5, >= 0."""
+    def matrix(n_in, n_out):
+        m = np.zeros((n_out, n_in))
+        for i in range(n_out):
+            src = max((i + 0.5) * n_in / n_out - 0.5, 0.0)
+            i0 = min(int(np.floor(src)), n_in - 1)
+            i1 = min(i0 + 1, n_in - 1)
+            m[i, i0] += 1 - (src - i0)
+            m[i, i1] += src - i0
+        return m
+    return np.einsum("ih,bchw,jw->bcij", matrix(x.shape[2], size[0]), x, matrix(x.shape[3], size[1]))
+
+
+# -- CanKD ----------------------------------------------------------------------------------------
+def cankd_block(block, s, t):
+    """Dot-product CanKD block: f = theta(s)^T phi(pool t) / N, y = f g(pool t), z = BN(conv(y)) + s."""
+    b, c, h, w = s.shape
+    query = conv1x1(block.theta, s).reshape(b, -1, h * w)
+    key = maxpool2(conv1x1(block.phi, t)).reshape(b, query.shape[1], -1)
+    value = maxpool2(conv1x1(block.g, t)).reshape(b, query.shape[1], -1)
+    f = np.einsum("bci,bcj->bij", query, key) / key.shape[-1]
+    y = np.einsum("bij,bcj->bci", f, value).reshape(b, -1, h, w)
+    return batch_norm_train(conv1x1(block.W[0], y), block.W[1]) + s
+
+
+def cankd_value(block, s, t):
+    return ((instance_norm(cankd_block(block, s, t)) - instance_norm(t)) ** 2).mean() / 2
+
+
+def randomise_batch_norms(module, seed=1):
+    """BatchNorm affine parameters away from their init (CanKD's W starts at 0, so a zero W hides the
+    attention): weights in [0.5, 1.5], biases in [-0.5, 0.5]."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for bn in [m for m in module.modules() if isinstance(m, torch.nn.BatchNorm2d)]:
+            bn.weight.copy_(0.5 + torch.rand(bn.weight.shape, generator=g))
+            bn.bias.copy_(torch.rand(bn.bias.shape, generator=g) - 0.5)
+
+
+def test_cankd_classification_with_a_nonzero_w():
+    cfg = build_cfg(None, ["DISTILLER.TYPE=CANKD", "DISTILLER.TEACHER=resnet8x4", "DISTILLER.STUDENT=resnet8",
+                           "DATASET.IMAGE_SIZE=16", "CANKD.LOSS.FEAT_WEIGHT=3.0"])
+    torch.manual_seed(0)
+    distiller = distiller_dict["CANKD"](cifar_model_dict["resnet8"][0](num_classes=10),
+                                        cifar_model_dict["resnet8x4"][0](num_classes=10), cfg).double().train()
+    randomise_batch_norms(distiller.can)
+    image, target = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    _, losses = distiller(image=image, target=target)
+    with torch.no_grad():
+        s = array(distiller.student(image)[1]["feats"][-1])   # 64 @ 4x4
+        t = array(distiller.teacher(image)[1]["feats"][-1])   # 256 @ 4x4
+    s = conv1x1(distiller.connector, s)
+    block = distiller.can
+    assert abs(cankd_block(block, s, t) - s).max() > 0.1      # W(y) is not zero: the attention counts
+    assert losses["loss_kd"].item() == pytest.approx(3.0 * cankd_value(block, s, t), rel=1e-9)
+
+
+# -- FreeKD / AFPKD: prompts, bands, relation weights ---------------------------------------------
+def band_sets(x, levels=3):
+    """[LL_L, (LH, HL, HH) of level 1 (finest), ..., level L] from PyWavelets, each detail set stacked
+    as (B, C, 3, h, w)."""
+    coeffs = pywt.wavedec2(x, "haar", mode="zero", level=levels, axes=(-2, -1))
+    return [coeffs[0]] + [np.stack(detail, axis=2) for detail in reversed(coeffs[1:])]
+
+
+def prompt_masks(tokens, bands):
+    """M_k = sigmoid(P_k R_k): R_0 = LL, R_j = the three orientations of level j summed."""
+    inputs = [bands[0]] + [band.sum(axis=2) for band in bands[1:]]
+    return [sigmoid(np.einsum("tc,bchw->bthw", p, r)) for p, r in zip(tokens, inputs)]
+
+
+def band_loss(masks, teacher_bands, student_bands, low_band, weights=None):
+    """sum_k mean_{b,t,c,(o),h,w} w_{b,c} M_{b,t,h,w} |a - b|, over the high bands (+ LL with low_band)."""
+    total = 0.0
+    for k, (m, a, s) in enumerate(zip(masks, teacher_bands, student_bands)):
+        if k == 0 and not low_band:
+            continue
+        diff = np.abs(a - s)
+        if diff.ndim == 4:
+            diff = diff[:, :, None]
+        w = np.ones(diff.shape[:2]) if weights is None else weights
+        total += (m[:, :, None, None] * (w[:, :, None, None, None] * diff)[:, None]).mean()
+    return total
+
+
+def channel_relation(relation, x, deeper):
+    """sigmoid(gate(softmax(psi(deeper) x^T / sqrt(hw)))): psi a 1x1 conv of the deeper map resized to x."""
+    b, c, h, w = x.shape
+    if deeper.shape[-2:] != x.shape[-2:]:
+        deeper = bilinear(deeper, (h, w))
+    query = conv1x1(relation.psi, deeper).reshape(b, c, -1)
+    rows = softmax(np.einsum("bcn,bdn->bcd", query, x.reshape(b, c, -1)) / np.sqrt(h * w))
+    first, last = relation.gate[0], relation.gate[2]
+    hidden = np.maximum(rows @ array(first.weight).T + array(first.bias), 0.0)
+    return sigmoid(hidden @ array(last.weight).T + array(last.bias))[..., 0]
+
+
+def relation_weights(distiller, teacher_maps, student_maps):
+    """Per level w_t * w_s over the next deeper map (the deepest with itself), renormalised to mean 1."""
+    weights = []
+    for i, (rel_t, rel_s) in enumerate(zip(distiller.relation_t, distiller.relation_s)):
+        deep = min(i + 1, len(teacher_maps) - 1)
+        w = channel_relation(rel_t, teacher_maps[i], teacher_maps[deep]) * \
+            channel_relation(rel_s, student_maps[i], student_maps[deep])
+        weights.append(w / (w.mean(axis=1, keepdims=True) + 1e-12))
+    return weights
+
+
+def prompted_loss(distiller, teacher_maps, student_maps, low_band):
+    weights = relation_weights(distiller, teacher_maps, student_maps)
+    total = 0.0
+    for prompt, t, s, w in zip(distiller.prompts, teacher_maps, student_maps, weights):
+        t_bands, s_bands = band_sets(t), band_sets(s)
+        total += band_loss(prompt_masks(array(prompt.tokens), t_bands), t_bands, s_bands, low_band, w)
+    return total
+
+
+def prompt_distiller(method, tmp_path, *opts):
+    cfg = build_cfg(None, [f"DISTILLER.TYPE={method}", "DISTILLER.TEACHER=wrn_16_2", "DISTILLER.STUDENT=resnet8",
+                           "DATASET.IMAGE_SIZE=16", f"LOG.PREFIX={tmp_path}", *opts])
+    torch.manual_seed(0)
+    student, teacher = cifar_model_dict["resnet8"][0](num_classes=10), cifar_model_dict["wrn_16_2"][0](num_classes=10)
+    prompts = write_prompt_file(cfg, teacher)
+    with torch.no_grad():   # prompts larger than their N(0, 0.01) init, so that the masks differ from 1/2
+        for prompt in prompts:
+            prompt.tokens.mul_(100.0)
+    distiller = distiller_dict[method](student, teacher, cfg, num_data=10, num_classes=10)
+    distiller.prompts.load_state_dict(prompts.state_dict())
+    with torch.no_grad():   # relation gates far from their init, so that the channel weights spread out
+        for relation in [*(distiller.relation_t or []), *(distiller.relation_s or [])]:
+            relation.gate[0].weight.mul_(20.0)
+            relation.gate[2].weight.mul_(20.0)
+    return distiller.double().train()
+
+
+def test_freekd_classification_with_relation_weights(tmp_path):
+    # resnet8 -> wrn_16_2 at 16 px, last two stages: student 32@8x8, 64@4x4 (1x1 align convs to 64, 128);
+    # teacher 64@8x8, 128@4x4; the 8x8 level's relation takes the 4x4 map bilinearly upsampled.
+    distiller = prompt_distiller("FREEKD", tmp_path, "FREEKD.RELATION=True", "FREEKD.LOSS.FEAT_WEIGHT=2.0")
+    image, target = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    _, losses = distiller(image=image, target=target)
+    with torch.no_grad():
+        fs, ft = distiller.student(image)[1]["feats"], distiller.teacher(image)[1]["feats"]
+    teacher_maps = [array(ft[2]), array(ft[3])]
+    student_maps = [conv1x1(align, array(fs[i])) for align, i in zip(distiller.align, (2, 3))]
+    expected = 2.0 * prompted_loss(distiller, teacher_maps, student_maps, low_band=False)
+    unweighted = 2.0 * sum(band_loss(prompt_masks(array(p.tokens), band_sets(t)), band_sets(t), band_sets(s), False)
+                           for p, t, s in zip(distiller.prompts, teacher_maps, student_maps))
+    assert abs(expected - unweighted) > 1e-4 * expected   # 100x the tolerance below: dropping the weights shows
+    assert losses["loss_kd"].item() == pytest.approx(expected, rel=1e-6)   # the weights come in float32
+
+
+def test_afpkd_default_variant(tmp_path):
+    # Defaults: three stages, LL band, relation weights, ReviewKD fusion of the student's maps (the fused maps
+    # are taken from `abfs`, ReviewKD's ABF, whose value tests/test_reviewkd.py checks).
+    distiller = prompt_distiller("AFPKD", tmp_path, "AFPKD.WARMUP_EPOCHS=4", "AFPKD.LOSS.FEAT_WEIGHT=2.0")
+    section = build_cfg(None, ["DISTILLER.TYPE=AFPKD"]).AFPKD
+    assert (section.LOW_BAND, section.RELATION, section.FUSION, section.NUM_STAGES) == (True, True, True, 3)
+    image, target = torch.randn(4, 3, 16, 16, dtype=torch.float64), torch.randint(0, 10, (4,))
+    _, losses = distiller(image=image, target=target, epoch=2)
+    with torch.no_grad():
+        fs, ft = distiller.student(image)[1]["feats"], distiller.teacher(image)[1]["feats"]
+        fused = [array(m) for m in distiller.abfs([fs[1], fs[2], fs[3]])]
+    teacher_maps = [array(ft[i]) for i in (1, 2, 3)]
+    expected = 2.0 * 0.5 * prompted_loss(distiller, teacher_maps, fused, low_band=True)
+    assert losses["loss_kd"].item() == pytest.approx(expected, rel=1e-6)   # the relation weights come in float32
