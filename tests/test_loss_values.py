@@ -229,3 +229,166 @@ def test_afpkd_default_variant(tmp_path):
     teacher_maps = [array(ft[i]) for i in (1, 2, 3)]
     expected = 2.0 * 0.5 * prompted_loss(distiller, teacher_maps, fused, low_band=True)
     assert losses["loss_kd"].item() == pytest.approx(expected, rel=1e-6)   # the relation weights come in float32
+
+
+# -- dense distillers: the losses of `distill` on given FPN-shaped levels ---------------------------
+from dense_helpers import dense_cfg, save_initial_prompts, save_teacher  # noqa: E402
+from mdistiller_dense.build import build_dense_distiller  # noqa: E402
+from mdistiller_dense.distillers import DenseBatch  # noqa: E402
+
+LEVEL_SIZES = [8, 4, 2, 1, 1]   # FCOS FPN levels '0', '1', '2', 'p6', 'p7' of a 64 px batch, 256 channels
+
+
+def dense_distiller(tmp_path, method, *extra, dtype=torch.float64):
+    cfg = dense_cfg(tmp_path, method, extra=list(extra))
+    save_teacher(cfg)
+    torch.manual_seed(0)
+    return build_dense_distiller(cfg, num_classes=4).to(dtype).train()
+
+
+def fpn_levels(seed, batch=2, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, 256, s, s, generator=g, dtype=dtype) for s in LEVEL_SIZES]
+
+
+def test_dense_cwd_value(tmp_path):
+    distiller = dense_distiller(tmp_path, "CWD", "CWD.TEMPERATURE", "2.0", "CWD.LEVELS", "3")
+    s_levels, t_levels = fpn_levels(0), fpn_levels(1)
+    loss = distiller.distill(s_levels, t_levels, DenseBatch(torch.zeros(2, 3, 64, 64)))["loss_kd"]
+    expected = 0.0
+    for s, t in zip(s_levels[:3], t_levels[:3]):   # T^2 sum_{n,c} KL(softmax_hw(t/T) || softmax_hw(s/T)) / (N C)
+        n, c = s.shape[:2]
+        p_s, p_t = softmax(array(s).reshape(n, c, -1) / 2.0), softmax(array(t).reshape(n, c, -1) / 2.0)
+        expected += 4.0 * (p_t * (np.log(p_t) - np.log(p_s))).sum() / (n * c)
+    assert loss.item() == pytest.approx(10.0 * expected, rel=1e-6)   # the softmaxes run in float32
+
+
+def test_dense_pkd_value(tmp_path):
+    distiller = dense_distiller(tmp_path, "PKD")
+    s_levels, t_levels = fpn_levels(0), fpn_levels(1)
+    loss = distiller.distill(s_levels, t_levels, DenseBatch(torch.zeros(2, 3, 64, 64)))["loss_kd"]
+
+    def standardised(x):   # per channel over (N, H, W), unbiased std, eps added to the std
+        flat = x.transpose(1, 0, 2, 3).reshape(x.shape[1], -1)
+        return (flat - flat.mean(axis=1, keepdims=True)) / (flat.std(axis=1, ddof=1, keepdims=True) + 1e-6)
+
+    expected = sum(((standardised(array(s)) - standardised(array(t))) ** 2).mean() / 2
+                   for s, t in zip(s_levels[:4], t_levels[:4]))
+    assert loss.item() == pytest.approx(6.0 * expected, rel=1e-6)   # the standardisation runs in float32
+
+
+def test_dense_mgd_value_with_a_fixed_mask(tmp_path, monkeypatch):
+    import mdistiller_dense.distillers.mgd as dense_mgd
+
+    distiller = dense_distiller(tmp_path, "MGD", "MGD.ALPHA", "0.5")
+    g = torch.Generator().manual_seed(2)
+    masks = [(torch.rand(2, 1, s, s, generator=g) > 0.65).double() for s in LEVEL_SIZES]
+    drawn = iter(masks)
+    monkeypatch.setattr(dense_mgd, "random_keep_mask", lambda s, ratio: next(drawn))
+    s_levels, t_levels = fpn_levels(0), fpn_levels(1)
+    loss = distiller.distill(s_levels, t_levels, DenseBatch(torch.zeros(2, 3, 64, 64)))["loss_kd"]
+    expected = 0.0
+    for generator, s, t, m in zip(distiller.generators, s_levels, t_levels, masks):   # sum (G(M s) - t)^2 / N
+        conv_a, conv_b = generator.generation[0], generator.generation[2]
+        rebuilt = conv3x3(conv_b, np.maximum(conv3x3(conv_a, array(s) * array(m)), 0.0))
+        expected += ((rebuilt - array(t)) ** 2).sum() / s.shape[0]
+    assert loss.item() == pytest.approx(0.5 * expected, rel=1e-6)   # the squared error is summed in float32
+
+
+def fgd_masks_by_hand(boxes, image_size, size):
+    """Foreground 1 / (box area in cells) (the largest where boxes overlap), background 1 - [fg > 0]
+    normalised to sum 1; a box covers rows floor(y0 h / H)..ceil(y1 h / H), ends included."""
+    fg = np.zeros((len(boxes), size, size))
+    for i, image_boxes in enumerate(boxes):
+        for x0, y0, x1, y1 in image_boxes:
+            c0, c1 = int(np.floor(x0 / image_size * size)), int(np.ceil(x1 / image_size * size))
+            r0, r1 = int(np.floor(y0 / image_size * size)), int(np.ceil(y1 / image_size * size))
+            area = 1.0 / ((r1 + 1 - r0) * (c1 + 1 - c0))
+            fg[i, r0:r1 + 1, c0:c1 + 1] = np.maximum(fg[i, r0:r1 + 1, c0:c1 + 1], area)
+    bg = (fg <= 0).astype(float)
+    return fg, bg / np.maximum(bg.sum(axis=(1, 2), keepdims=True), 1.0)
+
+
+def global_context(block, x):
+    """GcBlock: x + conv(ReLU(LayerNorm(conv(sum_j softmax_j(W_k x)_j x_j))))."""
+    n, c = x.shape[:2]
+    weights = softmax(conv1x1(block.conv_mask, x).reshape(n, -1))
+    context = np.einsum("bcj,bj->bc", x.reshape(n, c, -1), weights)[:, :, None, None]
+    hidden = conv1x1(block.channel_add_conv[0], context)
+    norm = block.channel_add_conv[1]
+    mean, var = hidden.mean(axis=(1, 2, 3), keepdims=True), hidden.var(axis=(1, 2, 3), keepdims=True)
+    hidden = (hidden - mean) / np.sqrt(var + norm.eps) * array(norm.weight)[None] + array(norm.bias)[None]
+    return x + conv1x1(block.channel_add_conv[3], np.maximum(hidden, 0.0))
+
+
+def test_dense_fgd_value_of_all_four_terms(tmp_path):
+    distiller = dense_distiller(tmp_path, "FGD", "FGD.LEVELS", "3", dtype=torch.float32)   # FGD computes in float32
+    with torch.no_grad():   # the global blocks' last conv starts at zero: give it values
+        for conv in [m.channel_add_conv[3] for loss in distiller.fgd for m in (loss.context_s, loss.context_t)]:
+            conv.weight.normal_(0.0, 0.1)
+    boxes = [[(4.0, 6.0, 30.0, 40.0), (20.0, 20.0, 60.0, 50.0)], [(10.0, 0.0, 63.0, 25.0)]]
+    batch = DenseBatch(torch.zeros(2, 3, 64, 64), [{"boxes": torch.tensor(b)} for b in boxes], [(64, 64)] * 2)
+    s_levels, t_levels = fpn_levels(0, dtype=torch.float32), fpn_levels(1, dtype=torch.float32)
+    loss = distiller.distill(s_levels, t_levels, batch)["loss_kd"]
+    expected, temperature = 0.0, 0.5
+    for fgd, s, t in zip(distiller.fgd, s_levels[:3], t_levels[:3]):
+        s, t = array(s), array(t)
+        n, c, h, w = s.shape
+        fg, bg = fgd_masks_by_hand(boxes, 64, h)
+
+        def attention(x):
+            spatial = h * w * softmax(np.abs(x).mean(axis=1).reshape(n, -1) / temperature).reshape(n, h, w)
+            return spatial, c * softmax(np.abs(x).mean(axis=(2, 3)) / temperature)
+
+        spatial_t, channel_t = attention(t)
+        spatial_s, channel_s = attention(s)
+        weighted = spatial_t[:, None] * channel_t[:, :, None, None] * (t - s) ** 2
+        focal = (1e-3 * (weighted * fg[:, None]).sum() + 5e-4 * (weighted * bg[:, None]).sum()) / n
+        attention_term = 5e-4 * (np.abs(channel_s - channel_t).sum() + np.abs(spatial_s - spatial_t).sum()) / n
+        relation = 5e-6 * ((global_context(fgd.context_s, s) - global_context(fgd.context_t, t)) ** 2).sum() / n
+        assert relation > 1e-3 * (focal + attention_term) and focal > 0 and attention_term > 0
+        expected += focal + attention_term + relation
+    assert loss.item() == pytest.approx(expected, rel=1e-5)   # float32 throughout
+
+
+def test_dense_cankd_value(tmp_path):
+    distiller = dense_distiller(tmp_path, "CANKD", "CANKD.LEVELS", "3")
+    randomise_batch_norms(distiller.blocks)
+    s_levels, t_levels = fpn_levels(0), fpn_levels(1)
+    loss = distiller.distill(s_levels, t_levels, DenseBatch(torch.zeros(2, 3, 64, 64)))["loss_kd"]
+    assert all(isinstance(align, torch.nn.Identity) for align in distiller.align)   # 256 -> 256
+    expected = sum(cankd_value(block, array(s), array(t))
+                   for block, s, t in zip(distiller.blocks, s_levels[:3], t_levels[:3]))
+    assert loss.item() == pytest.approx(5.0 * expected, rel=1e-9)
+
+
+def test_dense_none_is_the_task_loss(tmp_path):
+    from mdistiller_dense.data import build_dense_datasets, detection_collate
+
+    cfg = dense_cfg(tmp_path, "NONE")
+    train, _, num_classes = build_dense_datasets(cfg)
+    images, targets = detection_collate([train[0], train[1]])
+    torch.manual_seed(0)
+    distiller = build_dense_distiller(cfg, num_classes).train()
+    _, losses = distiller(image=images, target=targets)
+    direct = distiller.student(images, targets)   # torchvision's FCOS losses, called without the distiller
+    assert {f"loss_{k}" for k in direct} == set(losses)
+    for name, value in direct.items():
+        assert losses[f"loss_{name}"].item() == pytest.approx(value.item(), rel=1e-6)
+
+    cfg = dense_cfg(tmp_path, "NONE", "fcn_resnet18", "fcn_resnet18")
+    train, _, num_classes = build_dense_datasets(cfg)
+    images, labels = torch.stack([train[0][0], train[1][0]]), torch.stack([train[0][1], train[1][1]])
+    labels[0, :4] = 255   # ignored pixels
+    torch.manual_seed(0)
+    distiller = build_dense_distiller(cfg, num_classes).train()
+    torch.manual_seed(1)   # the FCN head's dropout draws the same mask in both forwards
+    _, losses = distiller(image=images, target=labels)
+    with torch.no_grad():
+        torch.manual_seed(1)
+        logits = array(distiller.student(images)["out"]).transpose(0, 2, 3, 1).reshape(-1, num_classes)
+    flat = labels.numpy().reshape(-1)
+    kept = flat != 255
+    log_p = np.log(softmax(logits[kept]))
+    expected = -log_p[np.arange(kept.sum()), flat[kept]].mean()
+    assert set(losses) == {"loss_seg"} and losses["loss_seg"].item() == pytest.approx(expected, rel=1e-5)
