@@ -392,3 +392,42 @@ def test_dense_none_is_the_task_loss(tmp_path):
     log_p = np.log(softmax(logits[kept]))
     expected = -log_p[np.arange(kept.sum()), flat[kept]].mean()
     assert set(losses) == {"loss_seg"} and losses["loss_seg"].item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_dense_freekd_value_of_its_three_terms(tmp_path):
+    from mdistiller_dense.data import build_dense_datasets, detection_collate
+
+    cfg = dense_cfg(tmp_path, "FREEKD", extra=["FREEKD.WEIGHT", "2.0", "FREEKD.FEAT_WEIGHT", "3.0",
+                                               "FREEKD.REG_WEIGHT", "0.5"])
+    train, _, num_classes = build_dense_datasets(cfg)
+    images, targets = detection_collate([train[0], train[1]])
+    teacher = save_teacher(cfg, num_classes)
+    torch.manual_seed(3)
+    save_initial_prompts(cfg, teacher, [256] * 5, list(range(5)))
+    torch.manual_seed(0)
+    distiller = build_dense_distiller(cfg, num_classes).train()
+    with torch.no_grad():   # prompts away from their N(0, 0.01) init, so that the masks differ from 1/2
+        for prompt in distiller.prompts:
+            prompt.tokens.mul_(100.0)
+    assert all(isinstance(align, torch.nn.Conv2d) for align in distiller.align)   # 256 -> 256, aligned anyway
+    seen = {}
+    distiller.student.backbone.register_forward_hook(
+        lambda module, args, out: seen.update(tensor=args[0], student=list(out.values())))
+    _, losses = distiller(image=images, target=targets)
+    with torch.no_grad():
+        teacher_levels = list(distiller.teacher.backbone(seen["tensor"]).values())
+
+        def regression(head, level):   # one level through the regression head alone (FCOS: deltas, centerness)
+            return array(head.regression_head([level])[0])
+
+        reg = sum(np.where(np.abs(d) < 1.0, 0.5 * d ** 2, np.abs(d) - 0.5).mean()     # smooth-L1, beta 1
+                  for d in (regression(distiller.student.head, s) - regression(distiller.teacher.head, t)
+                            for s, t in zip(seen["student"], teacher_levels)))
+    students = [conv1x1(align, array(s)) for align, s in zip(distiller.align, seen["student"])]
+    teachers = [array(t) for t in teacher_levels]
+    band = sum(band_loss(prompt_masks(array(p.tokens), band_sets(t)), band_sets(t), band_sets(s), False)
+               for p, t, s in zip(distiller.prompts, teachers, students))
+    feat = sum(((s - t) ** 2).mean() for s, t in zip(students, teachers))
+    assert losses["loss_kd"].item() == pytest.approx(2.0 * band, rel=1e-5)
+    assert losses["loss_feat"].item() == pytest.approx(3.0 * feat, rel=1e-5)
+    assert losses["loss_reg"].item() == pytest.approx(0.5 * reg, rel=1e-5)
