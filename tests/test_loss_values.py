@@ -76,6 +76,17 @@ def bilinear(x, size):
     return np.einsum("ih,bchw,jw->bcij", matrix(x.shape[2], size[0]), x, matrix(x.shape[3], size[1]))
 
 
+def test_none_is_the_cross_entropy():
+    cfg = build_cfg(None, ["DISTILLER.TYPE=NONE", "DATASET.IMAGE_SIZE=16"])
+    torch.manual_seed(0)
+    distiller = distiller_dict["NONE"](cifar_model_dict["resnet8"][0](num_classes=10), None, cfg).train()
+    image, target = torch.randn(4, 3, 16, 16), torch.tensor([0, 3, 9, 3])
+    logits, losses = distiller(image=image, target=target)
+    log_p = np.log(softmax(array(logits)))
+    assert set(losses) == {"loss_ce"}
+    assert losses["loss_ce"].item() == pytest.approx(-log_p[np.arange(4), target.numpy()].mean(), rel=1e-6)
+
+
 # -- CanKD ----------------------------------------------------------------------------------------
 def cankd_block(block, s, t):
     """Dot-product CanKD block: f = theta(s)^T phi(pool t) / N, y = f g(pool t), z = BN(conv(y)) + s."""
