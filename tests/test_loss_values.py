@@ -15,7 +15,8 @@ from mdistiller.engine.cfg import build_cfg
 from mdistiller.models import cifar_model_dict
 from prompt_files import write_prompt_file
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
+pytestmark = [pytest.mark.usefixtures("torch_single_thread"),
+              pytest.mark.filterwarnings("ignore:Level value of 3 is too high")]   # PyWavelets on 4x4 maps
 
 
 # -- numpy building blocks ----------------------------------------------------------------------
