@@ -28,6 +28,8 @@ DENSE_CFG.SOLVER.WEIGHT_DECAY = 0.0001
 DENSE_CFG.SOLVER.CHANNELS_LAST = False   # the detectors' transforms hand over NCHW batches
 DENSE_CFG.SOLVER.FAST_TEACHER = False    # the teacher's backbone runs under hooks
 DENSE_CFG.SOLVER.GRAD_CLIP = 0.0         # max gradient norm; 0 = off (CanKD's detection recipe: 35)
+DENSE_CFG.SOLVER.WARMUP_ITERS = 0        # linear warm-up over the first iterations (mmdetection: 500)
+DENSE_CFG.SOLVER.WARMUP_RATIO = 0.001    # the warm-up's starting LR multiplier (mmdetection's warmup_ratio)
 DENSE_CFG.LOG.SAVE_CHECKPOINT_FREQ = 1000
 
 DENSE_CFG.DATASET = CN()

@@ -11,6 +11,7 @@ from typing import Dict
 import torch
 
 from mdistiller.engine.distributed import ShardSampler, all_gather_objects, broadcast_buffers, sum_over_processes
+from mdistiller.engine.schedule import learning_rate, linear_warmup_factor
 from mdistiller.engine.trainer import Trainer, trainer_dict
 from mdistiller.engine.utils import AverageMeter
 from mdistiller_dense.evaluation import coco_map, detection_results, segmentation_confusion, segmentation_scores
@@ -79,6 +80,17 @@ class DenseTrainer(Trainer):
         extra = f" AP50 {metrics['test_ap50']:.2f}" if "test_ap50" in metrics else ""
         return (f"Epoch {epoch}: lr {lr:.4g} | train loss {metrics['train_loss']:.4f} | test {name} "
                 f"{metrics['test_acc']:.2f}{extra} | {metrics['img_per_s']:.1f} img/s")
+
+    def train_iter(self, image, target, extra, epoch: int, step: int):
+        """Scale the epoch's LR by the linear warm-up over the first SOLVER.WARMUP_ITERS iterations
+        (counted over epochs, from 0; mmdetection's ``warmup_iters`` / ``warmup_ratio``), then step."""
+        warmup_iters = self.cfg.SOLVER.WARMUP_ITERS
+        iteration = (epoch - 1) * len(self.train_loader) + step
+        if 0 < warmup_iters and iteration <= warmup_iters:
+            factor = linear_warmup_factor(iteration, warmup_iters, self.cfg.SOLVER.WARMUP_RATIO)
+            for group in self.optimizer.param_groups:
+                group["lr"] = learning_rate(epoch, self.cfg.SOLVER) * self.lr_scale * factor
+        return super().train_iter(image, target, extra, epoch, step)
 
     def before_step(self) -> None:
         """Clip the gradient norm to SOLVER.GRAD_CLIP when it is set (CanKD's detection recipe: 35)."""

@@ -192,4 +192,8 @@ def test_recipe_configs_load_strictly():
     fcos = build_dense_cfg(os.path.join(REPO_ROOT, "configs", "coco", "freekd", "fcos_r101_r50.yaml"))
     assert (fcos.FREEKD.WEIGHT, fcos.FREEKD.FEAT_WEIGHT, fcos.FREEKD.TOKENS) == (10.0, 10.0, 6)
     cankd = build_dense_cfg(os.path.join(REPO_ROOT, "configs", "coco", "cankd", "retinanet_r101_r50.yaml"))
-    assert (cankd.SOLVER.LR, cankd.SOLVER.GRAD_CLIP, cankd.CANKD.LEVELS) == (0.005, 35.0, 4)
+    assert (cankd.SOLVER.LR, cankd.SOLVER.GRAD_CLIP, cankd.SOLVER.WARMUP_ITERS, cankd.CANKD.LEVELS) == \
+           (0.02, 35.0, 500, 4)
+    freekd = build_dense_cfg(os.path.join(REPO_ROOT, "configs", "coco", "freekd", "retinanet_r101_r50.yaml"))
+    assert (freekd.SOLVER.LR, freekd.SOLVER.GRAD_CLIP, freekd.SOLVER.WARMUP_ITERS, freekd.FREEKD.WEIGHT) == \
+           (0.02, 35.0, 1000, 1.0)

@@ -1,5 +1,6 @@
-"""FAM-KD: the centre-square high-pass by hand, the frequency attention module against numpy, the
-fusion with its frequency attention heads, the loss, the ramp, gradients and the configs."""
+"""FAM-KD: the centre-square high-pass by hand, the frequency attention module and the local attention
+against numpy, the whole hierarchy's loss against a numpy computation, the extra parameters of
+res32x4 -> res8x4 by formula, the ramp, gradients, config errors and the configs."""
 
 import os
 
@@ -11,8 +12,9 @@ from torch import nn
 from conftest import REPO_ROOT
 from mdistiller.distillers import distiller_dict
 from mdistiller.engine.cfg import build_cfg
+from mdistiller.errors import ConfigError
 from mdistiller.frequency import FrequencyAttention, centre_square_highpass_mask
-from mdistiller.losses.famkd import famkd_loss
+from mdistiller.losses.famkd import LocalAttentionFusion, famkd_loss
 from mdistiller.models import cifar_model_dict
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
@@ -33,6 +35,19 @@ def test_centre_square_mask_by_hand(h, w, rows, cols):
 
 
 @pytest.mark.parametrize("size", [(32, 32), (7, 5), (4, 4), (2, 2)])
+def numpy_fam(module: FrequencyAttention, xn: np.ndarray) -> np.ndarray:
+    """The frequency attention module written with numpy's FFT: rate1 * global + rate2 * conv1x1."""
+    kernel = module.real_weight.detach().numpy() + 1j * module.imag_weight.detach().numpy()
+    spectrum = np.einsum("bihw,iohw->bohw", np.fft.fft2(xn, norm="ortho"), kernel)
+    mask = centre_square_highpass_mask(*xn.shape[-2:], 0.1).numpy()
+    shifted = np.fft.fftshift(spectrum, axes=(-2, -1)) * mask
+    global_part = np.fft.ifft2(np.fft.ifftshift(shifted, axes=(-2, -1)), norm="ortho").real
+    local = np.einsum("oi,bihw->bohw", module.w0.weight.detach().numpy()[:, :, 0, 0], xn) \
+        + module.w0.bias.detach().numpy()[None, :, None, None]
+    return module.rate1.item() * global_part + module.rate2.item() * local
+
+
+@pytest.mark.parametrize("size", [(32, 32), (7, 5), (4, 4), (2, 2)])
 def test_frequency_attention_equals_numpy(size):
     torch.manual_seed(0)
     module = FrequencyAttention(3, 4, size).double()
@@ -40,14 +55,7 @@ def test_frequency_attention_equals_numpy(size):
         module.rate1.fill_(0.7)
         module.rate2.fill_(-0.3)
     x = torch.randn(2, 3, *size, dtype=torch.float64)
-    xn = x.numpy()
-    kernel = module.real_weight.detach().numpy() + 1j * module.imag_weight.detach().numpy()
-    spectrum = np.einsum("bihw,iohw->bohw", np.fft.fft2(xn, norm="ortho"), kernel)
-    shifted = np.fft.fftshift(spectrum, axes=(-2, -1)) * centre_square_highpass_mask(*size, 0.1).numpy()
-    global_part = np.fft.ifft2(np.fft.ifftshift(shifted, axes=(-2, -1)), norm="ortho").real
-    local = np.einsum("oi,bihw->bohw", module.w0.weight.detach().numpy()[:, :, 0, 0], xn) \
-        + module.w0.bias.detach().numpy()[None, :, None, None]
-    np.testing.assert_allclose(module(x).detach().numpy(), 0.7 * global_part - 0.3 * local, atol=1e-10)
+    np.testing.assert_allclose(module(x).detach().numpy(), numpy_fam(module, x.numpy()), atol=1e-10)
     scale = 1.0 / 12
     assert 0 <= module.real_weight.min() and module.real_weight.max() <= scale and module.imag_weight.max() <= scale
 
@@ -84,49 +92,163 @@ def build(*opts, student="resnet8", teacher="wrn_16_2", size=16):
                                    cifar_model_dict[teacher][0](num_classes=10), cfg, num_data=10, num_classes=10)
 
 
-def test_fusion_heads_follow_the_teacher_maps_and_the_loss_ramps():
-    distiller = build("FAMKD.WARMUP_EPOCHS=4", "FAMKD.FAMKD_WEIGHT=3.0").train()
-    heads = [abf.conv2[0] for abf in reversed(distiller.abfs)]  # shallow level first
-    assert all(isinstance(h, FrequencyAttention) for h in heads)
-    assert [tuple(h.real_weight.shape) for h in heads] == [(64, 32, 16, 16), (64, 64, 8, 8), (64, 128, 4, 4),
-                                                          (64, 128, 1, 1)]
-    image, target = torch.randn(4, 3, 16, 16), torch.randint(0, 10, (4,))
-    _, ramped = distiller(image=image, target=target, epoch=1)
+# -- an independent numpy computation of the hierarchy ---------------------------------------------
+def np_conv1x1(x, conv):
+    out = np.einsum("oi,bihw->bohw", conv.weight.detach().numpy()[:, :, 0, 0], x)
+    return out if conv.bias is None else out + conv.bias.detach().numpy()[None, :, None, None]
+
+
+def np_bn_relu(x, bn):
+    """BatchNorm in training mode (batch statistics, biased variance) then ReLU."""
+    mean, var = x.mean(axis=(0, 2, 3), keepdims=True), x.var(axis=(0, 2, 3), keepdims=True)
+    y = (x - mean) / np.sqrt(var + bn.eps) * bn.weight.detach().numpy()[None, :, None, None] \
+        + bn.bias.detach().numpy()[None, :, None, None]
+    return np.maximum(y, 0.0)
+
+
+def np_nearest(x, size):
+    rows = np.arange(size[0]) * x.shape[2] // size[0]
+    cols = np.arange(size[1]) * x.shape[3] // size[1]
+    return x[:, :, rows][:, :, :, cols]
+
+
+def np_local_attention(x, y, fusion):
+    """Stand-alone 3x3 self-attention, one loop step per window offset: the query from y at p, keys and
+    values from x at p + offset (zero outside), relative embeddings by row (first C/2) or column offset."""
+    c = x.shape[1]
+    q = np_conv1x1(y, fusion.query)
+    keys = np.pad(np_conv1x1(x, fusion.key), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    values = np.pad(np_conv1x1(x, fusion.value), ((0, 0), (0, 0), (1, 1), (1, 1)))
+    rel_h, rel_w = fusion.rel_h.detach().numpy(), fusion.rel_w.detach().numpy()
+    h, w = x.shape[-2:]
+    logits, windows = [], []
+    for i in range(3):
+        for j in range(3):
+            rel = np.concatenate([rel_h[:, i], rel_w[:, j]])[None, :c, None, None]
+            logits.append(q * (keys[:, :, i:i + h, j:j + w] + rel))
+            windows.append(values[:, :, i:i + h, j:j + w])
+    logits = np.stack(logits)
+    weights = np.exp(logits - logits.max(axis=0))
+    weights /= weights.sum(axis=0)
+    return (weights * np.stack(windows)).sum(axis=0)
+
+
+def np_sigmoid_fusion(x, y, fusion):
+    att = 1.0 / (1.0 + np.exp(-np_conv1x1(np.concatenate([x, y], axis=1), fusion[0])))
+    return x * att[:, 0:1] + y * att[:, 1:2]
+
+
+def np_hierarchy(levels, maps, out_sizes):
+    """The fused outputs, shallow level first, from the maps (shallow first) and the level modules
+    (deepest first): the level formula of mdistiller/losses/famkd.py written out."""
+    outputs, residual = [], None
+    for level, x, size in zip(levels, reversed(maps), reversed(out_sizes)):
+        if level.input_conv is not None:
+            x = np_bn_relu(np_conv1x1(x, level.input_conv[0]), level.input_conv[1])
+        if level.fusion is not None:
+            if level.residual_conv is not None:
+                residual = np_bn_relu(np_conv1x1(residual, level.residual_conv[0]), level.residual_conv[1])
+            residual = np_nearest(residual, x.shape[-2:])
+            fuse = np_local_attention if isinstance(level.fusion, LocalAttentionFusion) else np_sigmoid_fusion
+            x = fuse(x, residual, level.fusion)
+        x = np_nearest(x, size)
+        outputs.insert(0, np_bn_relu(numpy_fam(level.head[0], x), level.head[1]))
+        residual = x
+    return outputs
+
+
+@pytest.mark.parametrize("opts", [[], ["FAMKD.MID_CHANNELS=[8,16,32,32]", "FAMKD.FUSION=abf"],
+                                  ["FAMKD.STU_PREACT=True", "FAMKD.POOLED_LOSS=False"]])
+def test_loss_equals_a_numpy_computation_of_the_hierarchy(opts):
+    # resnet8 -> wrn_16_2 at 8 px: student maps 16@8x8, 32@4x4, 64@2x2 + pooled 64; teacher 32, 64, 128 + 128.
+    distiller = build("FAMKD.WARMUP_EPOCHS=4", "FAMKD.FAMKD_WEIGHT=3.0", *opts, size=8).double().train()
+    with torch.no_grad():
+        for level in distiller.hierarchy:  # BN affine away from (1, 0) so that a dropped term shows
+            for bn in [m for m in level.modules() if isinstance(m, nn.BatchNorm2d)]:
+                bn.weight.uniform_(0.5, 1.5)
+                bn.bias.uniform_(-0.5, 0.5)
+    image, target = torch.randn(4, 3, 8, 8, dtype=torch.float64), torch.randint(0, 10, (4,))
     _, full = distiller(image=image, target=target, epoch=20)
+    _, ramped = distiller(image=image, target=target, epoch=1)
     with torch.no_grad():
         _, fs = distiller.student(image)
         _, ft = distiller.teacher(image)
-        fused = distiller.abfs(fs["feats"][1:] + [fs["pooled_feat"][:, :, None, None]])
-        targets = ft["feats"][1:] + [ft["pooled_feat"][:, :, None, None]]
-        expected = sum(((f - t) ** 2).mean() for f, t in zip(fused, targets))
-    assert all(f.shape == t.shape for f, t in zip(fused, targets)) and (fused[0] >= 0).all()
-    assert full["loss_kd"].item() == pytest.approx(3.0 * expected.item(), rel=1e-5)
-    assert ramped["loss_kd"].item() == pytest.approx(full["loss_kd"].item() / 4, rel=1e-5)
+    key = "preact_feats" if "FAMKD.STU_PREACT=True" in opts else "feats"
+    maps = [f.numpy() for f in fs[key][1:]] + [fs["pooled_feat"].numpy()[:, :, None, None]]
+    targets = [f.numpy() for f in ft["feats"][1:]] + [ft["pooled_feat"].numpy()[:, :, None, None]]
+    outputs = np_hierarchy(list(distiller.hierarchy), maps, [t.shape[-2:] for t in targets])
+    if "FAMKD.POOLED_LOSS=False" in opts:
+        outputs, targets = outputs[:-1], targets[:-1]
+    expected = 3.0 * sum(((o - t) ** 2).mean() for o, t in zip(outputs, targets))
+    assert full["loss_kd"].item() == pytest.approx(expected, rel=1e-9)
+    assert ramped["loss_kd"].item() == pytest.approx(expected / 4, rel=1e-9)
+    narrow = "FAMKD.MID_CHANNELS=[8,16,32,32]" in opts
+    widths = [8, 16, 32, 32] if narrow else [16, 32, 64, 64]   # default: the student's channels, no input conv
+    assert [level.head[0].real_weight.shape[0] for level in reversed(distiller.hierarchy)] == widths
+    assert all((level.input_conv is None) != narrow for level in distiller.hierarchy)
 
 
-def test_gradients_reach_student_and_fusion_only():
+def test_local_attention_equals_a_loop_over_windows():
+    torch.manual_seed(0)
+    fusion = LocalAttentionFusion(6).double()
+    x, y = torch.randn(2, 6, 5, 4, dtype=torch.float64), torch.randn(2, 6, 5, 4, dtype=torch.float64)
+    np.testing.assert_allclose(fusion(x, y).detach().numpy(), np_local_attention(x.numpy(), y.numpy(), fusion),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_extra_parameters_of_res32x4_res8x4_as_the_authors_count_them():
+    # Widths [64, 128, 256, 256] at the teacher's 32, 16, 8, 1: per level FAM (complex C x C x h x w + 1x1 conv
+    # + 2 rates) + BN; three fusions (3 C^2 + 2 x C/2 x 3); residual convs 128 -> 64 and 256 -> 128 (+ BN).
+    cfg = build_cfg(os.path.join(REPO_ROOT, "configs", "cifar100", "famkd", "res32x4_res8x4.yaml"))
+    torch.manual_seed(0)
+    distiller = distiller_dict["FAMKD"](cifar_model_dict["resnet8x4"][0](num_classes=100),
+                                        cifar_model_dict["resnet32x4"][0](num_classes=100), cfg)
+    complex_weights = 64 * 64 * 32 * 32 + 128 * 128 * 16 * 16 + 256 * 256 * 8 * 8 + 256 * 256 * 1 * 1
+    others = sum(c * c + c + 2 + 2 * c for c in (64, 128, 256, 256)) + sum(3 * c * c + 3 * c for c in (64, 128, 256)) \
+        + (128 * 64 + 2 * 64) + (256 * 128 + 2 * 128)
+    assert distiller.get_extra_parameters() == 2 * complex_weights + others   # real and imaginary parts
+    assert complex_weights + others == 13_102_856   # the authors' numel (a complex weight once): 13.1 M
+    assert all(level.input_conv is None for level in distiller.hierarchy) and cfg.FAMKD.STU_PREACT
+
+
+def test_gradients_reach_student_and_hierarchy_only():
     distiller = build().train()
     assert {id(p) for p in distiller.get_learnable_parameters()} == \
-           {id(p) for m in (distiller.student, distiller.abfs) for p in m.parameters()}
-    assert distiller.get_extra_parameters() == sum(p.numel() for p in distiller.abfs.parameters())
+           {id(p) for m in (distiller.student, distiller.hierarchy) for p in m.parameters()}
+    assert distiller.get_extra_parameters() == sum(p.numel() for p in distiller.hierarchy.parameters())
     _, losses = distiller(image=torch.randn(4, 3, 16, 16), target=torch.randint(0, 10, (4,)), epoch=30)
     sum(losses.values()).backward()
-    assert all(p.grad is not None for m in (distiller.student, distiller.abfs) for p in m.parameters())
+    assert all(p.grad is not None for m in (distiller.student, distiller.hierarchy) for p in m.parameters())
     assert all(p.grad is None for p in distiller.teacher.parameters())
 
 
+@pytest.mark.parametrize("opts, match", [(["FAMKD.MID_CHANNELS=[8,8]"], "needs 4 widths"),
+                                         (["FAMKD.FUSION=conv"], "attention, abf"),
+                                         (["FAMKD.MID_CHANNELS=[8,8,9,8]"], "even widths")])
+def test_config_errors(opts, match):
+    with pytest.raises(ConfigError, match=match):
+        build(*opts)
+
+
+AUTHORS_WEIGHTS = {"res56_res20.yaml": 0.8, "res32x4_res8x4.yaml": 20.0, "wrn40_2_wrn_16_2.yaml": 5.0,
+                   "wrn40_2_wrn_40_1.yaml": 5.0, "wrn40_2_shuv1.yaml": 5.0}   # the last: their teacher's weight
+
+
 @pytest.mark.parametrize("pair", SFAKD_PAIRS)
-def test_cifar_configs_cover_the_sfakd_pairs_with_the_published_weights(pair):
+def test_cifar_configs_cover_the_sfakd_pairs_with_the_authors_weights(pair):
     cfg = build_cfg(os.path.join(REPO_ROOT, "configs", "cifar100", "famkd", pair))
     sfakd = build_cfg(os.path.join(REPO_ROOT, "configs", "cifar100", "sfakd", pair))
     assert cfg.DISTILLER.TYPE == "FAMKD" and cfg.EXPERIMENT.TAG.startswith("famkd,")
     assert (cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT, cfg.SOLVER.LR) == \
            (sfakd.DISTILLER.TEACHER, sfakd.DISTILLER.STUDENT, sfakd.SOLVER.LR)
-    weight = 0.8 if pair == "res56_res20.yaml" else 5.0 if pair.startswith("wrn40_2") else 1.0
-    assert cfg.FAMKD.FAMKD_WEIGHT == weight
+    assert cfg.FAMKD.FAMKD_WEIGHT == AUTHORS_WEIGHTS.get(pair, 1.0) and cfg.FAMKD.FUSION == "attention"
+    assert cfg.FAMKD.STU_PREACT == (pair == "res32x4_res8x4.yaml")
 
 
-@pytest.mark.parametrize("pair", ["r34_r18", "r50_mv1"])
-def test_imagenet_configs_load(pair):
-    cfg = build_cfg(os.path.join(REPO_ROOT, "configs", "imagenet", pair, "famkd.yaml"))
-    assert cfg.DISTILLER.TYPE == "FAMKD" and cfg.DATASET.TYPE == "imagenet"
+def test_imagenet_configs_load_with_the_authors_widths():
+    r34 = build_cfg(os.path.join(REPO_ROOT, "configs", "imagenet", "r34_r18", "famkd.yaml"))
+    assert (list(r34.FAMKD.MID_CHANNELS), r34.FAMKD.NUM_STAGES, r34.FAMKD.POOLED_LOSS) == \
+           ([64, 128, 256, 512, 512], 4, False)
+    assert (r34.SOLVER.BATCH_SIZE, r34.SOLVER.LR, r34.FAMKD.WARMUP_EPOCHS) == (128, 0.1, 1)
+    r50 = build_cfg(os.path.join(REPO_ROOT, "configs", "imagenet", "r50_mv1", "famkd.yaml"))
+    assert r50.DISTILLER.TYPE == "FAMKD" and r50.DATASET.TYPE == "imagenet"

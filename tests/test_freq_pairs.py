@@ -39,9 +39,9 @@ def test_every_method_has_the_sfakd_pairs():
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("pair", PAIRS)
 def test_pair_builds_with_modules_sized_from_the_maps_and_trains_one_step(tmp_path, pair, method):
-    # FAM-KD's complex weights are MID_CHANNEL x C x h x w per level (268M values for res50 -> mv2 at the default
-    # width): a narrow fusion keeps the test light and changes no map-derived size.
-    narrow = ["FAMKD.MID_CHANNEL=16"] if method == "famkd" else []
+    # FAM-KD's complex weights are width x C x h x w per level (the student's widths by default): a narrow fusion
+    # keeps the test light and changes no map-derived size.
+    narrow = ["FAMKD.MID_CHANNELS=[16,16,16,16]"] if method == "famkd" else []
     cfg = build_cfg(os.path.join(REPO_ROOT, "configs", "cifar100", method, pair), [f"LOG.PREFIX={tmp_path}", *narrow])
     torch.manual_seed(0)
     student = cifar_model_dict[cfg.DISTILLER.STUDENT][0](num_classes=100)
@@ -51,7 +51,7 @@ def test_pair_builds_with_modules_sized_from_the_maps_and_trains_one_step(tmp_pa
     distiller = distiller_dict[cfg.DISTILLER.TYPE](student, teacher, cfg, num_data=10, num_classes=100).train()
     maps = teacher_maps(cfg.DISTILLER.TEACHER)
     if method == "famkd":
-        heads = [abf.conv2[0] for abf in reversed(distiller.abfs)]
+        heads = [level.head[0] for level in reversed(distiller.hierarchy)]
         assert all(isinstance(h, FrequencyAttention) for h in heads)
         expected = maps[-(len(heads) - 1):] + [(maps[-1][0], 1, 1)]  # (out channels, h, w) per level + pooled
         assert [tuple(h.real_weight.shape[1:]) for h in heads] == expected

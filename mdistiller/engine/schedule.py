@@ -25,3 +25,11 @@ def learning_rate(epoch: int, solver: CN) -> float:
         progress = (epoch - 1 - solver.WARMUP_EPOCHS) / span
         return 0.5 * solver.LR * (1.0 + math.cos(math.pi * progress))
     raise ConfigError(f"SOLVER.LR_SCHEDULER must be one of {', '.join(SCHEDULERS)}, got '{solver.LR_SCHEDULER}'.")
+
+
+def linear_warmup_factor(iteration: int, warmup_iters: int, start_factor: float) -> float:
+    """mmdetection's linear warm-up counted in iterations: the LR multiplier at `iteration` (from 0),
+    ``start_factor + (1 - start_factor) * iteration / warmup_iters``, and 1 from `warmup_iters` on."""
+    if iteration >= warmup_iters:
+        return 1.0
+    return start_factor + (1.0 - start_factor) * iteration / warmup_iters

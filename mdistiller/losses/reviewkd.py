@@ -1,23 +1,34 @@
 """Knowledge review (Chen et al., "Distilling Knowledge via Knowledge Review", CVPR 2021).
 
-`ABF` is the attention-based fusion block, `ReviewFusion` the top-down fusion of a feature
-hierarchy through one ABF per level, and `hcl_loss` the hierarchical context loss. `ReviewFusion`
-works on any list of maps (shallow level first), so other methods can reuse the hierarchy.
+`ABF` is the attention-based fusion block (its fusion step `SigmoidAttentionFusion`), `ReviewFusion`
+the top-down fusion of a feature hierarchy through one ABF per level, and `hcl_loss` the hierarchical
+context loss. `FusionHierarchy` runs any such levels (shallow level first), so other methods can reuse
+the hierarchy with their own blocks.
 """
 
-from typing import Callable, List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 Size = Union[int, Tuple[int, int]]
-HeadFactory = Callable[[int, int, Tuple[int, int]], nn.Module]
-"""(mid_channel, out_channel, out_size) -> the module taking a fused map to a level's output."""
 
 
 def _pair(size: Size) -> Tuple[int, int]:
     return (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+
+
+class SigmoidAttentionFusion(nn.Sequential):
+    """ReviewKD's fusion of a map x with the deeper level's map y of the same shape: two attention
+    maps ``a = sigmoid(conv1x1([x, y]))`` (2C -> 2, with bias), output ``x * a_0 + y * a_1``."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__(nn.Conv2d(channels * 2, 2, kernel_size=1), nn.Sigmoid())
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        att = super().forward(torch.cat([x, y], dim=1))
+        return x * att[:, 0:1] + y * att[:, 1:2]
 
 
 class ABF(nn.Module):
@@ -25,72 +36,72 @@ class ABF(nn.Module):
     deeper level through two sigmoid attention maps, resized to `out_size`, then 3x3 conv + BN.
 
     `forward(x, residual, out_size)` returns `(output, fused)`: the output matched against the
-    teacher and the fused map handed to the next, shallower level. `head` replaces the output
-    3x3 conv + BN (FAM-KD puts its frequency attention module there).
+    teacher and the fused map handed to the next, shallower level.
     """
 
-    def __init__(self, in_channel: int, mid_channel: int, out_channel: int, fuse: bool,
-                 head: Optional[nn.Module] = None) -> None:
+    def __init__(self, in_channel: int, mid_channel: int, out_channel: int, fuse: bool) -> None:
         super().__init__()
         self.conv1 = nn.Sequential(nn.Conv2d(in_channel, mid_channel, kernel_size=1, bias=False),
                                    nn.BatchNorm2d(mid_channel))
-        self.conv2 = head if head is not None else nn.Sequential(
-            nn.Conv2d(mid_channel, out_channel, kernel_size=3, padding=1, bias=False), nn.BatchNorm2d(out_channel))
-        self.att_conv = (nn.Sequential(nn.Conv2d(mid_channel * 2, 2, kernel_size=1), nn.Sigmoid())
-                         if fuse else None)
+        self.conv2 = nn.Sequential(nn.Conv2d(mid_channel, out_channel, kernel_size=3, padding=1, bias=False),
+                                   nn.BatchNorm2d(out_channel))
+        self.att_conv = SigmoidAttentionFusion(mid_channel) if fuse else None
         nn.init.kaiming_uniform_(self.conv1[0].weight, a=1)
-        if head is None:
-            nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
+        nn.init.kaiming_uniform_(self.conv2[0].weight, a=1)
 
     def forward(self, x: torch.Tensor, residual: Optional[torch.Tensor] = None,
                 out_size: Optional[Size] = None) -> Tuple[torch.Tensor, torch.Tensor]:
         x = self.conv1(x)
         if self.att_conv is not None:
-            residual = F.interpolate(residual, size=x.shape[-2:], mode="nearest")
-            att = self.att_conv(torch.cat([x, residual], dim=1))
-            x = x * att[:, 0:1] + residual * att[:, 1:2]
+            x = self.att_conv(x, F.interpolate(residual, size=x.shape[-2:], mode="nearest"))
         if out_size is not None and tuple(x.shape[-2:]) != _pair(out_size):
             x = F.interpolate(x, size=_pair(out_size), mode="nearest")
         return self.conv2(x), x
 
 
-class ReviewFusion(nn.ModuleList):
-    """One ABF per level, fused from the deepest level up.
+class FusionHierarchy(nn.ModuleList):
+    """Levels fused from the deepest up. Child ``i`` serves level ``n - 1 - i`` (child 0 the deepest
+    level, the only one without a deeper map) and is called ``child(x, residual, out_size)`` ->
+    ``(output, fused)``, `residual` being the deeper child's fused map (None for child 0).
+
+    `forward(features)` takes the maps shallow level first and returns the outputs in the same order.
+    """
+
+    def __init__(self, levels: Sequence[nn.Module], out_shapes: Sequence[Size]) -> None:
+        super().__init__(levels)
+        self.out_shapes = [_pair(s) for s in out_shapes]
+
+    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+        if len(features) != len(self):
+            raise ValueError(f"{type(self).__name__} built for {len(self)} levels got {len(features)} maps")
+        outputs: List[torch.Tensor] = []
+        residual = None
+        for level, feature, size in zip(self, reversed(features), reversed(self.out_shapes)):
+            out, residual = level(feature, residual, size)
+            outputs.insert(0, out)
+        return outputs
+
+
+class ReviewFusion(FusionHierarchy):
+    """One ABF per level, fused from the deepest level up (:class:`FusionHierarchy`).
 
     Args:
         in_channels: channels of the input maps, shallow level first.
         mid_channel: width of the fused maps.
         out_channels: channels of the outputs, shallow level first.
         out_shapes: spatial size (int or (h, w)) of each output, shallow level first.
-        head: builds each level's output module from (mid_channel, out_channel, out_size) in place
-            of ABF's 3x3 conv + BN.
 
-    `forward(features)` takes the maps shallow level first and returns the outputs in the same
-    order. Child `i` serves level `n - 1 - i` (child 0 the deepest level, the only one without
-    fusion), which is the order MDistiller's `abfs` state-dict keys follow.
+    Child `i` serves level `n - 1 - i`, the order MDistiller's `abfs` state-dict keys follow.
     """
 
     def __init__(self, in_channels: Sequence[int], mid_channel: int, out_channels: Sequence[int],
-                 out_shapes: Sequence[Size], head: Optional[HeadFactory] = None) -> None:
+                 out_shapes: Sequence[Size]) -> None:
         if not len(in_channels) == len(out_channels) == len(out_shapes):
             raise ValueError(f"ReviewFusion needs one entry per level: {len(in_channels)} in_channels, "
                              f"{len(out_channels)} out_channels, {len(out_shapes)} out_shapes")
         last = len(in_channels) - 1
-        shapes = [_pair(s) for s in out_shapes]
-        super().__init__(ABF(in_channels[i], mid_channel, out_channels[i], fuse=i < last,
-                             head=None if head is None else head(mid_channel, out_channels[i], shapes[i]))
-                         for i in reversed(range(len(in_channels))))
-        self.out_shapes = shapes
-
-    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
-        if len(features) != len(self):
-            raise ValueError(f"ReviewFusion built for {len(self)} levels got {len(features)} maps")
-        outputs: List[torch.Tensor] = []
-        residual = None
-        for abf, feature, size in zip(self, reversed(features), reversed(self.out_shapes)):
-            out, residual = abf(feature, residual, size)
-            outputs.insert(0, out)
-        return outputs
+        super().__init__([ABF(in_channels[i], mid_channel, out_channels[i], fuse=i < last)
+                          for i in reversed(range(len(in_channels)))], out_shapes)
 
 
 def hcl_loss(features_student: Sequence[torch.Tensor], features_teacher: Sequence[torch.Tensor]) -> torch.Tensor:

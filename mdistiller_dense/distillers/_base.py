@@ -62,10 +62,12 @@ def level_channels(model: nn.Module, names: Sequence[str]) -> List[int]:
     return [shape[0] for shape in level_shapes(model, names)]
 
 
-def align_convs(s_channels: Sequence[int], t_channels: Sequence[int], bias: bool = True) -> nn.ModuleList:
-    """Per level a 1x1 conv from the student's to the teacher's channels, or Identity when equal."""
+def align_convs(s_channels: Sequence[int], t_channels: Sequence[int], bias: bool = True,
+                always: bool = False) -> nn.ModuleList:
+    """Per level a 1x1 conv from the student's to the teacher's channels, or Identity when they are
+    equal (unless `always`: FreeKD's authors align every level)."""
     return nn.ModuleList(
-        nn.Conv2d(cs, ct, kernel_size=1, bias=bias) if cs != ct else nn.Identity()
+        nn.Conv2d(cs, ct, kernel_size=1, bias=bias) if always or cs != ct else nn.Identity()
         for cs, ct in zip(s_channels, t_channels))
 
 

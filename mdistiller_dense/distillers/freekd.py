@@ -2,7 +2,7 @@
 Prompt", CVPR 2024 (math: mdistiller/frequency/, mdistiller/losses/freekd.py; prompt file and band
 loss: mdistiller/distillers/_prompts.py)."""
 
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -27,15 +27,17 @@ class DenseFREEKD(DenseDistiller):
     """FreeKD's detection / segmentation recipe, stage 2 (stage 1: :meth:`prepare`).
 
     On the last NUM_STAGES captured maps (default: every FPN level; segmenters ``backbone.layer4``),
-    the student's map is aligned to the teacher's channels (1x1 conv where they differ) and size;
+    the student's map passes a 1x1 align conv to the teacher's channels (on every level, also when
+    the channels are equal, as the authors' ``align_module``) and is resized to the teacher's size;
 
         loss_kd   = WEIGHT * sum_levels sum_k mean | M_{k,t} * a_k - M_{k,t} * b_k |   (frozen prompts)
         loss_feat = FEAT_WEIGHT * sum_levels MSE(align(s), t)
-        loss_reg  = REG_WEIGHT * smooth-L1(student box regression, teacher box regression)
+        loss_reg  = REG_WEIGHT * sum_levels mean smooth-L1(student box regression, teacher's)   (beta 1)
 
-    The regression outputs compared are the dense heads' (FCOS / RetinaNet ``head`` bbox_regression,
-    Faster R-CNN's RPN deltas; the teacher's head runs on its FPN maps), every location alike (the
-    supplement names the term, not its positions). LOW_BAND / RELATION select the paper's variants.
+    The regression outputs compared are the dense heads' per FPN level (FCOS / RetinaNet ``head``
+    bbox_regression split by level, Faster R-CNN's RPN deltas; the teacher's head runs on its FPN
+    maps): one mean per level, summed, as the authors' distiller takes one loss per call of
+    ``bbox_head.retina_reg``. LOW_BAND / RELATION select the paper's variants.
     """
 
     init_prompts = PromptDistiller.init_prompts            # the same prompt loading and band loss as
@@ -52,7 +54,7 @@ class DenseFREEKD(DenseDistiller):
         self.weights = (s.WEIGHT, s.FEAT_WEIGHT, s.REG_WEIGHT)
         self.teacher_indices = distilled_levels(len(self.t_channels), s.NUM_STAGES)
         self.align = align_convs([self.s_channels[i] for i in self.teacher_indices],
-                                 [self.t_channels[i] for i in self.teacher_indices])
+                                 [self.t_channels[i] for i in self.teacher_indices], always=True)
         self.init_prompts(cfg, teacher)
         self.head_capture: Optional[FeatureCapture] = None
         if s.REG_WEIGHT > 0 and self.detection:
@@ -70,10 +72,16 @@ class DenseFREEKD(DenseDistiller):
         return "rpn.head" if hasattr(model, "rpn") else "head"
 
     @staticmethod
-    def _regression(output) -> Tensor:
-        if isinstance(output, dict):  # FCOS / RetinaNet head: (N, locations, 4)
-            return output["bbox_regression"]
-        return torch.cat([deltas.flatten(1) for deltas in output[1]], dim=1)  # RPN head: deltas per level
+    def regression_levels(output, maps: Sequence[Tensor]) -> List[Tensor]:
+        """A head's box-regression outputs, one tensor per FPN level of `maps`: the RPN's deltas as
+        they come; the FCOS / RetinaNet head's (N, locations, 4) split by the levels' positions
+        (times the anchors per position)."""
+        if isinstance(output, dict):
+            regression = output["bbox_regression"]
+            positions = [m.shape[-2] * m.shape[-1] for m in maps]
+            anchors = regression.shape[1] // sum(positions)
+            return list(regression.split([p * anchors for p in positions], dim=1))
+        return list(output[1])
 
     @classmethod
     def prepare(cls, cfg: CN) -> str:
@@ -92,9 +100,10 @@ class DenseFREEKD(DenseDistiller):
             losses["loss_feat"] = feat_weight * sum(F.mse_loss(s.float(), t.float())
                                                     for s, t in zip(student_maps, teacher_maps))
         if self.head_capture is not None:
-            student_reg = self._regression(self.head_capture.pop()[0])
+            student_reg = self.regression_levels(self.head_capture.pop()[0], t_levels)
             head = self.teacher.rpn.head if hasattr(self.teacher, "rpn") else self.teacher.head
             with torch.no_grad():
-                teacher_reg = self._regression(head(t_levels))
-            losses["loss_reg"] = reg_weight * F.smooth_l1_loss(student_reg.float(), teacher_reg.float())
+                teacher_reg = self.regression_levels(head(t_levels), t_levels)
+            losses["loss_reg"] = reg_weight * sum(F.smooth_l1_loss(s.float(), t.float())
+                                                  for s, t in zip(student_reg, teacher_reg))
         return losses
