@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers import Distiller
-from mdistiller.distillers._classifier import find_classifier
+from mdistiller.distillers.classifier import find_classifier
 from mdistiller.engine.build import build_distiller, build_model, predicts_through_distiller
 from mdistiller.engine.cfg import dump_cfg, load_cfg_text
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_prefix, student_state_dict
@@ -101,7 +101,7 @@ def prune_teacher(distiller: Distiller, image_size: int) -> Distiller:
     """A copy of `distiller` whose teacher keeps only what ``forward_test`` calls."""
     pruned = copy.deepcopy(distiller)
     if pruned.teacher is not None:
-        pruned.__dict__.pop("inference_teacher", None)
+        pruned.inference_teacher = None
         pruned.teacher = keep_submodules(pruned.teacher, teacher_modules_used(pruned, image_size))
     return pruned.eval()
 

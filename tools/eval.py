@@ -25,7 +25,7 @@ from mdistiller.dataset import get_dataset
 from mdistiller.engine.build import build_distiller, build_model, predicts_through_distiller
 from mdistiller.engine.cfg import CFG, load_cfg_text, merge_overrides
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, strip_prefix, student_state_dict
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device
 from mdistiller.errors import CheckpointError, ConfigError

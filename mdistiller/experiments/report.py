@@ -37,7 +37,11 @@ def flatten(node: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def run_method(run: Run) -> str:
-    return str(run.key("DISTILLER.TYPE", "NONE"))
+    """DISTILLER.TYPE, followed by the stage for a run of a stage before training (FREEKD's
+    prompts in the teacher: "FREEKD stage PROMPTS", whose accuracy is the prompted teacher's)."""
+    method = str(run.key("DISTILLER.TYPE", "NONE"))
+    stage = str(run.key("EXPERIMENT.STAGE", "TRAIN"))
+    return method if stage == "TRAIN" else f"{method} stage {stage}"
 
 
 def run_pair(run: Run) -> Tuple[str, str, str, str]:
@@ -50,7 +54,7 @@ def run_pair(run: Run) -> Tuple[str, str, str, str]:
 def training_settings(run: Run) -> Dict[str, Any]:
     """The run's config keys that decide what it learns (seed excluded)."""
     sections = list(SETTING_SECTIONS)
-    method = run_method(run)
+    method = str(run.key("DISTILLER.TYPE", "NONE"))
     if method != "NONE" and method in run.cfg:
         sections.append(method)
     flat = {}
