@@ -6,14 +6,10 @@ keys that do not change what is trained (device, workers, paths, logging) left o
 reports the mean ± sample standard deviation (n - 1) of the runs' best and last test top-1.
 """
 
-import math
 import os
-import statistics
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from mdistiller.experiments.published import published_top1
-from mdistiller.experiments.runs import Run, find_runs
+from mdistiller.experiments.runs import Group, Run, find_runs
 from mdistiller.experiments.tables import markdown_table, write_csv
 
 # Config sections that decide what a run trains (plus the method's own section).
@@ -63,60 +59,6 @@ def training_settings(run: Run) -> Dict[str, Any]:
     if method == "NONE":
         flat.pop("DISTILLER.TEACHER", None)
     return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS}
-
-
-@dataclass
-class Summary:
-    """Mean, sample std (nan for one run) and the values."""
-
-    values: List[float]
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
-
-    def text(self) -> str:
-        return f"{self.mean:.2f}" if len(self.values) < 2 else f"{self.mean:.2f} ± {self.std:.2f}"
-
-
-@dataclass
-class Group:
-    """The runs of one method, pair and setting."""
-
-    dataset: str
-    method: str
-    teacher: str
-    student: str
-    setting: str
-    runs: List[Run] = field(default_factory=list)
-
-    @property
-    def pair(self) -> str:
-        return f"{self.teacher} → {self.student}" if self.teacher else f"{self.student} (alone)"
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} {self.setting}".strip()
-
-    @property
-    def best(self) -> Summary:
-        return Summary([r.best_acc for r in self.runs])
-
-    @property
-    def last(self) -> Summary:
-        return Summary([r.last_acc for r in self.runs])
-
-    @property
-    def seeds(self) -> List[int]:
-        return sorted(int(r.key("EXPERIMENT.SEED", 0)) for r in self.runs)
-
-    @property
-    def published(self) -> Optional[float]:
-        return published_top1(self.dataset, self.method, self.teacher, self.student)
 
 
 def _value_text(value: Any) -> str:
