@@ -63,7 +63,7 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
     distributed = init_distributed(cfg, resolve_device(cfg.SOLVER.DEVICE))
     finished = False
     try:
-        name, _ = experiment_name(cfg, opts)
+        name, tags = experiment_name(cfg, opts)
         run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, name)
         ensure_writable_dir(run_dir)  # before the slow part: data and models
         seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
@@ -75,6 +75,7 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
         if cfg.DISTILLER.TYPE != "NONE":
             print(f"Extra parameters of {cfg.DISTILLER.TYPE}: {distiller.get_extra_parameters()}")
         trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, val_loader, cfg, run_dir=run_dir)
+        trainer.wandb_tags = tags
         print(f"Run directory: {trainer.run_dir}")
         trainer.train(resume=resume)
         finished = True

@@ -12,7 +12,8 @@ from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
 from mdistiller.engine.cfg import dump_cfg
-from mdistiller.engine.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
+from mdistiller.engine.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
+                                          unwrapped)
 from mdistiller.engine.distributed import (NullLog, all_gather_objects, barrier, broadcast_buffers, is_main_process,
                                            local_device, max_each_over_processes, max_over_processes,
                                            mean_over_processes, rank, reduce_meters, set_sampler_epoch,
@@ -88,6 +89,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.best_acc = -1.0
         self.wandb_id: Optional[str] = None
+        self.wandb_tags: List[str] = cfg.EXPERIMENT.TAG.split(",")  # train_run adds the KEY:VALUE overrides
         self.skip_nonfinite = bool(cfg.SOLVER.SKIP_NONFINITE)
         self.skipped_steps = 0
         self.stop = StopSignals(announce=False)  # the active one while train() runs
@@ -125,8 +127,7 @@ class Trainer:
         tensorboard = TensorBoardLog(self.run_dir) if self.is_main else NullLog()
         wandb_log = None
         if self.cfg.LOG.WANDB and self.is_main:
-            tags = self.cfg.EXPERIMENT.TAG.split(",")
-            wandb_log = WandbLog(self.cfg, self.run_dir, self.experiment_name, tags, self.wandb_id)
+            wandb_log = WandbLog(self.cfg, self.run_dir, self.experiment_name, self.wandb_tags, self.wandb_id)
             self.wandb_id = wandb_log.run_id
         try:
             with StopSignals(announce=self.is_main) as self.stop:
@@ -398,10 +399,7 @@ class Trainer:
             raise CheckpointError(
                 f"Cannot resume: checkpoint lacks {', '.join(missing)} (a student-only file?). Resume from 'latest'."
             )
-        model = state["model"]
-        if model and all(k.startswith("module.") for k in model):
-            model = {k[len("module."):]: v for k, v in model.items()}
-        load_weights(self.distiller, model, "Resume checkpoint")
+        load_weights(self.distiller, unwrapped(state["model"]), "Resume checkpoint")
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])
