@@ -39,6 +39,8 @@ class CRD(Distiller):
     `get_extra_parameters` counts the memory banks too, as MDistiller does.
     """
 
+    batch_fields = ("contrastive_index",)
+
     def __init__(self, student, teacher, cfg, num_data: int, **data_info) -> None:
         super().__init__(student, teacher)
         self.ce_loss_weight = cfg.CRD.LOSS.CE_WEIGHT

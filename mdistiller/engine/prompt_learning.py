@@ -137,7 +137,7 @@ def learn_prompts(cfg: CN, name: str, verbose: bool = True, resume: bool = False
     section = cfg[name]
     stage_cfg = prompt_learning_cfg(cfg, name)
     seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
-    train_loader, val_loader, _, num_classes = get_dataset(stage_cfg)
+    train_loader, val_loader, _, num_classes = get_dataset(stage_cfg, batch_fields=())
     device = resolve_device(cfg.SOLVER.DEVICE)
     teacher = build_teacher(cfg, num_classes).to(device).eval()
     dtype = autocast_dtype(device, cfg.SOLVER)

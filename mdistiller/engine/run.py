@@ -23,7 +23,7 @@ from mdistiller.registry import Registry
 def build_classification_run(cfg: CN) -> Tuple[object, object, nn.Module]:
     """The loaders and the distiller of a classification run (names checked before the data is read)."""
     check_names(cfg)
-    train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
+    train_loader, val_loader, num_data, num_classes = get_dataset(cfg, distiller_dict.get(cfg.DISTILLER.TYPE).batch_fields)
     return train_loader, val_loader, build_distiller(cfg, num_data, num_classes)
 
 

@@ -55,8 +55,9 @@ class Trainer:
 
     Owns the device, autocast and the optimizer. Checkpoints keep MDistiller's names (`latest`,
     `best`, `student_latest`, `student_best`, `epoch_N`, `student_N`) under `LOG.PREFIX/<name>`.
-    Batches are `(image, target, index[, contrastive_index])`; all but image and target reach the
-    distiller as keyword arguments.
+    Batches are `(image, target, index, *fields)` with the fields the distiller declares in
+    `batch_fields` (CRD: contrastive_index); all but image and target reach the distiller as
+    keyword arguments.
 
     Speed (mdistiller/engine/fast_path.py): autocast (SOLVER.AMP), channels_last, the teacher's fast
     inference copy, torch.compile. Under torchrun (mdistiller/engine/distributed.py) `train_model`
@@ -284,7 +285,7 @@ class Trainer:
 
     def to_device(self, batch) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         image, target = batch[0], batch[1]
-        names = ("index", "contrastive_index")
+        names = ("index", *getattr(self.distiller, "batch_fields", ()))  # what the method declares it needs
         extra = {name: value.to(self.device, non_blocking=True) for name, value in zip(names, batch[2:])}
         image = image.to(self.device, non_blocking=True).float()
         if self.channels_last:
