@@ -1,5 +1,6 @@
 """Frequency prompts of a teacher, shared by the prompt-based distillers (FreeKD; adaptive frequency
-prompting reuses the same keys, file, stage-1 tool and band loss through :class:`PromptDistiller`).
+prompting reuses the same keys, file, stage 1 and band loss through :class:`PromptDistiller`; dense
+FreeKD the band loss through :class:`PromptBandLoss`).
 
 A method declares its config section with :func:`prompt_defaults` (plus its own keys) and the stage
 ``"PROMPTS"`` in its ``stages``; the engine runs that stage (:mod:`mdistiller.engine.prompt_learning`,
@@ -17,8 +18,8 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-from mdistiller.distillers._base import Distiller
 from mdistiller.dataset.base import image_size
+from mdistiller.distillers._base import Distiller
 from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.errors import ConfigError
 from mdistiller.frequency.prompt import DIVERSITY_KINDS, FrequencyBands, FrequencyPrompt

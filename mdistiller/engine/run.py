@@ -38,8 +38,8 @@ def run_stages(cfg: CN, methods: Registry = distiller_dict, resume: bool = False
             continue
         if launched_by_torchrun():  # every process would write the same file: one process runs it first
             raise ConfigError(f"Stage {stage.name} of {cfg.DISTILLER.TYPE} has not run ({stage.output(cfg)} is missing "
-                              "or unfinished); run the same command once without torchrun, or its stage tool "
-                              "(e.g. tools/train_prompt.py), then launch torchrun.")
+                              "or unfinished); run the stage alone first, with the same arguments and without "
+                              "torchrun (e.g. tools/train_prompt.py), then launch torchrun again.")
         stage.run(cfg, resume=resume, verbose=verbose)
         ran.append(stage.name)
     return ran

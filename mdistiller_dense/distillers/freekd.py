@@ -7,7 +7,6 @@ from typing import List, Optional
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from yacs.config import CfgNode as CN
 
 from mdistiller.distillers.frequency_prompts import PromptBandLoss, check_section, distilled_indices, prompt_defaults
 from mdistiller.errors import ConfigError
