@@ -33,12 +33,13 @@ class Registry:
             return add(obj)
         return add
 
-    def get(self, name: str):
+    def get(self, name: str, where: str = ""):
+        """The object registered as `name`; `where` (e.g. " for dataset 'digits'") goes into the error."""
         if name not in self._items:
             close = difflib.get_close_matches(name, self._items, n=3)
             hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise UnknownNameError(
-                f"Unknown {self.kind} '{name}'.{hint} Known: {', '.join(sorted(self._items))}."
+                f"Unknown {self.kind} '{name}'{where}.{hint} Known: {', '.join(sorted(self._items))}."
             )
         return self._items[name]
 

@@ -8,5 +8,6 @@ run by tools/train_dense.py and tools/eval_dense.py.
 
 from mdistiller_dense.distillers import dense_distiller_dict
 from mdistiller_dense.trainer import DenseTrainer
+from mdistiller_dense.prompt_learning import DensePromptStage  # registers the "DENSE_PROMPTS" stage
 
-__all__ = ["dense_distiller_dict", "DenseTrainer"]
+__all__ = ["dense_distiller_dict", "DensePromptStage", "DenseTrainer"]

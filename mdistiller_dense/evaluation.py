@@ -5,7 +5,6 @@ import io
 from collections import OrderedDict
 from typing import Callable, ContextManager, Dict, List, Optional, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor

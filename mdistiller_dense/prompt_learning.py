@@ -7,8 +7,9 @@ of their prompt (:class:`mdistiller.frequency.prompt.FrequencyPrompt`); only the
 the task loss plus ``DIVERSITY_WEIGHT`` times the masks' diversity. Detectors run in training mode
 (their BatchNorm is frozen, so nothing but the prompts changes) to return their losses. The solver,
 prompt file and its checks are those of classification's stage 1
-(:mod:`mdistiller.engine.prompt_learning`, :mod:`mdistiller.distillers._prompts`); the validation
-AP / mIoU it logs is the prompted teacher's.
+(:mod:`mdistiller.engine.prompt_learning`, :mod:`mdistiller.distillers.frequency_prompts`); the validation
+AP / mIoU it logs is the prompted teacher's. Dense FREEKD declares it as its ``"DENSE_PROMPTS"`` stage
+(:class:`DensePromptStage`), which the engine runs before training when the prompt file is missing.
 """
 
 from collections import OrderedDict
@@ -19,25 +20,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-from mdistiller.distillers._prompts import build_prompts
-from mdistiller.engine.prompt_learning import PromptTrainer, prompt_learning_cfg, run_prompt_trainer
+from mdistiller.distillers.frequency_prompts import build_prompts, distilled_indices
 from mdistiller.engine.distributed import local_device, process_group, shard_loaders
+from mdistiller.engine.prompt_learning import PromptStage, PromptTrainer, prompt_learning_cfg, run_prompt_trainer
+from mdistiller.engine.stages import stage_dict
 from mdistiller.engine.utils import resolve_device, seed_everything
-from mdistiller.errors import ConfigError
 from mdistiller_dense.build import build_dense_teacher
 from mdistiller_dense.data import build_dense_loaders
 from mdistiller_dense.hooks import as_levels, default_feature_modules
 from mdistiller_dense.models import DETECTORS, parse_model_name
 from mdistiller_dense.trainer import DenseTrainer, dense_evaluate
 
-__all__ = ["PromptedDenseTeacher", "DensePromptTrainer", "distilled_levels", "learn_dense_prompts"]
-
-
-def distilled_levels(num_levels: int, num_stages: int) -> List[int]:
-    """Indices of the last ``num_stages`` of ``num_levels`` captured maps."""
-    if not 1 <= num_stages <= num_levels:
-        raise ConfigError(f"FREEKD.NUM_STAGES must be between 1 and {num_levels} (the captured maps), got {num_stages}.")
-    return list(range(num_levels - num_stages, num_levels))
+__all__ = ["DensePromptStage", "PromptedDenseTeacher", "DensePromptTrainer", "learn_dense_prompts"]
 
 
 def _rebuild(output, levels: List[Tensor]):
@@ -127,18 +121,19 @@ class DensePromptTrainer(PromptTrainer, DenseTrainer):
     """Classification's prompt trainer (prompt file after every epoch) with the dense batches and metrics."""
 
 
-def learn_dense_prompts(cfg: CN, name: str = "FREEKD", verbose: bool = True) -> str:
-    """Stage 1 for the dense config ``cfg``; returns the prompt file's path."""
+def learn_dense_prompts(cfg: CN, name: str = "FREEKD", verbose: bool = True, resume: bool = False) -> str:
+    """Stage 1 for the dense config ``cfg``; returns the prompt file's path (`resume`: continue from
+    the stage's ``latest`` checkpoint when there is one)."""
     stage_cfg = prompt_learning_cfg(cfg, name)
     with process_group(cfg, resolve_device(cfg.SOLVER.DEVICE)):
         seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
         train_loader, val_loader, num_classes = build_dense_loaders(stage_cfg)
         train_loader, val_loader = shard_loaders(train_loader, val_loader, cfg.EXPERIMENT.SEED)
-        return _learn_dense_prompts(cfg, stage_cfg, name, train_loader, val_loader, num_classes, verbose)
+        return _learn_dense_prompts(cfg, stage_cfg, name, train_loader, val_loader, num_classes, verbose, resume)
 
 
 def _learn_dense_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_loader, num_classes: int,
-                         verbose: bool) -> str:
+                         verbose: bool, resume: bool) -> str:
     section = cfg[name]
     kind, _ = parse_model_name(cfg.DISTILLER.TEACHER)
     teacher = build_dense_teacher(cfg, num_classes)
@@ -146,7 +141,7 @@ def _learn_dense_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_lo
     from mdistiller_dense.distillers._base import level_channels
 
     channels = level_channels(teacher, names)
-    indices = distilled_levels(len(channels), section.NUM_STAGES)
+    indices = distilled_indices(len(channels), section.NUM_STAGES, name, first=0)
     prompts = build_prompts([channels[i] for i in indices], section)
     device = local_device(resolve_device(cfg.SOLVER.DEVICE))
     plain = dense_evaluate(_Unprompted(teacher, kind in DETECTORS, cfg.DATASET.IGNORE_INDEX, num_classes).to(device),
@@ -156,7 +151,19 @@ def _learn_dense_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_lo
                                  section.DIVERSITY_WEIGHT, cfg.DATASET.IGNORE_INDEX, num_classes)
     metric = "AP" if kind in DETECTORS else "mIoU"
     return run_prompt_trainer(DensePromptTrainer, cfg, stage_cfg, name, model, train_loader, val_loader, indices,
-                              teacher_score, metric, verbose).path
+                              teacher_score, metric, verbose, resume).path
+
+
+@stage_dict.register("DENSE_PROMPTS")
+class DensePromptStage(PromptStage):
+    """The ``"PROMPTS"`` stage (same prompt file, checks and solver) with the dense teacher's own loss:
+    :func:`learn_dense_prompts`."""
+
+    def learn(self, cfg: CN, resume: bool, verbose: bool) -> str:
+        return learn_dense_prompts(cfg, cfg.DISTILLER.TYPE, verbose, resume)
+
+    def stand_in(self, cfg: CN, teacher: nn.Module, directory: str):
+        raise NotImplementedError("no stand-in prompts for dense teachers (tests/dense_helpers.py writes them)")
 
 
 class _Unprompted(nn.Module):

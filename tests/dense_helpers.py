@@ -5,7 +5,7 @@ from typing import Sequence
 
 import torch
 
-from mdistiller.distillers._prompts import build_prompts, prompt_path, prompt_record
+from mdistiller.distillers.frequency_prompts import build_prompts, prompt_path, prompt_record
 from mdistiller.engine.checkpoint import save_checkpoint
 from mdistiller_dense.build import build_dense_teacher
 from mdistiller_dense.config import build_dense_cfg

@@ -3,8 +3,9 @@
 import torch
 from torch import nn
 
-from mdistiller.distillers._prompts import distilled_indices, initial_prompt_file, load_prompts
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers.frequency_prompts import distilled_indices, load_prompts
+from mdistiller.distillers.feature_shapes import feature_shapes
+from mdistiller.engine.prompt_learning import initial_prompt_file
 
 
 def write_prompt_file(cfg, teacher: nn.Module, seed: int = 0) -> nn.ModuleList:

@@ -76,7 +76,7 @@ def test_missing_config_file(cli, tmp_path):
 
 def test_unknown_model_lists_known(cli, tmp_path):
     line = cli(TRAIN, *train_args(tmp_path, "DISTILLER.STUDENT=resnet9"), run_started=True)
-    assert "Unknown model 'resnet9' for dataset 'digits'" in line and "resnet8, " in line and "wrn_16_2" in line
+    assert "model 'resnet9' for dataset 'digits'" in line and "resnet8, " in line and "wrn_16_2" in line
 
 
 def test_unknown_dataset_lists_known(cli, tmp_path):

@@ -11,7 +11,7 @@ from torch import nn
 
 from conftest import REPO_ROOT
 from mdistiller.distillers import distiller_dict
-from mdistiller.engine.benchmark import loader_throughput
+from mdistiller.benchmark import loader_throughput
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.errors import ConfigError
 from mdistiller.models import cifar_model_dict

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from mdistiller.distillers import distiller_dict
-from mdistiller.distillers._classifier import ClassifierInputRecorder, find_classifier
+from mdistiller.distillers.classifier import ClassifierInputRecorder, find_classifier
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.losses.catkd import cat_loss
 from mdistiller.models import cifar_model_dict, imagenet_model_dict

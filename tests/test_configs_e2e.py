@@ -148,10 +148,9 @@ def test_config_trains_one_epoch(path, data_root, log_prefix, monkeypatch):
             opts.append(f"DISTILLER.TEACHER_WEIGHTS={teacher_file(data_root, dataset, cfg.DISTILLER.TEACHER)}")
     if method == "CRD":
         opts.append("CRD.NCE.K=16")
-    if method in cfg and "PROMPT_PATH" in cfg[method]:  # prompt methods: stage 1 (tools/train_prompt.py) first
+    if distiller_dict[method].stages:  # prompt methods: train_run runs stage 1 first
         opts.append(f"{method}.PROMPT_EPOCHS=1")
     run_cfg = build_cfg(path, opts)
-    distiller_dict[method].prepare(run_cfg)
     trainer = train_run(run_cfg, verbose=False)
     run = log_prefix / cfg.EXPERIMENT.PROJECT / "run"
     assert 0.0 <= trainer.best_acc <= 100.0

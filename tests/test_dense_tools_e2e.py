@@ -74,16 +74,16 @@ def test_freekd_stage1_then_stage2(tool, teacher):
     tmp, weights = teacher
     cfg = os.path.join(SHAPES, "freekd.yaml")
     opts = tiny(tmp, "freekd", "DISTILLER.TEACHER_WEIGHTS", weights, "FREEKD.PROMPT_EPOCHS", "1", "FREEKD.NUM_STAGES", "3")
-    missing = tool(TRAIN, "--cfg", cfg, *opts)
-    assert_user_error(missing, "tools/train_dense_prompt.py --cfg", "FREEKD.PROMPT_PATH")
-    stage1 = tool(PROMPT, "--cfg", cfg, *opts)
+    stage1 = tool(PROMPT, "--cfg", cfg, *opts)   # stage 1 alone
     assert_ok(stage1)
     path = re.search(r"Saved the prompts to (.*)", stage1.stdout).group(1).strip()
-    record = torch.load(path, weights_only=True)
-    assert record["feature_indices"] == [2, 3, 4] and record["tokens"] == 6
-    assert record["prompts"]["0.tokens"].shape == (4, 6, 256)
-    stage2 = tool(TRAIN, "--cfg", cfg, *opts)
+    assert torch.load(path, weights_only=True)["epoch"] == 1
+    os.remove(path)
+    stage2 = tool(TRAIN, "--cfg", cfg, *opts)   # no prompt file: the DENSE_PROMPTS stage runs, then stage 2
     assert_ok(stage2)
+    record = torch.load(path, weights_only=True)
+    assert record["feature_indices"] == [2, 3, 4] and record["tokens"] == 6 and record["epoch"] == 1
+    assert record["prompts"]["0.tokens"].shape == (4, 6, 256)
     (metrics,) = records(run_dir_of(stage2))
     assert metrics["loss_kd"] > 0 and metrics["loss_reg"] > 0 and metrics["loss_feat"] > 0
     state = torch.load(os.path.join(run_dir_of(stage2), "latest"), weights_only=True)
@@ -98,7 +98,7 @@ def test_resume_and_checkpoint_round_trip(tool, teacher):
     run_dir = run_dir_of(first)
     latest = torch.load(os.path.join(run_dir, "latest"), weights_only=True)
     assert latest["epoch"] == 1 and any(k.startswith("teacher.") for k in latest["model"])
-    resumed = tool(TRAIN, "--cfg", os.path.join(SHAPES, "pkd.yaml"), *opts, "SOLVER.EPOCHS", "2", "--resume", run_dir)
+    resumed = tool(TRAIN, "SOLVER.EPOCHS", "2", "--resume", run_dir)   # no --cfg: the checkpoint's own config
     assert_ok(resumed)
     assert "Resumed from" in resumed.stdout and [r["epoch"] for r in records(run_dir)] == [1, 2]
     again = torch.load(os.path.join(run_dir, "latest"), weights_only=True)

@@ -1,4 +1,4 @@
-"""tools/export.py and mdistiller.engine.export: deployable files, TorchScript and ONNX that give
+"""tools/export.py and mdistiller.export: deployable files, TorchScript and ONNX that give
 the checkpoint's logits; methods predicting through extra modules keep those and only those."""
 
 import json
@@ -12,7 +12,7 @@ from mdistiller.distillers import distiller_dict
 from mdistiller.distillers.kd import KD
 from mdistiller.engine.cfg import build_cfg, dump_cfg
 from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
-from mdistiller.engine.export import (export_checkpoint, load_deployable, load_torchscript, prune_teacher,
+from mdistiller.export import (export_checkpoint, load_deployable, load_torchscript, prune_teacher,
                                       teacher_modules_used)
 from mdistiller.errors import CheckpointError
 from mdistiller.models import cifar_model_dict

@@ -184,10 +184,10 @@ def test_train_mode_teacher_hooks_and_opt_outs_use_the_real_teacher():
     opted_out = NoFastTeacher(cifar_model_dict["resnet8"][0](num_classes=10),
                               cifar_model_dict["resnet8"][0](num_classes=10), cfg)
     opted_out = prepare_distiller(opted_out, cfg.SOLVER, torch.device("cpu"), channels_last=False)
-    assert "inference_teacher" not in opted_out.__dict__
+    assert opted_out.inference_teacher is None
 
     switched_off, _ = kd_distiller(FAST_TEACHER=False)
-    assert "inference_teacher" not in switched_off.__dict__
+    assert switched_off.inference_teacher is None
 
 
 def test_inference_teacher_with_channels_last():

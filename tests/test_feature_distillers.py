@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import feature_reference as ref
 from conftest import REPO_ROOT
 from mdistiller.distillers import distiller_dict
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.errors import ConfigError
 from mdistiller.losses import ofd_margin

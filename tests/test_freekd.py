@@ -12,11 +12,11 @@ from conftest import REPO_ROOT
 from fake_data import write_fake_cifar100
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
 from mdistiller.distillers import distiller_dict
-from mdistiller.distillers._feature_hook import FeatureSite, locate_features, replace_feature
-from mdistiller.distillers._prompts import build_prompts, prompt_path, prompt_record
+from mdistiller.engine.feature_hook import FeatureSite, locate_features, replace_feature
+from mdistiller.distillers.frequency_prompts import build_prompts, prompt_path, prompt_record
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.prompt_learning import PromptedTeacher
-from mdistiller.engine.run import train_run
+from mdistiller.engine.run import run_stages, train_run
 from mdistiller.errors import ConfigError
 from mdistiller.frequency.prompt import FrequencyBands
 from mdistiller.losses.freekd import ChannelRelation, freekd_band_loss, freekd_loss, relation_weights
@@ -297,8 +297,8 @@ def test_stage1_then_one_epoch_through_train_run_on_fake_cifar100(tmp_path, monk
         "DISTILLER.TEACHER=wrn_16_2",
         f"LOG.PREFIX={tmp_path / 'out'}", "LOG.PROGRESS_BAR=False", "SOLVER.EPOCHS=1", "SOLVER.BATCH_SIZE=12",
         "FREEKD.PROMPT_EPOCHS=1", "EXPERIMENT.NAME=freekd"])
-    path = distiller_dict["FREEKD"].prepare(cfg)
-    assert path == prompt_path(cfg, "FREEKD") and os.path.isfile(path)
+    assert run_stages(cfg, verbose=False) == ["PROMPTS"]
+    path = prompt_path(cfg, "FREEKD")
     record = torch.load(path, weights_only=True)
     assert record["teacher"] == "wrn_16_2" and record["feature_indices"] == [2, 3] and record["epoch"] == 1
     assert set(record["prompts"]) == {"0.tokens", "1.tokens"} and record["prompts"]["1.tokens"].shape == (4, 2, 128)

@@ -12,9 +12,9 @@ import torch
 from conftest import REPO_ROOT, run_tool
 from fake_data import write_fake_cifar100
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
-from mdistiller.distillers._prompts import initial_prompt_file
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.loggers import read_metrics
+from mdistiller.engine.prompt_learning import initial_prompt_file
 from mdistiller.engine.run import train_run
 from mdistiller.models import cifar_model_dict
 from test_trainer import make_trainer

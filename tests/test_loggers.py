@@ -10,7 +10,7 @@ import pytest
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.loggers import WandbLog
 
-from test_trainer import make_trainer
+from test_trainer import STUDENT_CFG, make_trainer
 
 
 class RecordingWandb(types.ModuleType):
@@ -56,6 +56,17 @@ def test_trainer_calls_wandb_once_per_epoch_with_the_whole_config(tmp_path, monk
     assert fake.run.summary["best_acc"] == trainer.best_acc == max(m["test_acc"] for _, m in fake.logged)
     assert fake.finished
     assert trainer.wandb_id == "abc123"
+
+
+def test_command_line_overrides_reach_wandb_as_tags(tmp_path, monkeypatch):
+    from mdistiller.engine.run import train_run
+
+    fake = RecordingWandb()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    opts = ["SOLVER.LR=0.02", f"LOG.PREFIX={tmp_path}", "LOG.WANDB=True", "SOLVER.EPOCHS=1", "DATASET.IMAGE_SIZE=8",
+            "EXPERIMENT.TAG=digits,t"]
+    train_run(build_cfg(STUDENT_CFG, opts), opts, verbose=False)
+    assert fake.init_kwargs["tags"] == ["digits", "t", "SOLVER.LR:0.02", "SOLVER.EPOCHS:1", "DATASET.IMAGE_SIZE:8"]
 
 
 def test_wandb_failure_warns_once_and_training_goes_on(tmp_path, monkeypatch):

@@ -15,10 +15,10 @@ from mdistiller.experiments.tables import read_csv
 
 
 def make_run(root, name, method, seed, accs, teacher="resnet32x4", student="resnet8x4", epochs=None,
-             dataset="cifar100", **section):
+             dataset="cifar100", stage=None, **section):
     path = os.path.join(root, name)
     os.makedirs(path)
-    cfg = {"EXPERIMENT": {"SEED": seed, "PROJECT": "p"},
+    cfg = {"EXPERIMENT": {"SEED": seed, "PROJECT": "p", **({"STAGE": stage} if stage else {})},
            "DATASET": {"TYPE": dataset, "ROOT": f"/data/{seed}", "NUM_WORKERS": seed},
            "DISTILLER": {"TYPE": method, "TEACHER": teacher, "STUDENT": student, "TEACHER_WEIGHTS": f"/t/{seed}"},
            "SOLVER": {"EPOCHS": epochs or len(accs), "LR": 0.05, "DEVICE": "cpu" if seed % 2 else "cuda"},
@@ -110,3 +110,15 @@ def test_find_runs_skips_directories_without_records(project):
     root, _ = project
     names = [os.path.basename(r.path) for r in find_runs(root)]
     assert names == sorted(names) and "x" not in names and len(names) == 9
+
+
+def test_a_stage_run_is_reported_as_its_stage_not_as_a_student(tmp_path):
+    root = str(tmp_path / "quick")
+    make_run(root, "FREEKD", "FREEKD", 0, [98.0, 99.17], teacher="wrn_16_2", student="resnet8", stage="TRAIN")
+    make_run(root, "prompts/freekd_digits", "FREEKD", 0, [98.89, 98.89], teacher="wrn_16_2", student="resnet8",
+             stage="PROMPTS")
+    make_run(root, "KD", "KD", 0, [97.0, 98.0], teacher="wrn_16_2", student="resnet8")  # saved before stages: no key
+    _, groups = write_report(root, str(tmp_path / "rep"), plots=False)
+    rows = {(g.method, g.pair): g.best.mean for g in groups}
+    assert rows == {("FREEKD", "wrn_16_2 → resnet8"): 99.17, ("FREEKD stage PROMPTS", "wrn_16_2 → resnet8"): 98.89,
+                    ("KD", "wrn_16_2 → resnet8"): 98.0}

@@ -104,7 +104,7 @@ def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
                                                                  "download_ckpts/README.md"]),
         (["DISTILLER.TYPE=KDD"], ["Unknown distiller 'KDD'", "KD"]),
         (["DISTILLER.STUDENT=resnet9", "DATASET.TYPE=cifar100", "DATASET.ROOT=nowhere"],
-         ["Unknown model 'resnet9'", "resnet8"]),
+         ["model 'resnet9' for dataset 'cifar100'", "resnet8"]),
     ],
     ids=["unknown_key", "wrong_type", "missing_dataset", "missing_teacher", "unknown_distiller",
          "unknown_model_before_missing_dataset"],

@@ -15,7 +15,7 @@ The JSON holds `device`, `batch_size`, `student_only`, `floor`, `distiller` (eac
 `step_ms`, `peak_mem_mb`, `gflops_per_img`, `extra_params`), `overhead_vs_floor`,
 `overhead_vs_student`, `methods` (every method timed, each with its overheads; the configured one
 with `variants`, each with `speedup`, under --baseline / --ablation), the settings and the load
-average. Timings are medians over turns (mdistiller/engine/benchmark.py).
+average. Timings are medians over turns (mdistiller/benchmark.py).
 """
 
 import argparse
@@ -25,9 +25,9 @@ from typing import Dict, List, Optional
 import _path  # noqa: F401
 
 from mdistiller.distillers import distiller_dict
-from mdistiller.engine.benchmark import ABLATION, EAGER_FP32, loader_throughput, run_benchmark
+from mdistiller.benchmark import ABLATION, EAGER_FP32, loader_throughput, run_benchmark
 from mdistiller.engine.cfg import build_cfg
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller.errors import ConfigError
 
 

@@ -24,8 +24,8 @@ from yacs.config import CfgNode as CN
 from mdistiller.dataset import get_dataset
 from mdistiller.engine.build import build_distiller, build_model, predicts_through_distiller
 from mdistiller.engine.cfg import CFG, load_cfg_text, merge_overrides
-from mdistiller.engine.checkpoint import load_checkpoint, load_weights, strip_prefix, student_state_dict
-from mdistiller.engine.cli import run_tool
+from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict, unwrapped
+from mdistiller.cli import run_tool
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device
 from mdistiller.errors import CheckpointError, ConfigError
@@ -37,9 +37,7 @@ def distiller_predictor(args: argparse.Namespace, cfg: CN, state: dict, num_data
                         device: torch.device) -> Callable[[torch.Tensor], torch.Tensor]:
     """The distiller of a full checkpoint (teacher built uninitialised, then the whole state loaded)."""
     method = cfg.DISTILLER.TYPE
-    weights = state.get("model") or {}
-    if all(k.startswith("module.") for k in weights):
-        weights = strip_prefix(weights, "module.")
+    weights = unwrapped(state.get("model") or {})
     if not any(k.startswith("student.") for k in weights):
         raise CheckpointError(
             f"{args.ckpt} holds only the student, but {method} predicts through modules beside it: "

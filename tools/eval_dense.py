@@ -15,7 +15,7 @@ from typing import List, Optional
 import _path  # noqa: F401
 
 from mdistiller.engine.checkpoint import load_checkpoint
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller.engine.cfg import merge_overrides
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device
 from mdistiller_dense.config import build_dense_cfg, load_dense_cfg_text

@@ -6,7 +6,7 @@
 Writes into -o (default <checkpoint dir>/export/), named after the checkpoint file:
   <name>.deploy.pth      student-only file (plus the modules the method predicts through, e.g.
                          SFAKD's SFA module, projector and the teacher's classifier; never the rest
-                         of the teacher); read it with mdistiller.engine.export.load_deployable
+                         of the teacher); read it with mdistiller.export.load_deployable
   <name>.torchscript.pt  torch.jit.trace of the same model (torch.jit.load)
   <name>.onnx            ONNX (torch.export-based exporter; input "image", output "logits", dynamic batch)
   <name>.export.json     the check: largest logit difference to the checkpoint's model on a random batch
@@ -23,8 +23,8 @@ from typing import List, Optional
 
 import _path  # noqa: F401
 
-from mdistiller.engine.cli import run_tool
-from mdistiller.engine.export import FORMATS, export_checkpoint
+from mdistiller.cli import run_tool
+from mdistiller.export import FORMATS, export_checkpoint
 
 
 def main(argv: Optional[List[str]] = None) -> None:

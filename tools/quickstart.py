@@ -17,9 +17,10 @@ import _path  # noqa: F401
 
 from mdistiller.distillers import distiller_dict
 from mdistiller.engine.cfg import build_cfg
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller.engine.loggers import read_metrics
-from mdistiller.engine.run import train_run
+from mdistiller.engine.run import run_stages, train_run
+from mdistiller.engine.stages import stages_of
 from mdistiller.errors import ConfigError
 
 CONFIG_DIR = os.path.join(_path.REPO_ROOT, "configs", "digits")
@@ -112,12 +113,15 @@ def main(argv: Optional[List[str]] = None) -> None:
         opts = common + [f"EXPERIMENT.NAME={method}", f"DISTILLER.TYPE={method}",
                          f"DISTILLER.TEACHER={teacher_cfg.DISTILLER.STUDENT}", f"DISTILLER.TEACHER_WEIGHTS={teacher_weights}"]
         cfg = build_cfg(method_config(method), opts)
-        if args.epochs is not None and "PROMPT_EPOCHS" in cfg.get(method, {}):  # stage 1 no longer than stage 2
-            stage1_epochs = min(args.epochs, cfg[method].PROMPT_EPOCHS)
-            cfg = build_cfg(method_config(method), opts + [f"{method}.PROMPT_EPOCHS={stage1_epochs}"])
+        if args.epochs is not None:  # the method's stages (FREEKD's prompts) no longer than its training
+            caps = []
+            for stage in stages_of(distiller_dict[method].stages):
+                section, leaf = stage.epochs_key(cfg).split(".")
+                caps.append(f"{section}.{leaf}={min(args.epochs, cfg[section][leaf])}")
+            cfg = build_cfg(method_config(method), opts + caps)
         print(f"== {method}: {cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}")
         prepare_started = time.perf_counter()
-        prepared = distiller_dict[method].prepare(cfg)  # stage 1 of the prompt methods (FREEKD, AFPKD)
+        prepared = run_stages(cfg, verbose=False)  # the stages the method declares (FREEKD's prompts)
         stage1_seconds = time.perf_counter() - prepare_started if prepared else 0.0
         trainer = train_run(cfg, verbose=False)
         records = read_metrics(trainer.run_dir)

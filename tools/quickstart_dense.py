@@ -15,7 +15,7 @@ from typing import Dict, List, Optional
 
 import _path  # noqa: F401
 
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller.engine.loggers import read_metrics
 from mdistiller.engine.run import train_run
 from mdistiller_dense.build import build_dense_run
@@ -92,10 +92,7 @@ def main(argv: Optional[List[str]] = None) -> None:
             opts += ["SOLVER.EPOCHS", str(args.epochs)]
         cfg = build_dense_cfg(method_config(method), opts)
         print(f"== {method}: {cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}")
-        prepare = getattr(dense_distiller_dict[method], "prepare", None)
-        if prepare is not None:
-            prepare(cfg)
-        trainer = train_run(cfg, opts, build=build_dense_run, verbose=False)
+        trainer = train_run(cfg, opts, build=build_dense_run, verbose=False, methods=dense_distiller_dict)
         results["students"][method] = dict(model=cfg.DISTILLER.STUDENT, extra_params=trainer.distiller.get_extra_parameters(),
                                            **summarise(trainer.run_dir))
     base = results["students"]["NONE"]["epoch_seconds"]

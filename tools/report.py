@@ -17,7 +17,7 @@ from typing import List, Optional
 
 import _path  # noqa: F401
 
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller.errors import ConfigError
 from mdistiller.experiments.report import write_report
 

@@ -21,7 +21,7 @@ from typing import List, Optional
 
 import _path  # noqa: F401
 
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller.experiments.sweep_runner import SweepRunner, plan_trials
 from mdistiller.experiments.sweeps import check_sweep, load_sweep
 

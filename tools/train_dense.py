@@ -3,8 +3,8 @@
     python tools/train_dense.py --cfg configs/shapes/cwd.yaml [KEY VALUE | KEY=VALUE | --KEY=VALUE ...]
     python tools/train_dense.py --cfg ... --resume [RUN_DIR | CHECKPOINT]
 
-FREEKD first needs stage 1, `python tools/train_dense_prompt.py` with the same arguments; without
-its prompt file this tool stops and prints that exact command.
+FREEKD runs its stage 1 (prompts in the teacher) first when its prompt file is missing or unfinished;
+`python tools/train_dense_prompt.py` with the same arguments runs stage 1 alone.
 
 The classification engine runs it (mdistiller/engine: checkpoints, resume, autocast, loggers,
 wandb, one-line errors); mdistiller_dense supplies the data, models, distiller and metrics.
@@ -16,14 +16,14 @@ import sys
 from typing import List, Optional
 
 import _path  # noqa: F401
-from train import resume_target, split_resume
 
-from mdistiller.distillers._prompts import PromptFileError
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import resume_target, run_cfg, run_tool, split_resume
+from mdistiller.distillers.frequency_prompts import PromptFileError
 from mdistiller.engine.run import train_run
-from mdistiller_dense.build import build_dense_run
-from mdistiller_dense.config import build_dense_cfg
 from mdistiller.errors import ConfigError
+from mdistiller_dense.build import build_dense_run
+from mdistiller_dense.config import build_dense_cfg, load_dense_cfg_text
+from mdistiller_dense.distillers import dense_distiller_dict
 
 
 def main(argv: Optional[List[str]] = None) -> None:
@@ -31,10 +31,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Knowledge distillation for detection and segmentation.")
     parser.add_argument("--cfg", type=str, default="", help="YAML config file")
     args, opts = parser.parse_known_args(argv)
-    cfg = build_dense_cfg(args.cfg, opts)
     run_dir, resume = resume_target(resume)
+    cfg = run_cfg(args.cfg, opts, resume, build=build_dense_cfg, load_text=load_dense_cfg_text)
     try:
-        train_run(cfg, opts, resume=resume, run_dir=run_dir, build=build_dense_run)
+        train_run(cfg, opts, resume=resume, run_dir=run_dir, build=build_dense_run, methods=dense_distiller_dict)
     except PromptFileError as err:  # FREEKD stage 2 without its prompts: say exactly how to make them
         command = " ".join(shlex.quote(a) for a in ["python", "tools/train_dense_prompt.py", "--cfg", args.cfg, *opts])
         raise ConfigError(err.with_command(command)) from None

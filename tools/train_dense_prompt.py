@@ -14,7 +14,7 @@ from typing import List, Optional
 
 import _path  # noqa: F401
 
-from mdistiller.engine.cli import run_tool
+from mdistiller.cli import run_tool
 from mdistiller_dense.config import build_dense_cfg
 from mdistiller_dense.prompt_learning import learn_dense_prompts
 

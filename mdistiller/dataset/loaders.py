@@ -1,14 +1,14 @@
 """From a config to datasets and DataLoaders: :func:`build_datasets`, :func:`build_loaders`,
 :func:`get_dataset` (MDistiller's entry point, both in one call).
 
-With ``DISTILLER.TYPE`` CRD the train set is instance-sampled, as in MDistiller: items gain the
-``CRD.NCE.K + 1`` contrastive indices (:class:`~mdistiller.dataset.contrastive.ContrastiveInstanceDataset`,
+When the method asks for ``"contrastive_index"`` in its ``batch_fields`` (CRD), the train set is
+instance-sampled, as in MDistiller: items gain the ``CRD.NCE.K + 1`` contrastive indices (:class:`~mdistiller.dataset.contrastive.ContrastiveInstanceDataset`,
 mode ``CRD.MODE``).
 """
 
 import os
 import signal
-from typing import Iterable, Optional, Tuple
+from typing import Iterable, Optional, Sequence, Tuple
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
@@ -44,14 +44,18 @@ def set_worker_signals(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, quiet_exit)
 
 
-def build_datasets(cfg: CfgNode) -> Tuple[Dataset, Dataset, int]:
-    """``(train_set, val_set, num_classes)`` for ``cfg.DATASET.TYPE``.
+def build_datasets(cfg: CfgNode, batch_fields: Optional[Sequence[str]] = None) -> Tuple[Dataset, Dataset, int]:
+    """``(train_set, val_set, num_classes)`` for ``cfg.DATASET.TYPE``, its items carrying the
+    per-sample data the method declares in `batch_fields` (the engine passes the distiller's;
+    None, as MDistiller scripts call it: contrastive indices when DISTILLER.TYPE is CRD).
 
     Raises :class:`~mdistiller.errors.UnknownNameError` for an unregistered type and
     :class:`~mdistiller.errors.DatasetNotFoundError` when the data is not on disk.
     """
     train_set, val_set, num_classes = dataset_registry.get(cfg.DATASET.TYPE)(cfg)
-    if cfg.get("DISTILLER") is not None and cfg.DISTILLER.get("TYPE") == "CRD":
+    if batch_fields is None:
+        batch_fields = ("contrastive_index",) if cfg.get("DISTILLER") and cfg.DISTILLER.get("TYPE") == "CRD" else ()
+    if "contrastive_index" in batch_fields:
         train_set = contrastive_train_set(cfg, train_set)
     return train_set, val_set, num_classes
 
@@ -103,8 +107,9 @@ def build_loaders(
     return train_loader, val_loader
 
 
-def get_dataset(cfg: CfgNode) -> Tuple[DataLoader, DataLoader, int, int]:
-    """MDistiller's ``(train_loader, val_loader, num_data, num_classes)``."""
-    train_set, val_set, num_classes = build_datasets(cfg)
+def get_dataset(cfg: CfgNode, batch_fields: Optional[Sequence[str]] = None) -> Tuple[DataLoader, DataLoader, int, int]:
+    """MDistiller's ``(train_loader, val_loader, num_data, num_classes)``; `batch_fields`: see
+    :func:`build_datasets`."""
+    train_set, val_set, num_classes = build_datasets(cfg, batch_fields)
     train_loader, val_loader = build_loaders(cfg, train_set, val_set)
     return train_loader, val_loader, len(train_set), num_classes

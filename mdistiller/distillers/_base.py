@@ -1,6 +1,6 @@
 """The distiller base class and the registry every method adds itself to."""
 
-from typing import Dict, List, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -47,15 +47,29 @@ class Distiller(nn.Module):
       on its own while the teacher is in train mode or has forward hooks.
     - `ddp_find_unused_parameters`: set True when some learnable module does not take part in every
       step (passed to DistributedDataParallel).
+    - `stages`: names of the stages (mdistiller/engine/stages.py) the engine runs, in order, before
+      this method trains, e.g. FreeKD's ``("PROMPTS",)``: frequency prompts learned in the frozen
+      teacher. Each writes a file the method reads when it is built. None by default.
+    - `batch_fields`: per-sample data the method needs beside image and target, by name; the data
+      pipeline adds each to the batch and the trainer passes it to `forward_train` as a keyword
+      argument. ``"index"`` (the sample's position in the training set) is always there; CRD adds
+      ``"contrastive_index"`` (its negative samples).
+
+    Set by the trainer:
+
+    - `inference_teacher`: the teacher's fast inference copy (mdistiller/engine/fast_path.py), or None.
     """
 
     fast_teacher: bool = True
     ddp_find_unused_parameters: bool = False
+    stages: Tuple[str, ...] = ()
+    batch_fields: Tuple[str, ...] = ()
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module]) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher
+        self.inference_teacher: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, dict]]] = None
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
@@ -82,15 +96,6 @@ class Distiller(nn.Module):
         """Number of parameters the method adds beside the student."""
         return sum(p.numel() for m in self.distiller_modules() for p in m.parameters())
 
-    @classmethod
-    def prepare(cls, cfg: CN) -> Optional[str]:
-        """Work to do once before training with `cfg` (none by default); returns the file it wrote, if any.
-
-        FreeKD learns its frequency prompts in the teacher here; tools/quickstart.py runs this
-        before each method's training run.
-        """
-        return None
-
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, **batch):
         raise NotImplementedError
 
@@ -103,9 +108,8 @@ class Distiller(nn.Module):
 
         Goes through the trainer's fast inference copy when one is installed and `fast_teacher` is on.
         """
-        fast = self.__dict__.get("inference_teacher")
-        if fast is not None and self.fast_teacher:
-            return fast(image)
+        if self.inference_teacher is not None and self.fast_teacher:
+            return self.inference_teacher(image)
         return self.teacher(image)
 
     def forward(self, **kwargs):

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
-from mdistiller.distillers._prompts import PromptDistiller, prompt_defaults
+from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
 from mdistiller.losses.reviewkd import ReviewFusion
 from mdistiller.losses.spatial import resize_to
 

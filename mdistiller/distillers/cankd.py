@@ -7,8 +7,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.errors import ConfigError
 from mdistiller.losses.cankd import AFFINITIES, CrossAttentionNonLocal, cankd_loss
 from mdistiller.losses.spatial import common_size, pool_to_size
@@ -42,8 +43,8 @@ class CANKD(Distiller):
             raise ConfigError(f"CANKD.AFFINITY must be one of {', '.join(AFFINITIES)}, got '{section.AFFINITY}'.")
         self.ce_loss_weight = section.LOSS.CE_WEIGHT
         self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
-        s_shape = feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"][-1]
-        t_shape = feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"][-1]
+        s_shape = feature_shapes(student, image_size(cfg))["feats"][-1]
+        t_shape = feature_shapes(teacher, image_size(cfg))["feats"][-1]
         self.feature_size = common_size(s_shape, t_shape)
         if section.POOL_SIZE < 1 or min(self.feature_size) < section.POOL_SIZE:
             raise ConfigError(

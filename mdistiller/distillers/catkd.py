@@ -6,8 +6,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers._classifier import ClassifierInputRecorder, find_classifier
+from mdistiller.distillers.classifier import ClassifierInputRecorder, find_classifier
 from mdistiller.losses.catkd import cat_loss, class_activation_maps
 from mdistiller.losses.spatial import pool_to_size
 
@@ -43,8 +44,8 @@ class CATKD(Distiller):
         if student_classifier.bias is not None:
             nn.init.zeros_(student_classifier.bias)
             student_classifier.bias.requires_grad_(False)
-        self.student_maps = ClassifierInputRecorder(student, cfg.DATASET.IMAGE_SIZE)
-        self.teacher_maps = ClassifierInputRecorder(teacher, cfg.DATASET.IMAGE_SIZE)
+        self.student_maps = ClassifierInputRecorder(student, image_size(cfg))
+        self.teacher_maps = ClassifierInputRecorder(teacher, image_size(cfg))
 
     def get_learnable_parameters(self) -> List[nn.Parameter]:
         return [p for p in super().get_learnable_parameters() if p.requires_grad]

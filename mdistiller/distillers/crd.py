@@ -8,8 +8,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers._measured import measured
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers.measured import measured
+from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.losses.crd import ContrastMemory, Embed, contrast_loss
 
 CRD_DEFAULTS = CN()
@@ -35,9 +35,11 @@ class CRD(Distiller):
     memory bank per model (num_data x FEAT.DIM). Batches carry `index` and, from the
     instance-sampled train set (see :mod:`mdistiller.dataset.contrastive`), `contrastive_index`
     (K + 1 indices); without it negatives are drawn uniformly from the whole bank.
-    FEAT.STUDENT_DIM / TEACHER_DIM are measured (see :mod:`mdistiller.distillers._measured`).
+    FEAT.STUDENT_DIM / TEACHER_DIM are measured (see :mod:`mdistiller.distillers.measured`).
     `get_extra_parameters` counts the memory banks too, as MDistiller does.
     """
+
+    batch_fields = ("contrastive_index",)
 
     def __init__(self, student, teacher, cfg, num_data: int, **data_info) -> None:
         super().__init__(student, teacher)

@@ -8,7 +8,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.errors import ConfigError
 from mdistiller.losses.famkd import FUSIONS, FAMFusion, famkd_loss
 

@@ -5,7 +5,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
 from mdistiller.distillers._feature import FeatureDistiller, loss_weights
-from mdistiller.distillers._shapes import feature_shapes, probe_image_size
+from mdistiller.distillers.feature_shapes import feature_shapes, probe_image_size
 from mdistiller.errors import ConfigError
 from mdistiller.losses.fitnet import ConvReg
 

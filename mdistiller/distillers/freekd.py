@@ -5,7 +5,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
-from mdistiller.distillers._prompts import PromptDistiller, prompt_defaults
+from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
 from mdistiller.losses.spatial import resize_to
 
 FREEKD_DEFAULTS = prompt_defaults(num_stages=2, low_band=False, relation=False)
@@ -27,7 +27,7 @@ class FreeKD(PromptDistiller):
         loss_kd = FEAT_WEIGHT * sum_levels sum_k mean | M_{k,t} * a_k - M_{k,t} * b_k |
 
     over the high-band levels k, with masks ``M_k = sigmoid(P_k R_k)`` from the frozen prompt and the
-    teacher band (:class:`~mdistiller.distillers._prompts.PromptDistiller`). Variants: the authors'
+    teacher band (:class:`~mdistiller.distillers.frequency_prompts.PromptDistiller`). Variants: the authors'
     code (default: ``LOW_BAND False``, ``RELATION False``) and the paper (``LOW_BAND True``: LL_L too;
     ``RELATION True``: channel weights ``w_t * w_s``). ``loss_ce = CE_WEIGHT * CE``.
     """

@@ -6,8 +6,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers._measured import measured
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers.measured import measured
+from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.losses.reviewkd import ReviewFusion, hcl_loss
 
 REVIEWKD_DEFAULTS = CN()
@@ -33,7 +33,7 @@ class ReviewKD(Distiller):
 
     Channels and sizes (MDistiller's IN_CHANNELS, OUT_CHANNELS, SHAPES, OUT_SHAPES; the shape lists
     deepest first, the channel lists shallowest first) are measured at DATASET.IMAGE_SIZE; see
-    :mod:`mdistiller.distillers._measured`. The fused width is `min(512, student pooled channels)`
+    :mod:`mdistiller.distillers.measured`. The fused width is `min(512, student pooled channels)`
     as in MDistiller's code, which does not read MAX_MID_CHANNEL (kept so its YAML files load).
     """
 

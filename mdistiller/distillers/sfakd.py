@@ -7,9 +7,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers._classifier import find_classifier
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.distillers.classifier import find_classifier
+from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.errors import ConfigError
 from mdistiller.frequency import SmoothedFrequencyAugmentation
 from mdistiller.losses.kd import kd_loss
@@ -65,8 +66,8 @@ class SFAKD(Distiller):
                 "nothing trains: set SFAKD.LOSS.CE_WEIGHT or SFAKD.LOSS.KD_WEIGHT above 0."
             )
 
-        s_shape = feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"][-1]
-        t_shape = feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"][-1]
+        s_shape = feature_shapes(student, image_size(cfg))["feats"][-1]
+        t_shape = feature_shapes(teacher, image_size(cfg))["feats"][-1]
         self.feature_size = common_size(s_shape, t_shape)
         self.classifier_name, classifier = find_classifier(teacher)
         if self.use_teacher_classifier and classifier.in_features != t_shape[-3]:

@@ -5,8 +5,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
 from mdistiller.distillers._feature import FeatureDistiller, loss_weights
-from mdistiller.distillers._shapes import feature_shapes, probe_image_size
-from mdistiller.losses._spatial import pool_to_smaller
+from mdistiller.distillers.feature_shapes import feature_shapes, probe_image_size
+from mdistiller.losses.spatial import pool_to_smaller
 from mdistiller.losses.vid import initial_log_scale, vid_loss, vid_regressor
 
 VID_DEFAULTS = CN()

@@ -8,26 +8,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers import Distiller, distiller_dict
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
-from mdistiller.errors import CheckpointError, UnknownNameError
-from mdistiller.models import cifar_model_dict, imagenet_model_dict, tiny_imagenet_model_dict
-
-MODEL_DICT_OF_DATASET = {
-    "cifar100": cifar_model_dict,
-    "digits": cifar_model_dict,
-    "tiny_imagenet": tiny_imagenet_model_dict,
-}
-
-
-def _lookup(model_dict, name: str, dataset: str):
-    if name not in model_dict:
-        raise UnknownNameError(
-            f"Unknown model '{name}' for dataset '{dataset}'. Known: {', '.join(sorted(model_dict))}."
-        )
-    return model_dict[name]
-
-
-def _model_dict(dataset: str):
-    return imagenet_model_dict if dataset == "imagenet" else MODEL_DICT_OF_DATASET.get(dataset, cifar_model_dict)
+from mdistiller.errors import CheckpointError
+from mdistiller.models import models_for
 
 
 def check_names(cfg: CN) -> None:
@@ -35,14 +17,14 @@ def check_names(cfg: CN) -> None:
     distiller_dict.get(cfg.DISTILLER.TYPE)
     models = [cfg.DISTILLER.STUDENT] + ([cfg.DISTILLER.TEACHER] if cfg.DISTILLER.TYPE != "NONE" else [])
     for name in models:
-        _lookup(_model_dict(cfg.DATASET.TYPE), name, cfg.DATASET.TYPE)
+        models_for(cfg.DATASET.TYPE).get(name, f" for dataset '{cfg.DATASET.TYPE}'")
 
 
 def build_model(name: str, dataset: str, num_classes: int, pretrained: bool = False) -> nn.Module:
     """A freshly initialised (or, for ImageNet with `pretrained`, torchvision-weighted) model."""
+    constructor = models_for(dataset).get(name, f" for dataset '{dataset}'")
     if dataset == "imagenet":
-        return _lookup(imagenet_model_dict, name, dataset)(pretrained=pretrained)
-    constructor, _ = _lookup(_model_dict(dataset), name, dataset)
+        return constructor(pretrained=pretrained)
     return constructor(num_classes=num_classes)
 
 
@@ -50,7 +32,7 @@ def teacher_checkpoint_path(cfg: CN) -> Optional[str]:
     """DISTILLER.TEACHER_WEIGHTS when set, else the standard path of the model dict."""
     if cfg.DISTILLER.TEACHER_WEIGHTS:
         return cfg.DISTILLER.TEACHER_WEIGHTS
-    return _lookup(_model_dict(cfg.DATASET.TYPE), cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE)[1]
+    return models_for(cfg.DATASET.TYPE).checkpoint(cfg.DISTILLER.TEACHER)
 
 
 def build_teacher(cfg: CN, num_classes: int) -> nn.Module:
@@ -61,7 +43,7 @@ def build_teacher(cfg: CN, num_classes: int) -> nn.Module:
     teacher = build_model(name, dataset, num_classes)
     path = teacher_checkpoint_path(cfg)
     if not path or not os.path.isfile(path):
-        where = f"at {path}" if path else "(the model dict has no standard path)"
+        where = f"at {path}" if path else "(the model registers no standard path)"
         raise CheckpointError(
             f"Teacher checkpoint for {name} not found {where}: see download_ckpts/README.md, "
             "or set DISTILLER.TEACHER_WEIGHTS to a trained checkpoint."

@@ -2,13 +2,20 @@
 
 `CFG` holds every default. Build a run's config with :func:`build_cfg` (defaults <- YAML file <-
 command line); merging is strict: an unknown key fails naming the closest valid keys and a value
-of the wrong type fails naming the expected type.
+of the wrong type fails naming the expected type (an int is accepted where a float is declared).
+
+`CFG` is a :class:`Config`: yacs' CfgNode whose ``merge_from_file`` / ``merge_from_list`` are the
+merges here, so an MDistiller script (``cfg = CFG.clone(); cfg.merge_from_file(f)``) gets the same
+result as ``tools/train.py``. ``EXPERIMENT.PLUGINS`` names modules of one's own that are imported
+before the rest of a config merges: the methods, models and datasets they register are then known,
+and each new method's config section is added (:func:`import_plugins`).
 """
 
 import ast
 import difflib
+import importlib
 import os
-from typing import Any, Iterable, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -17,7 +24,38 @@ from mdistiller.dataset.base import image_size
 from mdistiller.distillers import method_defaults
 from mdistiller.errors import ConfigError
 
-CFG = CN()
+
+
+def add_method_sections(cfg: CN) -> None:
+    """Give `cfg` the config section (its defaults) of every method registered since it was made."""
+    missing = [name for name in method_defaults if name not in cfg]
+    if not missing:
+        return
+    frozen = cfg.is_frozen()
+    cfg.defrost()
+    for name in missing:
+        cfg[name] = method_defaults[name].clone()
+    if frozen:
+        cfg.freeze()
+
+
+class Config(CN):
+    """The root of the configuration: yacs' CfgNode with this module's strict merges; `clone`
+    carries the sections of methods registered after the node was made."""
+
+    def merge_from_file(self, cfg_filename: str) -> None:
+        merge_file(self, cfg_filename)
+
+    def merge_from_list(self, cfg_list: Sequence[str]) -> None:
+        merge_overrides(self, cfg_list)
+
+    def clone(self) -> "Config":
+        copy = super().clone()
+        add_method_sections(copy)
+        return copy
+
+
+CFG = Config()
 
 CFG.EXPERIMENT = CN()
 CFG.EXPERIMENT.PROJECT = "distill"
@@ -25,6 +63,8 @@ CFG.EXPERIMENT.NAME = ""
 CFG.EXPERIMENT.TAG = "default"
 CFG.EXPERIMENT.SEED = 0
 CFG.EXPERIMENT.DETERMINISTIC = False
+CFG.EXPERIMENT.PLUGINS = []  # modules to import first: methods, models, datasets of one's own (also --plugin)
+CFG.EXPERIMENT.STAGE = "TRAIN"  # set by the engine: a stage's name (e.g. PROMPTS) in the records of that stage
 
 CFG.DATASET = CN()
 CFG.DATASET.TYPE = "cifar100"
@@ -82,8 +122,21 @@ CFG.LOG.PROGRESS_BAR = True
 # Switches that take True, False or "auto" (decided per device: mdistiller/engine/fast_path.py).
 AUTO_BOOL_KEYS = ("SOLVER.AMP", "SOLVER.CHANNELS_LAST", "DATASET.PIN_MEMORY")
 
-for _name, _section in method_defaults.items():
-    CFG[_name] = _section.clone()
+add_method_sections(CFG)
+
+PLUGINS_KEY = "EXPERIMENT.PLUGINS"
+
+
+def import_plugins(names: Iterable[str]) -> None:
+    """Import each module in `names` (it registers its methods, models, datasets, stages) and add the
+    new methods' sections to CFG; ConfigError saying how to make a module importable otherwise."""
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ImportError as err:
+            raise ConfigError(f"Plugin '{name}' cannot be imported ({err}); install its package or put the "
+                              "directory holding it on PYTHONPATH.") from None
+    add_method_sections(CFG)
 
 
 def _leaf_keys(node: CN, prefix: str = "") -> List[str]:
@@ -159,6 +212,17 @@ def _set(cfg: CN, full_key: str, value: Any, source: str) -> None:
         node[leaf] = _coerce_auto_bool(value, full_key, source)
         return
     node[leaf] = _coerce(value, node[leaf], full_key, source)
+    if full_key == PLUGINS_KEY:
+        import_plugins(node[leaf])
+        if isinstance(cfg, Config):  # the classification methods' sections (mdistiller_dense keeps its own)
+            add_method_sections(cfg)
+
+
+def _merge_mapping(cfg: CN, data: Dict[str, Any], source: str) -> None:
+    """Merge the sections of `data` into `cfg`; EXPERIMENT first, so its PLUGINS are imported before
+    their methods' sections are merged."""
+    for key in sorted(data, key=lambda k: k != "EXPERIMENT"):
+        _set(cfg, key, data[key], source)
 
 
 def _decode(text: str) -> Any:
@@ -205,13 +269,12 @@ def merge_file(cfg: CN, path: str) -> None:
     base = data.pop("_BASE_", None)
     if base:
         merge_file(cfg, os.path.join(os.path.dirname(path), base))
-    for key, value in data.items():
-        _set(cfg, key, value, path)
+    _merge_mapping(cfg, data, path)
 
 
 def merge_overrides(cfg: CN, opts: Iterable[str]) -> None:
     """Merge command-line overrides into `cfg`, strictly."""
-    for key, raw in parse_overrides(list(opts)):
+    for key, raw in sorted(parse_overrides(list(opts)), key=lambda pair: pair[0] != PLUGINS_KEY):
         _set(cfg, key, _decode(raw), "the command line")
 
 
@@ -245,8 +308,7 @@ def dump_cfg(cfg: CN) -> str:
 def load_cfg_text(text: str, defaults: Optional[CN] = None) -> CN:
     """A config saved by :func:`dump_cfg`, merged strictly over `defaults` (the current CFG by default)."""
     cfg = (CFG if defaults is None else defaults).clone()
-    for key, value in (yaml.safe_load(text) or {}).items():
-        _set(cfg, key, value, "the saved config")
+    _merge_mapping(cfg, yaml.safe_load(text) or {}, "the saved config")
     cfg.freeze()
     return cfg
 

@@ -86,14 +86,20 @@ def strip_prefix(state_dict: Dict[str, torch.Tensor], prefix: str) -> Dict[str, 
     return {k[len(prefix):]: v for k, v in state_dict.items() if k.startswith(prefix)}
 
 
+def unwrapped(weights: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """`weights` without the key prefix a wrapper adds to every key: ``module.`` (DataParallel /
+    DistributedDataParallel, as MDistiller saves) and ``_orig_mod.`` (torch.compile)."""
+    for prefix in ("module.", "_orig_mod."):
+        if weights and all(k.startswith(prefix) for k in weights):
+            weights = strip_prefix(weights, prefix)
+    return weights
+
+
 def student_state_dict(state: Dict[str, Any]) -> Dict[str, torch.Tensor]:
     """The student's weights from a student file (`{"model": student}`) or a full distiller checkpoint."""
     if "model" not in state:
         raise CheckpointError("Checkpoint has no 'model' entry; expected an mdistiller / MDistiller checkpoint.")
-    weights = state["model"]
-    for prefix in ("module.", "_orig_mod."):
-        if weights and all(k.startswith(prefix) for k in weights):
-            weights = strip_prefix(weights, prefix)
+    weights = unwrapped(state["model"])
     if any(k.startswith("student.") for k in weights):
         weights = strip_prefix(weights, "student.")
     return weights

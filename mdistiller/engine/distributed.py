@@ -74,7 +74,13 @@ def _silence_print() -> None:
             original(*args, **kwargs)
 
     print_on_main.silenced = True
+    print_on_main.original = original
     builtins.print = print_on_main
+
+
+def _restore_print() -> None:
+    """Undo :func:`_silence_print` (after training: the process may go on, e.g. in a test or a notebook)."""
+    builtins.print = getattr(builtins.print, "original", builtins.print)
 
 
 def init_distributed(cfg: CN, device: torch.device) -> bool:
@@ -114,7 +120,9 @@ def process_group(cfg: CN, device: torch.device) -> Iterator[bool]:
 
 
 def cleanup_distributed(finished: bool) -> None:
-    """Leave the process group; after a normal finish, wait for rank 0's last checkpoint first."""
+    """Leave the process group (after a normal finish, wait for rank 0's last checkpoint first) and
+    give this process its print back."""
+    _restore_print()
     if not is_distributed():
         return
     if finished:

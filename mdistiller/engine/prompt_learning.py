@@ -1,38 +1,45 @@
 """Stage 1 of the prompt-based methods (FreeKD): learn frequency prompts inside the frozen teacher.
 
+The ``"PROMPTS"`` stage (:class:`PromptStage`) that FREEKD and AFPKD declare; the engine runs it
+before their training when the prompt file is missing or unfinished, and ``tools/train_prompt.py``
+runs it alone.
+
 Each distilled teacher feature F (the last ``NUM_STAGES`` entries of ``feats``) is replaced, through
-a hook (:mod:`mdistiller.distillers._feature_hook`), by ``IDWT(sum_t M_t * bands(F))`` from its
+a hook (:mod:`mdistiller.engine.feature_hook`), by ``IDWT(sum_t M_t * bands(F))`` from its
 :class:`~mdistiller.frequency.prompt.FrequencyPrompt`. Only the prompts learn, with the teacher's
 cross-entropy plus ``DIVERSITY_WEIGHT`` times the diversity of the masks, for ``PROMPT_EPOCHS``
 epochs of the configured dataset (AdamW at ``PROMPT_LR``, cosine schedule, no weight decay), by the
 ordinary :class:`~mdistiller.engine.trainer.Trainer` (logs, metrics, autocast, validation: the
 accuracy it reports is the prompted teacher's). The prompt file is written atomically after every
-epoch; its run directory (metrics, logs) is the file's path without the extension.
+epoch; its run directory (metrics, logs, the ``latest`` checkpoint a resumed stage continues from)
+is the file's path without the extension.
 """
 
 import os
 from typing import Dict, List, Optional, Sequence, Tuple
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.dataset import get_dataset
-from mdistiller.distillers._feature_hook import locate_features, replace_feature
-from mdistiller.distillers._prompts import (build_prompts, check_section, distilled_indices, prompt_path,
-                                            prompt_record)
-from mdistiller.distillers._shapes import feature_shapes
+from mdistiller.dataset.base import image_size
+from mdistiller.distillers.feature_shapes import feature_shapes
+from mdistiller.distillers.frequency_prompts import (build_prompts, check_section, distilled_indices, prompt_path,
+                                                     prompt_record)
 from mdistiller.engine.build import build_teacher
-from mdistiller.engine.checkpoint import save_checkpoint
+from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
 from mdistiller.engine.distributed import (barrier, local_device, mean_over_processes, process_group,
                                            shard_loaders)
 from mdistiller.engine.evaluate import evaluate
+from mdistiller.engine.feature_hook import locate_features, replace_feature
+from mdistiller.engine.stages import Stage, stage_dict
 from mdistiller.engine.trainer import Trainer
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device, seed_everything
 from mdistiller.errors import ConfigError
 
-__all__ = ["PromptTrainer", "PromptedTeacher", "learn_prompts", "prompt_learning_cfg", "prompt_run", "run_prompt_trainer"]
+__all__ = ["PromptStage", "PromptTrainer", "PromptedTeacher", "initial_prompt_file", "learn_prompts",
+           "prompt_learning_cfg", "prompt_run", "run_prompt_trainer"]
 
 
 class PromptedTeacher(nn.Module):
@@ -79,7 +86,8 @@ class PromptedTeacher(nn.Module):
 
 
 class PromptTrainer(Trainer):
-    """The trainer, saving the prompt file (instead of model checkpoints) after every epoch."""
+    """The trainer, saving the prompt file and the ``latest`` checkpoint (to resume the stage from)
+    after every epoch, instead of the student checkpoints."""
 
     def __init__(self, experiment_name: str, model: PromptedTeacher, train_loader, val_loader, cfg: CN,
                  run_dir: str, path: str, name: str, indices: Sequence[int], teacher_top1: float) -> None:
@@ -94,6 +102,7 @@ class PromptTrainer(Trainer):
             record = prompt_record(model.prompts, model.teacher, self.cfg, self.name, self.indices, epoch=epoch,
                                    prompted_top1=test_acc, teacher_top1=self.teacher_top1)
             save_checkpoint(record, self.path)
+            save_checkpoint(self.state(epoch), os.path.join(self.run_dir, "latest"))
         barrier()
         self.last_acc = test_acc
 
@@ -112,6 +121,7 @@ def prompt_learning_cfg(cfg: CN, name: str) -> CN:
     stage.SOLVER.WEIGHT_DECAY = 0.0
     stage.SOLVER.LR_SCHEDULER = "cosine"
     stage.SOLVER.WARMUP_EPOCHS = 0
+    stage.EXPERIMENT.STAGE = PromptStage.name
     stage.freeze()
     return stage
 
@@ -123,43 +133,46 @@ def prompt_run(cfg: CN, name: str) -> Tuple[str, str, str]:
     return path, run_dir, os.path.join(cfg.EXPERIMENT.PROJECT, "prompts", os.path.basename(run_dir))
 
 
-def learn_prompts(cfg: CN, name: str, verbose: bool = True) -> str:
-    """Stage 1 for the method whose config section is `name`; returns the prompt file's path."""
-    if name not in cfg or "PROMPT_PATH" not in cfg[name]:
-        raise ConfigError(f"DISTILLER.TYPE {name} does not use frequency prompts (its config section has no "
-                          "PROMPT_PATH); use the config of a prompt-based method such as FREEKD.")
+def learn_prompts(cfg: CN, name: str, verbose: bool = True, resume: bool = False) -> str:
+    """Stage 1 for the method whose config section is `name`; returns the prompt file's path.
+
+    With `resume`, continues from the stage's ``latest`` checkpoint when there is one. Under torchrun
+    each process learns on its shard of the data and rank 0 writes the files."""
     stage_cfg = prompt_learning_cfg(cfg, name)
     with process_group(cfg, resolve_device(cfg.SOLVER.DEVICE)):
         seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
-        train_loader, val_loader, _, num_classes = get_dataset(stage_cfg)
+        train_loader, val_loader, _, num_classes = get_dataset(stage_cfg, batch_fields=())
         train_loader, val_loader = shard_loaders(train_loader, val_loader, cfg.EXPERIMENT.SEED)
-        return _learn_prompts(cfg, stage_cfg, name, train_loader, val_loader, num_classes, verbose)
+        return _learn_prompts(cfg, stage_cfg, name, train_loader, val_loader, num_classes, verbose, resume)
 
 
 def _learn_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_loader, num_classes: int,
-                   verbose: bool) -> str:
+                   verbose: bool, resume: bool) -> str:
     section = cfg[name]
     device = local_device(resolve_device(cfg.SOLVER.DEVICE))
     teacher = build_teacher(cfg, num_classes).to(device).eval()
     dtype = autocast_dtype(device, cfg.SOLVER)
     teacher_top1 = mean_over_processes(evaluate(lambda image: teacher(image)[0], val_loader, device,
                                                 lambda: autocast_context(device, dtype)), val_loader)[0]
-    image_size = cfg.DATASET.IMAGE_SIZE
-    shapes = [s[1:] for s in feature_shapes(teacher, image_size)["feats"]]
+    size = image_size(cfg)
+    shapes = [s[1:] for s in feature_shapes(teacher, size)["feats"]]
     indices = distilled_indices(len(shapes), section.NUM_STAGES, name)
     prompts = build_prompts([shapes[i][0] for i in indices], section)
-    model = PromptedTeacher(teacher, prompts, indices, image_size, section.DIVERSITY, section.DIVERSITY_WEIGHT)
+    model = PromptedTeacher(teacher, prompts, indices, size, section.DIVERSITY, section.DIVERSITY_WEIGHT)
 
     trainer = run_prompt_trainer(PromptTrainer, cfg, stage_cfg, name, model, train_loader, val_loader, indices,
-                                 teacher_top1, "top-1", verbose)
+                                 teacher_top1, "top-1", verbose, resume)
     if verbose:
         print(f"Teacher top-1 with the learned prompts {trainer.last_acc:.2f} (without {teacher_top1:.2f}).")
     return trainer.path
 
 
 def run_prompt_trainer(trainer_cls, cfg: CN, stage_cfg: CN, name: str, model: nn.Module, train_loader, val_loader,
-                       indices: Sequence[int], teacher_score: float, metric: str, verbose: bool = True) -> Trainer:
-    """Stage 1's training of `model`'s prompts by `trainer_cls` (a PromptTrainer); returns the trainer."""
+                       indices: Sequence[int], teacher_score: float, metric: str, verbose: bool = True,
+                       resume: bool = False) -> Trainer:
+    """Stage 1's training of `model`'s prompts by `trainer_cls` (a PromptTrainer); returns the trainer.
+
+    With `resume`, continues from the stage's ``latest`` checkpoint when there is one."""
     path, run_dir, experiment = prompt_run(cfg, name)
     trainer = trainer_cls(experiment, model, train_loader, val_loader, stage_cfg, run_dir, path, name, indices,
                           teacher_score)
@@ -168,5 +181,54 @@ def run_prompt_trainer(trainer_cls, cfg: CN, stage_cfg: CN, name: str, model: nn
         print(f"== {name} stage 1: prompts for {cfg.DISTILLER.TEACHER} maps {list(indices)} "
               f"(channels {[p.channels for p in model.prompts]}, T={section.TOKENS}, {section.DWT_LEVELS} DWT "
               f"levels), {section.PROMPT_EPOCHS} epochs; teacher {metric} without prompts {teacher_score:.2f}")
-    trainer.train()
+    trainer.train(resume=resume and os.path.isfile(os.path.join(run_dir, "latest")))
     return trainer
+
+
+def initial_prompt_file(cfg: CN, teacher: nn.Module, path: Optional[str] = None) -> str:
+    """Write freshly initialised prompts for `cfg`'s method and `teacher` (what stage 1 starts from) to
+    `path` (default: where stage 2 looks); returns the path. For timing and tests: stage 2 costs the
+    same with these as with learned prompts."""
+    name = cfg.DISTILLER.TYPE
+    shapes = feature_shapes(teacher, image_size(cfg))["feats"]
+    indices = distilled_indices(len(shapes), cfg[name].NUM_STAGES, name)
+    prompts = build_prompts([shapes[i][1] for i in indices], cfg[name])
+    path = path or prompt_path(cfg, name)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    save_checkpoint(prompt_record(prompts, teacher, cfg, name, indices), path)
+    return path
+
+
+@stage_dict.register("PROMPTS")
+class PromptStage(Stage):
+    """Frequency prompts learned in the frozen teacher (:func:`learn_prompts`), for the method whose
+    config section is DISTILLER.TYPE; the output is its PROMPT_PATH (or the derived path)."""
+
+    name = "PROMPTS"
+
+    def output(self, cfg: CN) -> str:
+        return prompt_path(cfg, cfg.DISTILLER.TYPE)
+
+    def done(self, cfg: CN) -> bool:
+        """The prompt file exists and was written after the last epoch (a file without an epoch, given
+        by the user or :func:`initial_prompt_file`, counts as finished)."""
+        path = self.output(cfg)
+        if not os.path.isfile(path):
+            return False
+        epoch = load_checkpoint(path).get("epoch")
+        return epoch is None or epoch >= cfg[cfg.DISTILLER.TYPE].PROMPT_EPOCHS
+
+    def run(self, cfg: CN, resume: bool = False, verbose: bool = True) -> str:
+        return self.learn(cfg, resume, verbose)
+
+    def learn(self, cfg: CN, resume: bool, verbose: bool) -> str:
+        """Stage 1 of the classification methods; mdistiller_dense overrides this for its models."""
+        return learn_prompts(cfg, cfg.DISTILLER.TYPE, verbose, resume)
+
+    def epochs_key(self, cfg: CN) -> str:
+        return f"{cfg.DISTILLER.TYPE}.PROMPT_EPOCHS"
+
+    def stand_in(self, cfg: CN, teacher: nn.Module, directory: str) -> Dict[str, str]:
+        name = cfg.DISTILLER.TYPE
+        path = initial_prompt_file(cfg, teacher, os.path.join(directory, f"{name.lower()}_prompts.pth"))
+        return {f"{name}.PROMPT_PATH": path}

@@ -14,7 +14,8 @@ from tqdm import tqdm
 from yacs.config import CfgNode as CN
 
 from mdistiller.engine.cfg import dump_cfg
-from mdistiller.engine.checkpoint import load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint
+from mdistiller.engine.checkpoint import (load_checkpoint, load_weights, remove_stale_temporaries, save_checkpoint,
+                                          unwrapped)
 from mdistiller.engine.distributed import (NullLog, all_gather_objects, barrier, broadcast_buffers, is_main_process,
                                            local_device, max_each_over_processes, max_over_processes,
                                            max_over_processes_tensor, mean_over_processes, rank, reduce_meters,
@@ -56,8 +57,9 @@ class Trainer:
 
     Owns the device, autocast and the optimizer. Checkpoints keep MDistiller's names (`latest`,
     `best`, `student_latest`, `student_best`, `epoch_N`, `student_N`) under `LOG.PREFIX/<name>`.
-    Batches are `(image, target, index[, contrastive_index])`; all but image and target reach the
-    distiller as keyword arguments.
+    Batches are `(image, target, index, *fields)` with the fields the distiller declares in
+    `batch_fields` (CRD: contrastive_index); all but image and target reach the distiller as
+    keyword arguments.
 
     Speed (mdistiller/engine/fast_path.py): autocast (SOLVER.AMP), channels_last, the teacher's fast
     inference copy, torch.compile. Under torchrun (mdistiller/engine/distributed.py) `train_model`
@@ -93,6 +95,7 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=use_scaler)
         self.best_acc = -1.0
         self.wandb_id: Optional[str] = None
+        self.wandb_tags: List[str] = cfg.EXPERIMENT.TAG.split(",")  # train_run adds the KEY:VALUE overrides
         self.skip_nonfinite = bool(cfg.SOLVER.SKIP_NONFINITE)
         self.skipped_steps = 0
         self.stop = StopSignals(announce=False)  # the active one while train() runs
@@ -133,8 +136,7 @@ class Trainer:
         tensorboard = TensorBoardLog(self.run_dir) if self.is_main else NullLog()
         wandb_log = None
         if self.cfg.LOG.WANDB and self.is_main:
-            tags = self.cfg.EXPERIMENT.TAG.split(",")
-            wandb_log = WandbLog(self.cfg, self.run_dir, self.experiment_name, tags, self.wandb_id)
+            wandb_log = WandbLog(self.cfg, self.run_dir, self.experiment_name, self.wandb_tags, self.wandb_id)
             self.wandb_id = wandb_log.run_id
         try:
             with StopSignals(announce=self.is_main) as self.stop:
@@ -311,7 +313,7 @@ class Trainer:
 
     def to_device(self, batch) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         image, target = batch[0], batch[1]
-        names = ("index", "contrastive_index")
+        names = ("index", *getattr(self.distiller, "batch_fields", ()))  # what the method declares it needs
         extra = {name: value.to(self.device, non_blocking=True) for name, value in zip(names, batch[2:])}
         image = image.to(self.device, non_blocking=True).float()
         if self.channels_last:
@@ -453,10 +455,7 @@ class Trainer:
             raise CheckpointError(
                 f"Cannot resume: checkpoint lacks {', '.join(missing)} (a student-only file?). Resume from 'latest'."
             )
-        model = state["model"]
-        if model and all(k.startswith("module.") for k in model):
-            model = {k[len("module."):]: v for k, v in model.items()}
-        load_weights(self.distiller, model, "Resume checkpoint")
+        load_weights(self.distiller, unwrapped(state["model"]), "Resume checkpoint")
         self.optimizer.load_state_dict(state["optimizer"])
         if state.get("scaler"):
             self.scaler.load_state_dict(state["scaler"])

@@ -11,7 +11,7 @@ import re
 import statistics
 from typing import Dict, List, Sequence, Tuple
 
-from mdistiller.experiments.report import Group
+from mdistiller.experiments.runs import Group
 
 Pair = Tuple[str, str, str]
 

@@ -6,14 +6,10 @@ keys that do not change what is trained (device, workers, paths, logging) left o
 reports the mean ± sample standard deviation (n - 1) of the runs' best and last test top-1.
 """
 
-import math
 import os
-import statistics
-from dataclasses import dataclass, field
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
-from mdistiller.experiments.published import published_top1
-from mdistiller.experiments.runs import Run, find_runs
+from mdistiller.experiments.runs import Group, Run, find_runs
 from mdistiller.experiments.tables import markdown_table, write_csv
 
 # Config sections that decide what a run trains (plus the method's own section).
@@ -37,7 +33,11 @@ def flatten(node: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 
 
 def run_method(run: Run) -> str:
-    return str(run.key("DISTILLER.TYPE", "NONE"))
+    """DISTILLER.TYPE, followed by the stage for a run of a stage before training (FREEKD's
+    prompts in the teacher: "FREEKD stage PROMPTS", whose accuracy is the prompted teacher's)."""
+    method = str(run.key("DISTILLER.TYPE", "NONE"))
+    stage = str(run.key("EXPERIMENT.STAGE", "TRAIN"))
+    return method if stage == "TRAIN" else f"{method} stage {stage}"
 
 
 def run_pair(run: Run) -> Tuple[str, str, str, str]:
@@ -50,7 +50,7 @@ def run_pair(run: Run) -> Tuple[str, str, str, str]:
 def training_settings(run: Run) -> Dict[str, Any]:
     """The run's config keys that decide what it learns (seed excluded)."""
     sections = list(SETTING_SECTIONS)
-    method = run_method(run)
+    method = str(run.key("DISTILLER.TYPE", "NONE"))
     if method != "NONE" and method in run.cfg:
         sections.append(method)
     flat = {}
@@ -59,60 +59,6 @@ def training_settings(run: Run) -> Dict[str, Any]:
     if method == "NONE":
         flat.pop("DISTILLER.TEACHER", None)
     return {k: v for k, v in flat.items() if k not in NEUTRAL_KEYS}
-
-
-@dataclass
-class Summary:
-    """Mean, sample std (nan for one run) and the values."""
-
-    values: List[float]
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.values)
-
-    @property
-    def std(self) -> float:
-        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
-
-    def text(self) -> str:
-        return f"{self.mean:.2f}" if len(self.values) < 2 else f"{self.mean:.2f} ± {self.std:.2f}"
-
-
-@dataclass
-class Group:
-    """The runs of one method, pair and setting."""
-
-    dataset: str
-    method: str
-    teacher: str
-    student: str
-    setting: str
-    runs: List[Run] = field(default_factory=list)
-
-    @property
-    def pair(self) -> str:
-        return f"{self.teacher} → {self.student}" if self.teacher else f"{self.student} (alone)"
-
-    @property
-    def label(self) -> str:
-        return f"{self.method} {self.setting}".strip()
-
-    @property
-    def best(self) -> Summary:
-        return Summary([r.best_acc for r in self.runs])
-
-    @property
-    def last(self) -> Summary:
-        return Summary([r.last_acc for r in self.runs])
-
-    @property
-    def seeds(self) -> List[int]:
-        return sorted(int(r.key("EXPERIMENT.SEED", 0)) for r in self.runs)
-
-    @property
-    def published(self) -> Optional[float]:
-        return published_top1(self.dataset, self.method, self.teacher, self.student)
 
 
 def _value_text(value: Any) -> str:

@@ -1,17 +1,21 @@
-"""What a finished (or unfinished) run directory says: its config, its epochs, its accuracies.
+"""What a finished (or unfinished) run directory says: its config, its epochs, its accuracies; and a
+group of runs (one method, pair and setting) with the mean and spread of their accuracies.
 
 A run directory (``<LOG.PREFIX>/<EXPERIMENT.PROJECT>/<name>/``, see tools/train.py) holds
 ``cfg.yaml`` and ``metrics.jsonl``. The config is read as plain YAML, not merged into the current
 defaults, so runs of methods this checkout lacks can still be reported.
 """
 
+import math
 import os
+import statistics
 from dataclasses import dataclass, field
 from typing import Any, Dict, Iterator, List, Optional
 
 import yaml
 
 from mdistiller.engine.loggers import read_metrics
+from mdistiller.experiments.published import published_top1
 
 # What the trainer keeps for the whole run beside the per-epoch records (wandb's run summary).
 SUMMARY_METRICS = ("best_acc",)
@@ -86,3 +90,57 @@ def find_runs(root: str) -> Iterator[Run]:
             run = read_run(directory)
             if run is not None:
                 yield run
+
+
+@dataclass
+class Summary:
+    """Mean, sample std (nan for one run) and the values."""
+
+    values: List[float]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.values)
+
+    @property
+    def std(self) -> float:
+        return statistics.stdev(self.values) if len(self.values) > 1 else math.nan
+
+    def text(self) -> str:
+        return f"{self.mean:.2f}" if len(self.values) < 2 else f"{self.mean:.2f} ± {self.std:.2f}"
+
+
+@dataclass
+class Group:
+    """The runs of one method, pair and setting."""
+
+    dataset: str
+    method: str
+    teacher: str
+    student: str
+    setting: str
+    runs: List[Run] = field(default_factory=list)
+
+    @property
+    def pair(self) -> str:
+        return f"{self.teacher} → {self.student}" if self.teacher else f"{self.student} (alone)"
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} {self.setting}".strip()
+
+    @property
+    def best(self) -> Summary:
+        return Summary([r.best_acc for r in self.runs])
+
+    @property
+    def last(self) -> Summary:
+        return Summary([r.last_acc for r in self.runs])
+
+    @property
+    def seeds(self) -> List[int]:
+        return sorted(int(r.key("EXPERIMENT.SEED", 0)) for r in self.runs)
+
+    @property
+    def published(self) -> Optional[float]:
+        return published_top1(self.dataset, self.method, self.teacher, self.student)

@@ -22,11 +22,13 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from mdistiller.frequency.haar import transform_dtype
-from mdistiller.frequency.prompt import FrequencyBands, full_precision
+from mdistiller.frequency.prompt import FrequencyBands
+from mdistiller.losses._precision import float32_loss
 
 __all__ = ["ChannelRelation", "freekd_band_loss", "freekd_loss", "relation_weights"]
 
 
+@float32_loss
 def freekd_band_loss(masks: Tensor, teacher_band: Tensor, student_band: Tensor,
                      channel_weights: Optional[Tensor] = None) -> Tensor:
     """``mean |w_c M_t a - w_c M_t b|`` over (B, T, C, [3,] h, w) for one band set.
@@ -34,20 +36,19 @@ def freekd_band_loss(masks: Tensor, teacher_band: Tensor, student_band: Tensor,
     masks (B, T, h, w) are non-negative, so ``|M a - M b| = M |a - b|`` and the mean factorises
     into sums over tokens and over channels; no (B, T, C, ...) tensor is built.
     """
-    with full_precision(student_band):
-        dtype = transform_dtype(student_band)
-        diff = (student_band.to(dtype) - teacher_band.to(dtype)).abs()
-        if diff.dim() == 5:
-            diff = diff.sum(dim=2)
-            orientations = student_band.shape[2]
-        else:
-            orientations = 1
-        if channel_weights is not None:
-            diff = diff * channel_weights.to(dtype)[:, :, None, None]
-        total = (masks.to(dtype).sum(dim=1) * diff.sum(dim=1)).sum()
-        b, t = masks.shape[:2]
-        count = b * t * student_band.shape[1] * orientations * masks.shape[-2] * masks.shape[-1]
-        return total / count
+    dtype = transform_dtype(student_band)
+    diff = (student_band.to(dtype) - teacher_band.to(dtype)).abs()
+    if diff.dim() == 5:
+        diff = diff.sum(dim=2)
+        orientations = student_band.shape[2]
+    else:
+        orientations = 1
+    if channel_weights is not None:
+        diff = diff * channel_weights.to(dtype)[:, :, None, None]
+    total = (masks.to(dtype).sum(dim=1) * diff.sum(dim=1)).sum()
+    b, t = masks.shape[:2]
+    count = b * t * student_band.shape[1] * orientations * masks.shape[-2] * masks.shape[-1]
+    return total / count
 
 
 def freekd_loss(masks: List[Tensor], teacher: FrequencyBands, student: FrequencyBands, low_band: bool = False,

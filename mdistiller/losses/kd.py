@@ -3,19 +3,16 @@
 import torch
 import torch.nn.functional as F
 
-
-def at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    """`x` in float32 when it is float16 / bfloat16 (autocast outputs), else unchanged."""
-    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+from mdistiller.losses._precision import float32_loss
 
 
+@float32_loss
 def kd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, temperature: float) -> torch.Tensor:
     """`T^2 * KL(softmax(t/T) || softmax(s/T))`, KL summed over classes and averaged over the batch.
 
     Computed in at least float32: CPU autocast leaves (log_)softmax in bfloat16, whose rounding
     (~1e-2 on log-probabilities) is the size of the KL between close distributions.
     """
-    logits_student, logits_teacher = at_least_float32(logits_student), at_least_float32(logits_teacher)
     log_p_student = F.log_softmax(logits_student / temperature, dim=1)
     log_p_teacher = F.log_softmax(logits_teacher / temperature, dim=1)
     kl = F.kl_div(log_p_student, log_p_teacher, reduction="none", log_target=True).sum(1)

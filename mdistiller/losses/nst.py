@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 
 from mdistiller.losses._precision import float32_loss
-from mdistiller.losses._spatial import pool_to_smaller
+from mdistiller.losses.spatial import pool_to_smaller
 
 
 def poly_kernel(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

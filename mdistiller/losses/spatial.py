@@ -18,6 +18,15 @@ def pool_to_size(x: Tensor, size: Tuple[int, int]) -> Tensor:
     return F.adaptive_avg_pool2d(x, size)
 
 
+def pool_to_smaller(f_s: Tensor, f_t: Tensor) -> Tuple[Tensor, Tensor]:
+    """Average-pool the map with the larger height to the other's size (MDistiller's AT / NST / VID rule)."""
+    if f_s.shape[2] > f_t.shape[2]:
+        f_s = F.adaptive_avg_pool2d(f_s, f_t.shape[2:])
+    elif f_s.shape[2] < f_t.shape[2]:
+        f_t = F.adaptive_avg_pool2d(f_t, f_s.shape[2:])
+    return f_s, f_t
+
+
 def resize_to(x: Tensor, size: Tuple[int, int]) -> Tensor:
     """``x`` at spatial ``size``: average-pooled when larger, bilinearly upsampled when smaller."""
     if tuple(x.shape[-2:]) == tuple(size):

@@ -1,15 +1,14 @@
 """FreeKD on dense features: Zhang et al., "FreeKD: Knowledge Distillation via Semantic Frequency
 Prompt", CVPR 2024 (math: mdistiller/frequency/, mdistiller/losses/freekd.py; prompt file and band
-loss: mdistiller/distillers/_prompts.py)."""
+loss: mdistiller/distillers/frequency_prompts.py; stage 1: mdistiller_dense/prompt_learning.py)."""
 
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from yacs.config import CfgNode as CN
 
-from mdistiller.distillers._prompts import PromptDistiller, check_section, prompt_defaults
+from mdistiller.distillers.frequency_prompts import PromptBandLoss, check_section, distilled_indices, prompt_defaults
 from mdistiller.errors import ConfigError
 from mdistiller.losses.spatial import resize_to
 from mdistiller_dense.distillers._base import DenseDistiller, align_convs, register_dense_distiller
@@ -23,8 +22,9 @@ FREEKD_DEFAULTS.REG_WEIGHT = 1.0    # smooth-L1 between the box-regression outpu
 
 
 @register_dense_distiller("FREEKD", FREEKD_DEFAULTS)
-class DenseFREEKD(DenseDistiller):
-    """FreeKD's detection / segmentation recipe, stage 2 (stage 1: :meth:`prepare`).
+class DenseFREEKD(PromptBandLoss, DenseDistiller):
+    """FreeKD's detection / segmentation recipe, stage 2 (stage 1: the ``"DENSE_PROMPTS"`` stage it
+    declares, :class:`mdistiller_dense.prompt_learning.DensePromptStage`).
 
     On the last NUM_STAGES captured maps (default: every FPN level; segmenters ``backbone.layer4``),
     the student's map passes a 1x1 align conv to the teacher's channels (on every level, also when
@@ -40,19 +40,15 @@ class DenseFREEKD(DenseDistiller):
     ``bbox_head.retina_reg``. LOW_BAND / RELATION select the paper's variants.
     """
 
-    init_prompts = PromptDistiller.init_prompts            # the same prompt loading and band loss as
-    channel_weights = PromptDistiller.channel_weights      # classification's FreeKD (not copies)
-    frequency_loss = PromptDistiller.frequency_loss
     section = "FREEKD"
+    stages = ("DENSE_PROMPTS",)
 
     def __init__(self, student, teacher, cfg, **info) -> None:
         super().__init__(student, teacher, cfg, **info)
         s = cfg.FREEKD
         check_section(s, "FREEKD")
-        from mdistiller_dense.prompt_learning import distilled_levels
-
         self.weights = (s.WEIGHT, s.FEAT_WEIGHT, s.REG_WEIGHT)
-        self.teacher_indices = distilled_levels(len(self.t_channels), s.NUM_STAGES)
+        self.teacher_indices = distilled_indices(len(self.t_channels), s.NUM_STAGES, "FREEKD", first=0)
         self.align = align_convs([self.s_channels[i] for i in self.teacher_indices],
                                  [self.t_channels[i] for i in self.teacher_indices], always=True)
         self.init_prompts(cfg, teacher)
@@ -82,13 +78,6 @@ class DenseFREEKD(DenseDistiller):
             anchors = regression.shape[1] // sum(positions)
             return list(regression.split([p * anchors for p in positions], dim=1))
         return list(output[1])
-
-    @classmethod
-    def prepare(cls, cfg: CN) -> str:
-        """Stage 1: learn the prompts in the teacher (returns the prompt file's path)."""
-        from mdistiller_dense.prompt_learning import learn_dense_prompts
-
-        return learn_dense_prompts(cfg, "FREEKD")
 
     def distill(self, s_levels, t_levels, batch, **extra):
         weight, feat_weight, reg_weight = self.weights

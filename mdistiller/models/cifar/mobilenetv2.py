@@ -9,6 +9,8 @@ from typing import List, Tuple
 
 from torch import Tensor, nn
 
+from mdistiller.models.registry import cifar_models
+
 from ._common import FeatureDict, feature_dict, global_pool
 
 __all__ = ["MobileNetV2", "mobile_half"]
@@ -114,6 +116,7 @@ class MobileNetV2(nn.Module):
         return self.classifier(pooled), feats
 
 
+@cifar_models.register("MobileNetV2")
 def mobile_half(num_classes: int = 100) -> MobileNetV2:
     """MobileNetV2, width 0.5, expansion 6 (MDistiller's "MobileNetV2")."""
     return MobileNetV2(width_mult=0.5, expand_ratio=6, num_classes=num_classes)

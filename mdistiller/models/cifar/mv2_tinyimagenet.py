@@ -10,6 +10,8 @@ from typing import List, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mdistiller.models.registry import tiny_imagenet_models
+
 from ._common import FeatureDict, feature_dict, global_pool
 
 __all__ = ["MobileNetV2TinyImageNet", "mobilenetv2_tinyimagenet"]
@@ -92,5 +94,6 @@ class MobileNetV2TinyImageNet(nn.Module):
         return logits, feats
 
 
+@tiny_imagenet_models.register("MobileNetV2")
 def mobilenetv2_tinyimagenet(num_classes: int = 100) -> MobileNetV2TinyImageNet:
     return MobileNetV2TinyImageNet(num_classes=num_classes)

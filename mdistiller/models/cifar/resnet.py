@@ -10,6 +10,9 @@ from typing import List, Optional, Sequence, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mdistiller.models.checkpoint_dir import cifar_teacher_checkpoint
+from mdistiller.models.registry import cifar_models
+
 from ._common import FeatureDict, PreactSequential, feature_dict, global_pool
 
 __all__ = [
@@ -104,37 +107,46 @@ class ResNet(nn.Module):
         return self.fc(pooled), feature_dict([f0, f1, f2, f3], [f0, f1_pre, f2_pre, f3_pre], pooled)
 
 
+@cifar_models.register("resnet8")
 def resnet8(num_classes: int = 100) -> ResNet:
     return ResNet(8, [16, 16, 32, 64], num_classes=num_classes)
 
 
+@cifar_models.register("resnet14")
 def resnet14(num_classes: int = 100) -> ResNet:
     return ResNet(14, [16, 16, 32, 64], num_classes=num_classes)
 
 
+@cifar_models.register("resnet20")
 def resnet20(num_classes: int = 100) -> ResNet:
     return ResNet(20, [16, 16, 32, 64], num_classes=num_classes)
 
 
+@cifar_models.register("resnet32")
 def resnet32(num_classes: int = 100) -> ResNet:
     return ResNet(32, [16, 16, 32, 64], num_classes=num_classes)
 
 
+@cifar_models.register("resnet44")
 def resnet44(num_classes: int = 100) -> ResNet:
     return ResNet(44, [16, 16, 32, 64], num_classes=num_classes)
 
 
+@cifar_models.register("resnet56", checkpoint=cifar_teacher_checkpoint("resnet56"))
 def resnet56(num_classes: int = 100) -> ResNet:
     return ResNet(56, [16, 16, 32, 64], num_classes=num_classes)
 
 
+@cifar_models.register("resnet110", checkpoint=cifar_teacher_checkpoint("resnet110"))
 def resnet110(num_classes: int = 100) -> ResNet:
     return ResNet(110, [16, 16, 32, 64], num_classes=num_classes)
 
 
+@cifar_models.register("resnet8x4")
 def resnet8x4(num_classes: int = 100) -> ResNet:
     return ResNet(8, [32, 64, 128, 256], num_classes=num_classes)
 
 
+@cifar_models.register("resnet32x4", checkpoint=cifar_teacher_checkpoint("resnet32x4"))
 def resnet32x4(num_classes: int = 100) -> ResNet:
     return ResNet(32, [32, 64, 128, 256], num_classes=num_classes)

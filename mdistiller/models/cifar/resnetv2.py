@@ -5,10 +5,14 @@ He et al., "Deep Residual Learning for Image Recognition", CVPR 2016, with the I
 networks serve Tiny-ImageNet (64x64 inputs, ``num_classes=200``).
 """
 
+import os
 from typing import List, Sequence, Tuple, Type, Union
 
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from mdistiller.models.checkpoint_dir import cifar_teacher_checkpoint, download_ckpts_dir
+from mdistiller.models.registry import cifar_models, tiny_imagenet_models
 
 from ._common import FeatureDict, PreactSequential, feature_dict, global_pool
 
@@ -140,13 +144,17 @@ class ResNet(nn.Module):
         return self.linear(pooled), feats
 
 
+@cifar_models.register("ResNet18")
+@tiny_imagenet_models.register("ResNet18", checkpoint=os.path.join(download_ckpts_dir(), "tiny_imagenet_teachers", "ResNet18_vanilla", "ti_res18"))
 def ResNet18(num_classes: int = 100) -> ResNet:
     return ResNet(BasicBlock, [2, 2, 2, 2], num_classes=num_classes)
 
 
+@cifar_models.register("ResNet34")
 def ResNet34(num_classes: int = 100) -> ResNet:
     return ResNet(BasicBlock, [3, 4, 6, 3], num_classes=num_classes)
 
 
+@cifar_models.register("ResNet50", checkpoint=cifar_teacher_checkpoint("ResNet50"))
 def ResNet50(num_classes: int = 100) -> ResNet:
     return ResNet(Bottleneck, [3, 4, 6, 3], num_classes=num_classes)

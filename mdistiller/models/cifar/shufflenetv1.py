@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mdistiller.models.registry import cifar_models
+
 from ._common import FeatureDict, PreactSequential, channel_shuffle, feature_dict, global_pool
 
 __all__ = ["ShuffleNetV1", "ShuffleV1"]
@@ -95,6 +97,7 @@ class ShuffleNetV1(nn.Module):
         return self.linear(pooled), feature_dict([f0, f1, f2, f3], [f0, f1_pre, f2_pre, f3_pre], pooled)
 
 
+@cifar_models.register("ShuffleV1")
 def ShuffleV1(num_classes: int = 100) -> ShuffleNetV1:
     """ShuffleNet v1, g = 3, widths 240-480-960, 4-8-4 units."""
     return ShuffleNetV1([240, 480, 960], [4, 8, 4], groups=3, num_classes=num_classes)

@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mdistiller.models.registry import cifar_models, tiny_imagenet_models
+
 from ._common import FeatureDict, PreactSequential, channel_shuffle, feature_dict, global_pool
 
 __all__ = ["ShuffleNetV2", "ShuffleV2"]
@@ -125,6 +127,8 @@ class ShuffleNetV2(nn.Module):
         return self.linear(pooled), feature_dict([f0, f1, f2, f3], [f0, f1_pre, f2_pre, f3_pre], pooled)
 
 
+@cifar_models.register("ShuffleV2")
+@tiny_imagenet_models.register("ShuffleV2")
 def ShuffleV2(num_classes: int = 100) -> ShuffleNetV2:
     """ShuffleNetV2 1.0x (widths 116-232-464, last conv 1024)."""
     out_channels, num_blocks = SHUFFLENETV2_CONFIGS[1.0]

@@ -10,6 +10,9 @@ from typing import List, Sequence, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mdistiller.models.checkpoint_dir import cifar_teacher_checkpoint
+from mdistiller.models.registry import cifar_models
+
 from ._common import FeatureDict, feature_dict, global_pool
 
 __all__ = ["VGG", "vgg8_bn", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn"]
@@ -99,21 +102,26 @@ class VGG(nn.Module):
         return self.classifier(pooled), feats
 
 
+@cifar_models.register("vgg8")
 def vgg8_bn(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg8"], num_classes=num_classes)
 
 
+@cifar_models.register("vgg11")
 def vgg11_bn(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg11"], num_classes=num_classes)
 
 
+@cifar_models.register("vgg13", checkpoint=cifar_teacher_checkpoint("vgg13"))
 def vgg13_bn(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg13"], num_classes=num_classes)
 
 
+@cifar_models.register("vgg16")
 def vgg16_bn(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg16"], num_classes=num_classes)
 
 
+@cifar_models.register("vgg19")
 def vgg19_bn(num_classes: int = 100) -> VGG:
     return VGG(VGG_CONFIGS["vgg19"], num_classes=num_classes)

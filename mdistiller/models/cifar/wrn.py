@@ -9,6 +9,9 @@ from typing import List, Optional, Tuple
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from mdistiller.models.checkpoint_dir import cifar_teacher_checkpoint
+from mdistiller.models.registry import cifar_models
+
 from ._common import FeatureDict, feature_dict, global_pool
 
 __all__ = ["WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
@@ -115,17 +118,21 @@ class WideResNet(nn.Module):
         return self.fc(pooled), feature_dict([f0, f1, f2, f3], [f0, f1_pre, f2_pre, f3_pre], pooled)
 
 
+@cifar_models.register("wrn_16_1")
 def wrn_16_1(num_classes: int = 100) -> WideResNet:
     return WideResNet(depth=16, widen_factor=1, num_classes=num_classes)
 
 
+@cifar_models.register("wrn_16_2")
 def wrn_16_2(num_classes: int = 100) -> WideResNet:
     return WideResNet(depth=16, widen_factor=2, num_classes=num_classes)
 
 
+@cifar_models.register("wrn_40_1")
 def wrn_40_1(num_classes: int = 100) -> WideResNet:
     return WideResNet(depth=40, widen_factor=1, num_classes=num_classes)
 
 
+@cifar_models.register("wrn_40_2", checkpoint=cifar_teacher_checkpoint("wrn_40_2"))
 def wrn_40_2(num_classes: int = 100) -> WideResNet:
     return WideResNet(depth=40, widen_factor=2, num_classes=num_classes)

@@ -1,4 +1,4 @@
-"""ImageNet architectures, registered by their MDistiller names.
+"""ImageNet architectures, registered where they are defined by their MDistiller names.
 
 ``imagenet_model_dict[name](pretrained=...)`` builds a model, as in MDistiller; an unknown name
 raises :class:`~mdistiller.errors.UnknownNameError` listing the known ones.
@@ -13,7 +13,7 @@ from mdistiller.models.imagenet.resnet import (
     resnet101,
     resnet152,
 )
-from mdistiller.registry import Registry
+from mdistiller.models.registry import imagenet_models
 
 __all__ = [
     "imagenet_model_dict",
@@ -27,10 +27,4 @@ __all__ = [
     "resnet152",
 ]
 
-imagenet_model_dict = Registry("ImageNet model")
-imagenet_model_dict.register("ResNet18", resnet18)
-imagenet_model_dict.register("ResNet34", resnet34)
-imagenet_model_dict.register("ResNet50", resnet50)
-imagenet_model_dict.register("ResNet101", resnet101)
-imagenet_model_dict.register("ResNet152", resnet152)
-imagenet_model_dict.register("MobileNetV1", mobilenet_v1)
+imagenet_model_dict = imagenet_models  # a Registry: name -> constructor(pretrained=...)

@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from mdistiller.errors import CheckpointError
 from mdistiller.models.checkpoint_dir import download_ckpts_dir
 from mdistiller.models.imagenet._weights import load_state_dict_file, load_weights
+from mdistiller.models.registry import imagenet_models
 
 __all__ = ["MobileNetV1", "mobilenet_v1", "DEFAULT_CHECKPOINT"]
 
@@ -124,6 +125,7 @@ class MobileNetV1(nn.Module):
         return logits, {"feats": feats, "preact_feats": preact_feats, "pooled_feat": pooled}
 
 
+@imagenet_models.register("MobileNetV1")
 def mobilenet_v1(
     pretrained: bool = False,
     progress: bool = True,

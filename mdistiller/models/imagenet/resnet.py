@@ -20,6 +20,7 @@ from torchvision.models import (
 from torchvision.models import resnet as tv_resnet
 
 from mdistiller.models.imagenet._weights import load_torchvision_state_dict, load_weights
+from mdistiller.models.registry import imagenet_models
 
 __all__ = ["ResNet", "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
 
@@ -123,6 +124,7 @@ def _resnet(
     return model
 
 
+@imagenet_models.register("ResNet18")
 def resnet18(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> ResNet:
     """ResNet-18 (He et al., 2016); ``pretrained`` loads torchvision's ``IMAGENET1K_V1`` weights.
 
@@ -132,12 +134,14 @@ def resnet18(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> 
     return _resnet(BasicBlock, [2, 2, 2, 2], weights, pretrained, progress, **kwargs)
 
 
+@imagenet_models.register("ResNet34")
 def resnet34(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> ResNet:
     """ResNet-34 (He et al., 2016); ``pretrained`` loads torchvision's ``IMAGENET1K_V1`` weights."""
     weights = ResNet34_Weights.IMAGENET1K_V1
     return _resnet(BasicBlock, [3, 4, 6, 3], weights, pretrained, progress, **kwargs)
 
 
+@imagenet_models.register("ResNet50")
 def resnet50(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> ResNet:
     """ResNet-50 (He et al., 2016); ``pretrained`` loads torchvision's ``IMAGENET1K_V1`` weights.
 
@@ -147,12 +151,14 @@ def resnet50(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> 
     return _resnet(Bottleneck, [3, 4, 6, 3], weights, pretrained, progress, **kwargs)
 
 
+@imagenet_models.register("ResNet101")
 def resnet101(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> ResNet:
     """ResNet-101 (He et al., 2016); ``pretrained`` loads torchvision's ImageNet V1 weights."""
     weights = ResNet101_Weights.IMAGENET1K_V1
     return _resnet(Bottleneck, [3, 4, 23, 3], weights, pretrained, progress, **kwargs)
 
 
+@imagenet_models.register("ResNet152")
 def resnet152(pretrained: bool = False, progress: bool = True, **kwargs: Any) -> ResNet:
     """ResNet-152 (He et al., 2016); ``pretrained`` loads torchvision's ImageNet V1 weights."""
     weights = ResNet152_Weights.IMAGENET1K_V1

@@ -6,6 +6,7 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.errors import ConfigError
 
 FeatureShapes = Dict[str, Union[List[torch.Size], torch.Size]]
@@ -42,7 +43,7 @@ def probe_image_size(cfg: CN, method_input_size: Sequence[int], key: str) -> int
     key is kept so MDistiller's YAML files merge, and a value other than the default that
     disagrees with DATASET.IMAGE_SIZE is refused rather than silently ignored.
     """
-    size = cfg.DATASET.IMAGE_SIZE
+    size = image_size(cfg)
     requested = tuple(method_input_size)
     if requested not in ((32, 32), (size, size)):
         raise ConfigError(

@@ -29,8 +29,8 @@ from torch.utils.flop_counter import FlopCounterMode
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers import Distiller, distiller_dict
-from mdistiller.distillers._prompts import initial_prompt_file
 from mdistiller.engine.build import build_model, build_teacher, teacher_checkpoint_path
+from mdistiller.engine.stages import stages_of
 from mdistiller.engine.trainer import trainer_dict
 from mdistiller.engine.utils import resolve_device
 
@@ -215,11 +215,9 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
         return build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)
 
     def subject(name: str, method_cfg: CN, cls) -> Subject:
-        method = method_cfg.DISTILLER.TYPE
-        if method in method_cfg and "PROMPT_PATH" in method_cfg[method]:
-            # a prompt method's stage 2 costs the same with stage 1's starting prompts as with learned ones
-            path = initial_prompt_file(method_cfg, teacher(), os.path.join(run_dir, f"{method.lower()}_prompts.pth"))
-            method_cfg = _with(method_cfg, {f"{method}.PROMPT_PATH": path})
+        for stage in stages_of(cls.stages):
+            # training costs the same with a stage's freshly initialised output (FreeKD's prompts) as with a learned one
+            method_cfg = _with(method_cfg, stage.stand_in(method_cfg, teacher(), run_dir))
         distiller = cls(student(), None if cls is distiller_dict["NONE"] else teacher(), method_cfg,
                         num_data=num_data, num_classes=num_classes)
         return Subject(name, method_cfg, distiller, num_data, num_classes, run_dir)

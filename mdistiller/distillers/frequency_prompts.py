@@ -1,9 +1,11 @@
 """Frequency prompts of a teacher, shared by the prompt-based distillers (FreeKD; adaptive frequency
-prompting reuses the same keys, file, stage-1 tool and band loss through :class:`PromptDistiller`).
+prompting reuses the same keys, file, stage 1 and band loss through :class:`PromptDistiller`; dense
+FreeKD the band loss through :class:`PromptBandLoss`).
 
-A method declares its config section with :func:`prompt_defaults` (plus its own keys); stage 1
-(``tools/train_prompt.py``, :mod:`mdistiller.engine.prompt_learning`) writes a prompt file that stage 2
-loads with :func:`load_prompts`. The file is a plain dict (weights-only loadable): the prompts'
+A method declares its config section with :func:`prompt_defaults` (plus its own keys) and the stage
+``"PROMPTS"`` in its ``stages``; the engine runs that stage (:mod:`mdistiller.engine.prompt_learning`,
+also ``tools/train_prompt.py`` alone) before training, and it writes a prompt file that stage 2 loads
+with :func:`load_prompts`. The file is a plain dict (weights-only loadable): the prompts'
 state dict under ``"prompts"`` and what they were learned for (teacher name, a fingerprint of its
 weights, feature indices, channels, tokens, DWT levels), which stage 2 checks.
 """
@@ -16,18 +18,20 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller
+from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.errors import ConfigError
 from mdistiller.frequency.prompt import DIVERSITY_KINDS, FrequencyBands, FrequencyPrompt
 from mdistiller.losses.freekd import ChannelRelation, freekd_loss, relation_weights
 
 __all__ = [
+    "PromptBandLoss",
     "PromptDistiller",
     "PromptFileError",
     "build_prompts",
     "check_section",
     "distilled_indices",
-    "initial_prompt_file",
     "load_prompts",
     "prompt_defaults",
     "prompt_path",
@@ -81,11 +85,12 @@ def check_section(section: CN, name: str) -> None:
         raise ConfigError(f"{name}.TOKENS and {name}.DWT_LEVELS must be at least 1.")
 
 
-def distilled_indices(num_feats: int, num_stages: int, name: str = "FREEKD") -> List[int]:
-    """Indices of the last `num_stages` entries of a `feats` list of length `num_feats` (stem excluded)."""
-    if not 1 <= num_stages <= num_feats - 1:
-        raise ConfigError(f"{name}.NUM_STAGES must be between 1 and {num_feats - 1} here, got {num_stages}.")
-    return list(range(num_feats - num_stages, num_feats))
+def distilled_indices(num_maps: int, num_stages: int, name: str = "FREEKD", first: int = 1) -> List[int]:
+    """Indices of the last `num_stages` of `num_maps` feature maps, none before index `first`
+    (1 for a classifier's ``feats``, whose entry 0 is the stem; 0 for a dense model's captured maps)."""
+    if not 1 <= num_stages <= num_maps - first:
+        raise ConfigError(f"{name}.NUM_STAGES must be between 1 and {num_maps - first} here, got {num_stages}.")
+    return list(range(num_maps - num_stages, num_maps))
 
 
 def prompt_path(cfg: CN, name: str) -> str:
@@ -126,34 +131,18 @@ def prompt_record(prompts: nn.ModuleList, teacher: nn.Module, cfg: CN, name: str
     }
 
 
-def initial_prompt_file(cfg: CN, teacher: nn.Module, path: Optional[str] = None) -> str:
-    """Write freshly initialised prompts for `cfg`'s method and `teacher` (what stage 1 starts from) to
-    `path` (default: where stage 2 looks); returns the path. For timing and tests: stage 2 costs the
-    same with these as with learned prompts."""
-    from mdistiller.distillers._shapes import feature_shapes
-    from mdistiller.engine.checkpoint import save_checkpoint  # the engine imports the distillers
-
-    name = cfg.DISTILLER.TYPE
-    shapes = feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"]
-    indices = distilled_indices(len(shapes), cfg[name].NUM_STAGES, name)
-    prompts = build_prompts([shapes[i][1] for i in indices], cfg[name])
-    path = path or prompt_path(cfg, name)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    save_checkpoint(prompt_record(prompts, teacher, cfg, name, indices), path)
-    return path
-
-
 def load_prompts(cfg: CN, name: str, teacher: nn.Module, indices: Sequence[int],
                  channels: Sequence[int]) -> nn.ModuleList:
     """The frozen prompts stage 1 saved for this teacher and these features; ConfigError saying how to
     make them when the file is missing or was learned for something else."""
-    from mdistiller.engine.checkpoint import load_checkpoint  # the engine imports the distillers
-
     path = prompt_path(cfg, name)
     if not os.path.isfile(path):
         raise PromptFileError(f"{name} needs frequency prompts learned in the teacher, and there are none at {path}",
                               name)
-    record = load_checkpoint(path)
+    try:
+        record = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # truncated, corrupt or not a prompt file: say which file and how to replace it
+        raise PromptFileError(f"Prompt file {path} is unreadable ({type(err).__name__})", name) from None
     section = cfg[name]
     wanted = {"teacher": cfg.DISTILLER.TEACHER, "feature_indices": list(indices), "channels": list(channels),
               "tokens": section.TOKENS, "levels": section.DWT_LEVELS}
@@ -169,49 +158,32 @@ def load_prompts(cfg: CN, name: str, teacher: nn.Module, indices: Sequence[int],
     return prompts.requires_grad_(False)
 
 
-class PromptDistiller(Distiller):
-    """A distiller whose loss is FreeKD's masked band loss under frozen frequency prompts.
+class PromptBandLoss:
+    """FreeKD's masked band loss under frozen frequency prompts, for a distiller of any task.
 
-    Subclasses set :attr:`section` (their config section, built on :func:`prompt_defaults` plus
-    ``LOSS.CE_WEIGHT`` and ``LOSS.FEAT_WEIGHT``), build their modules and call :meth:`init_prompts`;
-    :meth:`prepare` is stage 1 and :meth:`frequency_loss` the stage-2 loss, summed over levels:
+    The contract: the distiller sets ``section`` (its config section name, built on
+    :func:`prompt_defaults`) and, before calling :meth:`init_prompts`, ``teacher_indices`` (the
+    distilled teacher maps) and ``teacher_channels`` (their channels); it then calls
+    :meth:`frequency_loss` on the teacher maps and the student maps aligned to them. The loss,
+    summed over levels, is
 
         sum_levels sum_k mean_{b,t,c,...} w_{b,c} | M_{k,t} * a_k - M_{k,t} * b_k |
 
     with ``M_k = sigmoid(P_k R_k)`` from the frozen prompt and the teacher band (no gradient), k over
     the high-band levels plus LL with ``LOW_BAND``, and w = 1, or with ``RELATION`` the paper's
     channel weights ``w_t * w_s`` (:class:`~mdistiller.losses.freekd.ChannelRelation`) of each level's
-    map with the next deeper distilled map (the deepest with itself).
+    map with the next deeper distilled map (the deepest with itself). The prompts come from the
+    ``"PROMPTS"`` stage the distiller declares (:func:`load_prompts`).
     """
 
     section: str = ""
-
-    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN) -> None:
-        """Read the loss weights and find the distilled stages (the last NUM_STAGES ``feats`` of each
-        model, probed at DATASET.IMAGE_SIZE): ``teacher_indices``, ``student_indices``, ``teacher_map_shapes``
-        ((C, h, w) of each distilled teacher map) and ``student_channels``."""
-        super().__init__(student, teacher)
-        from mdistiller.distillers._shapes import feature_shapes
-
-        section = cfg[self.section]
-        check_section(section, self.section)
-        self.ce_loss_weight = section.LOSS.CE_WEIGHT
-        self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
-        teacher_shapes = [tuple(s[1:]) for s in feature_shapes(teacher, cfg.DATASET.IMAGE_SIZE)["feats"]]
-        student_shapes = [tuple(s[1:]) for s in feature_shapes(student, cfg.DATASET.IMAGE_SIZE)["feats"]]
-        self.teacher_indices = distilled_indices(len(teacher_shapes), section.NUM_STAGES, self.section)
-        self.student_indices = distilled_indices(len(student_shapes), section.NUM_STAGES, self.section)
-        self.teacher_map_shapes: List[Tuple[int, ...]] = [teacher_shapes[i] for i in self.teacher_indices]
-        self.student_channels = [student_shapes[i][0] for i in self.student_indices]
-
-    @property
-    def teacher_channels(self) -> List[int]:
-        return [shape[0] for shape in self.teacher_map_shapes]
+    teacher_indices: List[int]
+    teacher_channels: List[int]
 
     def init_prompts(self, cfg: CN, teacher: nn.Module) -> None:
         """Load the frozen prompts of the distilled teacher maps and build the relation modules (RELATION)."""
         section = cfg[self.section]
-        channels = self.teacher_channels
+        channels = list(self.teacher_channels)
         self.levels = section.DWT_LEVELS
         self.low_band = section.LOW_BAND
         self.prompts = load_prompts(cfg, self.section, teacher, self.teacher_indices, channels)
@@ -221,13 +193,6 @@ class PromptDistiller(Distiller):
             deeper = channels[1:] + channels[-1:]
             self.relation_t = nn.ModuleList(ChannelRelation(c, d) for c, d in zip(channels, deeper))
             self.relation_s = nn.ModuleList(ChannelRelation(c, d) for c, d in zip(channels, deeper))
-
-    @classmethod
-    def prepare(cls, cfg: CN) -> Optional[str]:
-        """Stage 1: learn the prompts in the teacher and save them where stage 2 looks (returns the path)."""
-        from mdistiller.engine.prompt_learning import learn_prompts  # the engine imports the distillers
-
-        return learn_prompts(cfg, cls.section)
 
     def channel_weights(self, teacher_maps: Sequence[Tensor], student_maps: Sequence[Tensor]) -> List[Optional[Tensor]]:
         """Per level, ``w_t * w_s`` normalised to mean 1 (RELATION on), else None."""
@@ -251,3 +216,36 @@ class PromptDistiller(Distiller):
             total = total + freekd_loss(masks, teacher_bands, FrequencyBands.of(s_map, self.levels), self.low_band,
                                         weights)
         return total
+
+
+class PromptDistiller(PromptBandLoss, Distiller):
+    """A classification distiller whose loss is :class:`PromptBandLoss`, on the last ``NUM_STAGES``
+    entries of ``feats`` of each model.
+
+    Subclasses set :attr:`section` (their config section, built on :func:`prompt_defaults` plus
+    ``LOSS.CE_WEIGHT`` and ``LOSS.FEAT_WEIGHT``), build their modules and call :meth:`init_prompts`.
+    Stage 1 is the engine's ``"PROMPTS"`` stage.
+    """
+
+    stages = ("PROMPTS",)
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN) -> None:
+        """Read the loss weights and find the distilled stages (the last NUM_STAGES ``feats`` of each
+        model, probed at the input size): ``teacher_indices``, ``student_indices``, ``teacher_map_shapes``
+        ((C, h, w) of each distilled teacher map) and ``student_channels``."""
+        super().__init__(student, teacher)
+        section = cfg[self.section]
+        check_section(section, self.section)
+        self.ce_loss_weight = section.LOSS.CE_WEIGHT
+        self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
+        size = image_size(cfg)
+        teacher_shapes = [tuple(s[1:]) for s in feature_shapes(teacher, size)["feats"]]
+        student_shapes = [tuple(s[1:]) for s in feature_shapes(student, size)["feats"]]
+        self.teacher_indices = distilled_indices(len(teacher_shapes), section.NUM_STAGES, self.section)
+        self.student_indices = distilled_indices(len(student_shapes), section.NUM_STAGES, self.section)
+        self.teacher_map_shapes: List[Tuple[int, ...]] = [teacher_shapes[i] for i in self.teacher_indices]
+        self.student_channels = [student_shapes[i][0] for i in self.student_indices]
+
+    @property
+    def teacher_channels(self) -> List[int]:
+        return [shape[0] for shape in self.teacher_map_shapes]

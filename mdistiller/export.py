@@ -28,10 +28,11 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers import Distiller
-from mdistiller.distillers._classifier import find_classifier
+from mdistiller.distillers.classifier import find_classifier
 from mdistiller.engine.build import build_distiller, build_model, predicts_through_distiller
 from mdistiller.engine.cfg import dump_cfg, load_cfg_text
-from mdistiller.engine.checkpoint import load_checkpoint, load_weights, save_checkpoint, strip_prefix, student_state_dict
+from mdistiller.engine.checkpoint import (load_checkpoint, load_weights, save_checkpoint, strip_prefix, student_state_dict,
+                                          unwrapped)
 from mdistiller.errors import CheckpointError, ConfigError
 
 DEPLOY_FORMAT = "mdistiller.deploy/1"
@@ -101,7 +102,7 @@ def prune_teacher(distiller: Distiller, image_size: int) -> Distiller:
     """A copy of `distiller` whose teacher keeps only what ``forward_test`` calls."""
     pruned = copy.deepcopy(distiller)
     if pruned.teacher is not None:
-        pruned.__dict__.pop("inference_teacher", None)
+        pruned.inference_teacher = None
         pruned.teacher = keep_submodules(pruned.teacher, teacher_modules_used(pruned, image_size))
     return pruned.eval()
 
@@ -116,11 +117,7 @@ def checkpoint_num_classes(cfg: CN, weights: Dict[str, Tensor]) -> int:
 
 
 def _full_weights(state: dict) -> Dict[str, Tensor]:
-    weights = state.get("model") or {}
-    for prefix in ("module.", "_orig_mod."):
-        if weights and all(k.startswith(prefix) for k in weights):
-            weights = strip_prefix(weights, prefix)
-    return weights
+    return unwrapped(state.get("model") or {})
 
 
 def build_deployable(cfg: CN, num_classes: int, through_distiller: bool) -> nn.Module:
