@@ -17,7 +17,7 @@ from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.loggers import read_metrics
 from mdistiller.engine.run import train_run
 from mdistiller.models import cifar_model_dict
-from test_trainer import make_trainer
+from helpers import make_trainer
 
 METHODS = ("SFAKD", "CANKD", "CATKD")
 DIGITS_METHODS = METHODS + ("FREEKD", "AFPKD", "FAMKD")

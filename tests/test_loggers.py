@@ -10,7 +10,7 @@ import pytest
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.loggers import WandbLog
 
-from test_trainer import make_trainer
+from helpers import make_trainer
 
 
 class RecordingWandb(types.ModuleType):

@@ -12,8 +12,7 @@ import torch
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.errors import NonFiniteLossError, TrainingStopped
 
-from test_resume_exact import assert_same_state, kd_trainer, signal_at_call
-from test_trainer import make_trainer
+from helpers import assert_same_state, kd_trainer, make_trainer, signal_at_call
 
 
 def poison(trainer, from_call, image_nan=False, term="loss_kd", value=math.inf):

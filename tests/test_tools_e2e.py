@@ -12,6 +12,7 @@ import torch
 
 from conftest import REPO_ROOT
 from fake_data import write_fake_cifar100
+from helpers import assert_ok, assert_user_error
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
 from mdistiller.models import cifar_model_dict
 from mdistiller.models.checkpoint_dir import CKPT_ROOT_ENV
@@ -22,19 +23,6 @@ TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
 EVAL = os.path.join(REPO_ROOT, "tools", "eval.py")
 QUICKSTART = os.path.join(REPO_ROOT, "tools", "quickstart.py")
 DIGITS_STUDENT = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
-
-
-def assert_ok(result) -> None:
-    assert result.returncode == 0, f"exit {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
-
-
-def assert_user_error(result, *fragments: str) -> None:
-    """Exit status 2 and one `error: ...` line on stderr, no traceback."""
-    assert result.returncode == 2, result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_train_then_eval_on_digits(tool, tmp_path):
