@@ -17,6 +17,8 @@ from mdistiller.engine.export import (export_checkpoint, load_deployable, load_t
 from mdistiller.errors import CheckpointError
 from mdistiller.models import cifar_model_dict
 
+pytestmark = pytest.mark.slow
+
 DIGITS_STUDENT = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
 EXPORT = os.path.join(REPO_ROOT, "tools", "export.py")
 

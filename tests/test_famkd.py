@@ -84,6 +84,7 @@ def build(*opts, student="resnet8", teacher="wrn_16_2", size=16):
                                    cifar_model_dict[teacher][0](num_classes=10), cfg, num_data=10, num_classes=10)
 
 
+@pytest.mark.slow
 def test_fusion_heads_follow_the_teacher_maps_and_the_loss_ramps():
     distiller = build("FAMKD.WARMUP_EPOCHS=4", "FAMKD.FAMKD_WEIGHT=3.0").train()
     heads = [abf.conv2[0] for abf in reversed(distiller.abfs)]  # shallow level first
