@@ -268,6 +268,7 @@ def test_imagenet_configs_load(pair):
     assert cfg.DISTILLER.TYPE == "FREEKD" and cfg.DATASET.TYPE == "imagenet" and cfg.FREEKD.PROMPT_EPOCHS == 1
 
 
+@pytest.mark.slow
 def test_stage1_then_one_epoch_through_train_run_on_fake_cifar100(tmp_path, monkeypatch):
     write_fake_cifar100(tmp_path / "data", num_train=24, num_test=8)
     monkeypatch.setenv(SKIP_MD5_ENV, "1")

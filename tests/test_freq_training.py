@@ -19,6 +19,8 @@ from mdistiller.engine.run import train_run
 from mdistiller.models import cifar_model_dict
 from helpers import make_trainer
 
+pytestmark = pytest.mark.slow
+
 METHODS = ("SFAKD", "CANKD", "CATKD")
 DIGITS_METHODS = METHODS + ("FREEKD", "AFPKD", "FAMKD")
 EVAL = os.path.join(REPO_ROOT, "tools", "eval.py")

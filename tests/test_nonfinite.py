@@ -14,6 +14,8 @@ from mdistiller.errors import NonFiniteLossError, TrainingStopped
 
 from helpers import assert_same_state, kd_trainer, make_trainer, signal_at_call
 
+pytestmark = pytest.mark.slow
+
 
 def poison(trainer, from_call, image_nan=False, term="loss_kd", value=math.inf):
     """From the `from_call`-th forward pass on: a NaN input image (so BatchNorm statistics turn NaN

@@ -15,6 +15,8 @@ from mdistiller.errors import TrainingStopped
 
 from helpers import assert_same_state, kd_trainer, signal_at_call
 
+pytestmark = pytest.mark.slow
+
 EPOCHS = 2
 TIMING = ("train_seconds", "img_per_s")
 

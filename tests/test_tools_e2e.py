@@ -137,11 +137,16 @@ def test_quickstart_writes_results_and_deletes_only_its_own_outputs(tool, tmp_pa
     assert "One seed: no spread" in (out / "results.md").read_text()
 
 
-# Short form: 4 epochs, students on half the split. Run with --seeds 0, 1 and 2 (2026-12-02, 2-core EPYC,
-# busy): teacher T_RUNS, NONE N_RUNS, KD K_RUNS. Full form (MDISTILLER_E2E=full): `make demo`'s default.
-SHORT_FORM = ["--methods", "NONE,KD", "--seeds", "0", "--epochs", "4", "--fraction", "0.5"]
-SHORT_THRESHOLDS = {"teacher": T_MIN, "NONE": N_MIN, "KD": K_MIN}
-FULL_THRESHOLDS = {"teacher": 97.0, "NONE": F_N_MIN, "KD": F_K_MIN}
+# Thresholds from three seeds of each form (2026-12-02, 2-core EPYC shared with four other sessions):
+# the mean minus four standard deviations, and at least a point (~4 test images) under the lowest seed.
+# Short form, `--seeds S` for S = 0, 1, 2 (teacher and students): teacher 99.44 / 99.17 / 98.89
+# (mean 99.17, std 0.28), NONE 96.39 / 96.67 / 96.39 (96.48, 0.16), KD 97.50 / 99.17 / 97.78 (98.15, 0.89).
+SHORT_FORM = ["--methods", "NONE,KD", "--seeds", "0", "--epochs", "8", "--fraction", "0.5", "DATASET.IMAGE_SIZE", "8"]
+SHORT_THRESHOLDS = {"teacher": 97.8, "NONE": 95.3, "KD": 94.5}
+# Full form (MDISTILLER_E2E=full): `make demo`'s default (students on 10 % of the split, 30 epochs, seeds
+# 0-2, checked on the mean): NONE 83.61 / 80.00 / 89.44 (84.35, 4.77), KD 92.78 / 91.94 / 96.11 (93.61,
+# 2.20); the teacher (15 epochs, whole split, one run) 99.44.
+FULL_THRESHOLDS = {"teacher": 97.0, "NONE": 65.0, "KD": 84.5}
 
 
 def test_quickstart_accuracies(tool, tmp_path, e2e_full):

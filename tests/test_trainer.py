@@ -3,11 +3,14 @@
 import json
 import os
 
+import pytest
 import torch
 
 from mdistiller.engine.checkpoint import load_checkpoint
 
 from helpers import make_trainer
+
+pytestmark = pytest.mark.slow
 
 
 def batch_loss(trainer, batch):
