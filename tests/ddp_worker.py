@@ -7,11 +7,13 @@ through a FileStore (so no TCP port is opened; gloo's own sockets stay on the in
 GLOO_SOCKET_IFNAME, the loopback in the tests), then runs tools/train.py as `python tools/train.py`.
 
 With MDISTILLER_TEST_NONFINITE=CALL in its environment, the process's CALL-th training forward pass
-(of the NONE distiller) returns a NaN cross-entropy, for tests/test_reliability_processes.py.
+(of the NONE distiller) returns a NaN cross-entropy, and with MDISTILLER_TEST_SIGTERM=CALL the process
+sends itself SIGTERM during that pass (a stop that lands mid-epoch), for tests/test_reliability_processes.py.
 """
 
 import os
 import runpy
+import signal
 import sys
 
 import torch.distributed as dist
@@ -20,8 +22,8 @@ REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
 
 
-def poison_forward_train(call: int) -> None:
-    """The NONE distiller's `call`-th forward_train in this process returns loss_ce NaN."""
+def at_forward_train(call: int, action) -> None:
+    """The NONE distiller's `call`-th forward_train in this process passes its losses through `action`."""
     sys.path.insert(0, REPO_ROOT)
     from mdistiller.distillers import distiller_dict
 
@@ -32,17 +34,28 @@ def poison_forward_train(call: int) -> None:
         calls[0] += 1
         logits, losses = original(self, image, target, **batch)
         if calls[0] == call:
-            losses = dict(losses, loss_ce=losses["loss_ce"] * float("nan"))
+            losses = action(losses)
         return logits, losses
 
     cls.forward_train = forward_train
+
+
+def poison(losses):
+    return dict(losses, loss_ce=losses["loss_ce"] * float("nan"))
+
+
+def send_sigterm(losses):
+    os.kill(os.getpid(), signal.SIGTERM)
+    return losses
 
 
 if __name__ == "__main__":
     store_file, rank, world = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(world))
     if os.environ.get("MDISTILLER_TEST_NONFINITE"):
-        poison_forward_train(int(os.environ["MDISTILLER_TEST_NONFINITE"]))
+        at_forward_train(int(os.environ["MDISTILLER_TEST_NONFINITE"]), poison)
+    if os.environ.get("MDISTILLER_TEST_SIGTERM"):
+        at_forward_train(int(os.environ["MDISTILLER_TEST_SIGTERM"]), send_sigterm)
     dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world)
     sys.argv = [TRAIN, *sys.argv[4:]]
     sys.path.insert(0, os.path.dirname(TRAIN))

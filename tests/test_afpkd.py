@@ -16,7 +16,7 @@ from mdistiller.losses.freekd import ChannelRelation
 from mdistiller.losses.reviewkd import ReviewFusion
 from mdistiller.models import cifar_model_dict
 from prompt_files import write_prompt_file
-from test_freekd import direct_level_loss
+from helpers import direct_level_loss
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 

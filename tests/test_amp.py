@@ -11,7 +11,7 @@ from mdistiller.engine.fast_path import channels_last_enabled
 from mdistiller.errors import ConfigError
 from mdistiller.models import cifar_model_dict
 
-from test_trainer import make_trainer
+from helpers import make_trainer
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 

@@ -142,6 +142,7 @@ def corrupt_images(folder: Path) -> Dict[str, Path]:
     return {"garbage": garbage, "truncated": truncated}
 
 
+@pytest.mark.slow
 def test_unreadable_image_is_one_line_error_from_a_worker(cli, tmp_path):
     folder = write_fake_tiny_imagenet(tmp_path / "data", train_per_class=2)
     bad = corrupt_images(folder / "train")
@@ -152,6 +153,7 @@ def test_unreadable_image_is_one_line_error_from_a_worker(cli, tmp_path):
     assert "DATASET.SKIP_UNREADABLE True" in line and "Traceback" not in line
 
 
+@pytest.mark.slow
 def test_unreadable_images_are_skipped_with_a_warning(tmp_path):
     folder = write_fake_tiny_imagenet(tmp_path / "data", train_per_class=2)
     bad = corrupt_images(folder / "train")

@@ -79,6 +79,7 @@ def test_method_selection():
         bench.selected_methods("NONE", False, None)
 
 
+@pytest.mark.slow
 def test_loader_throughput_record():
     """The record's shape and arithmetic; the speed-up itself is measured, never asserted (docs/performance.md)."""
     cfg = build_cfg(None, ["DATASET.NUM_WORKERS=0", "DATASET.ROOT=/nonexistent"])

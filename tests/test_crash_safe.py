@@ -8,6 +8,7 @@ import random
 import signal
 import time
 
+import pytest
 import torch
 
 from mdistiller.engine.checkpoint import TMP_PREFIX, load_checkpoint, remove_stale_temporaries, save_checkpoint
@@ -27,6 +28,7 @@ def write_forever(path: str, first: int) -> None:
         number += 1
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_moments_leaves_latest_loadable(tmp_path):
     path = str(tmp_path / "latest")
     save_checkpoint(checkpoint(0), path)

@@ -13,7 +13,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mdistiller.engine import utils
 from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
 
-from test_trainer import make_trainer
+from helpers import make_trainer, poison
 
 pytestmark = pytest.mark.usefixtures("torch_single_thread")
 
@@ -138,7 +138,6 @@ def test_skipped_step_restores_normalisation_statistics_and_copies_nothing_else(
     """SOLVER.SKIP_NONFINITE: a skipped step puts back the running statistics of every BatchNorm
     outside the teacher, bit for bit, and copies no other buffer (not CRD's memory banks)."""
     from mdistiller.models import cifar_model_dict
-    from test_nonfinite import poison
 
     torch.manual_seed(0)
     teacher_file = tmp_path / "teacher.pth"

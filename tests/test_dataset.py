@@ -353,3 +353,59 @@ def test_build_loaders_with_sampler_and_workers(tmp_path):
     shuffled, _ = build_loaders(make_cfg("digits", tmp_path), train_set, val_set)
     assert isinstance(shuffled.sampler, torch.utils.data.RandomSampler)
     assert not shuffled.persistent_workers
+
+
+# ------------------------------------------------------------------------ DATASET.TRAIN_FRACTION
+
+
+def image_rows(images: torch.Tensor) -> list:
+    return [bytes(row.numpy().tobytes()) for row in images.reshape(len(images), -1)]
+
+
+@pytest.mark.parametrize("fraction", [0.05, 0.3])
+def test_train_fraction_is_a_stratified_seeded_subset_of_the_split(tmp_path, fraction):
+    full, full_val, _ = build_datasets(make_cfg("digits", tmp_path))
+    part, part_val, _ = build_datasets(make_cfg("digits", tmp_path, TRAIN_FRACTION=fraction))
+    labels = np.asarray(full.targets)
+    assert len(part) == int(fraction * len(labels))  # sklearn's float train_size: floor(fraction * n)
+    counts = np.bincount(part.targets, minlength=10)
+    assert np.all(np.abs(counts - fraction * np.bincount(labels)) <= 1), counts  # each class keeps its share
+    label_of = dict(zip(image_rows(full.dataset.images), labels.tolist()))
+    rows = image_rows(part.dataset.images)
+    assert len(set(rows)) == len(rows) and all(label_of[r] == t for r, t in zip(rows, part.targets))
+    assert torch.equal(part_val.images, full_val.images) and part_val.targets == full_val.targets  # test split whole
+
+    again, _, _ = build_datasets(make_cfg("digits", tmp_path, TRAIN_FRACTION=fraction))
+    assert torch.equal(again.dataset.images, part.dataset.images)
+    other_cfg = make_cfg("digits", tmp_path, TRAIN_FRACTION=fraction)
+    other_cfg.EXPERIMENT.SEED = 1
+    other, _, _ = build_datasets(other_cfg)
+    assert set(image_rows(other.dataset.images)) != set(rows)
+
+
+def test_train_fraction_keeps_the_in_memory_loader(tmp_path):
+    cfg = make_cfg("digits", tmp_path, TRAIN_FRACTION=0.1, FAST_AUG=True)
+    train_loader, _, num_data, _ = get_dataset(cfg)
+    assert type(train_loader).__name__ == "InMemoryLoader" and num_data == 143
+    batches = list(train_loader)
+    seen, targets = torch.cat([b[2] for b in batches]), torch.cat([b[1] for b in batches])
+    assert sorted(seen.tolist()) == list(range(143))
+    assert targets.tolist() == [train_loader.dataset.targets[i] for i in seen.tolist()]
+
+
+def test_train_fraction_of_an_image_folder_keeps_files_and_labels_together(tmp_path):
+    write_fake_imagenet(tmp_path, train_per_class=4, val_per_class=1, size=(40, 40))
+    train_set, _, _ = build_datasets(make_cfg("imagenet", tmp_path, TRAIN_FRACTION=0.5))
+    samples = train_set.dataset.samples
+    assert len(samples) == 6 and np.bincount(train_set.targets).tolist() == [2, 2, 2]
+    classes = train_set.dataset.classes
+    assert all(f"/{classes[label]}/" in path for path, label in samples)
+    assert [label for _, label in samples] == train_set.targets
+
+
+@pytest.mark.parametrize("fraction, fragment", [(0.0, "must be in (0, 1]"), (1.5, "must be in (0, 1]"),
+                                                (0.005, "fewer than the 10 classes")])
+def test_train_fraction_out_of_range_says_how_to_fix_it(tmp_path, fraction, fragment):
+    with pytest.raises(UserError, match="DATASET.TRAIN_FRACTION") as error:
+        build_datasets(make_cfg("digits", tmp_path, TRAIN_FRACTION=fraction))
+    assert fragment in str(error.value)

@@ -33,7 +33,7 @@ from mdistiller.engine.loggers import read_metrics
 from mdistiller.models import cifar_model_dict
 from mdistiller_dense.distillers import dense_distiller_dict
 from mdistiller_dense.evaluation import COCO_STATS
-from test_distributed import communicate_all, process_env
+from helpers import communicate_all, process_env
 
 pytestmark = pytest.mark.e2e
 

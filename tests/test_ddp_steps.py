@@ -19,7 +19,7 @@ import torch
 
 from conftest import REPO_ROOT
 from ddp_steps import CASES, take_steps
-from test_distributed import finish, process_env
+from helpers import finish, process_env
 
 pytestmark = pytest.mark.e2e
 

@@ -9,7 +9,7 @@ from mdistiller_dense.build import build_dense_distiller
 from mdistiller_dense.data import build_dense_datasets, detection_collate
 from mdistiller_dense.distillers import DenseDistiller, dense_distiller_dict
 
-pytestmark = pytest.mark.usefixtures("torch_single_thread")
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]
 
 DETECTION_METHODS = ["CWD", "PKD", "MGD", "FGD", "CANKD", "FREEKD"]
 LEVELS_AT_64 = ["CANKD.LEVELS", "3"]  # 64 px images: the 4th FPN level is 1x1, below the 2x2 pool

@@ -42,6 +42,7 @@ def test_pkd_is_one_minus_pearson_per_channel():
     assert torch.isfinite(pkd_loss(small, t))                             # resized to the teacher's size
 
 
+@pytest.mark.slow
 def test_mgd_mask_ratio_and_loss():
     torch.manual_seed(2)
     s = torch.randn(4, 3, 20, 20)

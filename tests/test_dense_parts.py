@@ -33,6 +33,7 @@ def test_model_names():
             parse_model_name(bad)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("depth,channels", [(18, 512), (50, 2048)])
 def test_segmenters_have_output_stride_8(depth, channels):
     model = build_segmenter(f"deeplabv3_resnet{depth}", 3).eval()
@@ -67,6 +68,7 @@ def test_hook_on_unknown_module_names_the_closest():
         FeatureCapture(model, ["backbone.layer_4"])
 
 
+@pytest.mark.slow
 def test_teacher_weights_from_file_and_errors(tmp_path, monkeypatch):
     torch.manual_seed(1)
     trained = build_detector("fcos_resnet18_fpn", 4, 64, 64)                  # BatchNorm2d, as trained here

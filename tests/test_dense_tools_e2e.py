@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
-from test_tools_e2e import assert_ok, assert_user_error
+from helpers import assert_ok, assert_user_error
 
 pytestmark = pytest.mark.e2e
 

@@ -14,6 +14,7 @@ import pytest
 import torch
 
 from conftest import REPO_ROOT
+from helpers import WORKER, finish, process_env
 from mdistiller.dataset import get_dataset
 from mdistiller.engine.build import build_model
 from mdistiller.engine.cfg import build_cfg, dump_cfg
@@ -23,39 +24,10 @@ from mdistiller.engine.loggers import read_metrics
 
 pytestmark = pytest.mark.e2e
 
-WORKER = os.path.join(REPO_ROOT, "tests", "ddp_worker.py")
 TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
 DIGITS = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
 RUN_FILES = ["best", "cfg.yaml", "latest", "metrics.jsonl", "student_best", "student_latest", "train.events",
              "worklog.txt"]
-
-
-def process_env() -> dict:
-    env = dict(os.environ, GLOO_SOCKET_IFNAME="lo", OMP_NUM_THREADS="1")
-    for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return env
-
-
-def communicate_all(procs, timeout: int = 300):
-    """(exit status, stdout, stderr) of each process; any still running after `timeout` is killed."""
-    results = []
-    try:
-        for proc in procs:
-            out, err = proc.communicate(timeout=timeout)
-            results.append((proc.returncode, out, err))
-    finally:
-        for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-    return results
-
-
-def finish(procs, timeout: int = 300):
-    results = communicate_all(procs, timeout)
-    for code, out, err in results:
-        assert code == 0, f"exit {code}\n{out[-2000:]}\n{err[-3000:]}"
-    return [out for _, out, _ in results]
 
 
 def run_two_processes(tmp_path, *args):

@@ -99,6 +99,7 @@ def make_dot_trainer(tmp_path, *opts, name="dot"):
     return trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, val_loader, cfg)
 
 
+@pytest.mark.slow
 def test_dot_trainer_trains_and_checkpoints_both_buffers(tmp_path):
     trainer = make_dot_trainer(tmp_path)
     assert isinstance(trainer, DOTTrainer) and trainer_dict["crd_dot"] is DOTTrainer

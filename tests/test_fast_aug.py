@@ -81,6 +81,7 @@ def test_every_draw_equals_torchvision_bit_for_bit():
     assert torch.equal(ours, expected)
 
 
+@pytest.mark.slow
 def test_draws_follow_torchvision_distribution():
     """Crop offsets uniform on 0..8 and independent, flip rate 1/2, as RandomCrop(32, 4) and
     RandomHorizontalFlip(); checked against torchvision's own draws on the same coded image."""
@@ -108,6 +109,7 @@ def test_draws_follow_torchvision_distribution():
         assert stats.chi2_contingency(counts).pvalue > 1e-3
 
 
+@pytest.mark.slow
 def test_pixel_means_per_position_match_torchvision_expectation():
     """The mean image over draws equals the exact mean of torchvision's pipeline over all 162
     equally likely (top, left, flip) draws, within sampling error."""

@@ -70,6 +70,7 @@ def fold_and_compare(name: str):
     return folded
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["resnet8x4", "MobileNetV2", "ShuffleV1"])
 def test_fold_keeps_every_output_to_1e5_in_fp32(name):
     fold_and_compare(name)

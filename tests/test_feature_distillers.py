@@ -116,6 +116,7 @@ STEP_CASES = [(m, "MobileNetV2", "wrn_16_2") for m in METHODS] + \
              [(m, s, t) for m in ("OFD", "VID") for s, t in MOBILE_PAIRS]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method, student_name, teacher_name", STEP_CASES)
 def test_cross_family_training_step(method, student_name, teacher_name):
     distiller, student, teacher = make(method, student_name, teacher_name)
@@ -157,6 +158,7 @@ EXTRA_PARAMETERS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 def test_mdistiller_checkpoint_loads_strictly(method):
     distiller, _, _ = make(method, "resnet8x4", "resnet32x4", size=32, num_classes=100)

@@ -21,6 +21,8 @@ from mdistiller.engine.trainer import Trainer
 from mdistiller.engine.utils import seed_everything
 from mdistiller.models import cifar_model_dict
 
+pytestmark = pytest.mark.slow
+
 METHODS = ("AT", "OFD", "RKD", "FITNET", "KDSVD", "NST", "PKT", "SP", "VID")
 DIGITS_STUDENT = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
 

@@ -10,6 +10,7 @@ from torch import nn
 
 from conftest import REPO_ROOT
 from fake_data import write_fake_cifar100
+from helpers import direct_level_loss
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
 from mdistiller.distillers import distiller_dict
 from mdistiller.engine.feature_hook import FeatureSite, locate_features, replace_feature
@@ -29,24 +30,6 @@ DISTIL_PAIRS = PAIRS if os.environ.get("MDISTILLER_E2E") == "full" else ["res56_
 
 
 # -- the loss ------------------------------------------------------------------------------------
-def direct_level_loss(masks, teacher, student, low_band, weights=None):
-    """The authors' broadcast form: L1 (mean) between M_t * a and M_t * b over (B, T, C, [3,] h, w)."""
-    total = 0.0
-    sets = list(zip(masks, teacher.band_sets(), student.band_sets()))
-    for k, (m, a, b) in enumerate(sets):
-        if k == 0 and not low_band:
-            continue
-        shape = (m.shape[0], m.shape[1], 1) + ((1,) if a.dim() == 5 else ()) + m.shape[-2:]
-        m = m.reshape(shape)
-        if weights is not None:
-            w = weights.reshape(weights.shape[0], 1, weights.shape[1], *([1] * (a.dim() - 2)))
-            a, b = a.unsqueeze(1) * w, b.unsqueeze(1) * w
-        else:
-            a, b = a.unsqueeze(1), b.unsqueeze(1)
-        total = total + F.l1_loss(m * b, m * a)
-    return total
-
-
 @pytest.mark.parametrize("low_band", [False, True])
 @pytest.mark.parametrize("weighted", [False, True])
 def test_freekd_loss_equals_direct_computation(low_band, weighted):
@@ -285,6 +268,7 @@ def test_imagenet_configs_load(pair):
     assert cfg.DISTILLER.TYPE == "FREEKD" and cfg.DATASET.TYPE == "imagenet" and cfg.FREEKD.PROMPT_EPOCHS == 1
 
 
+@pytest.mark.slow
 def test_stage1_then_one_epoch_through_train_run_on_fake_cifar100(tmp_path, monkeypatch):
     write_fake_cifar100(tmp_path / "data", num_train=24, num_test=8)
     monkeypatch.setenv(SKIP_MD5_ENV, "1")

@@ -36,6 +36,7 @@ def test_every_method_has_the_sfakd_pairs():
         assert sorted(os.listdir(os.path.join(REPO_ROOT, "configs", "cifar100", method))) == PAIRS
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", METHODS)
 @pytest.mark.parametrize("pair", PAIRS)
 def test_pair_builds_with_modules_sized_from_the_maps_and_trains_one_step(tmp_path, pair, method):

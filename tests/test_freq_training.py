@@ -17,7 +17,9 @@ from mdistiller.engine.loggers import read_metrics
 from mdistiller.engine.prompt_learning import initial_prompt_file
 from mdistiller.engine.run import train_run
 from mdistiller.models import cifar_model_dict
-from test_trainer import make_trainer
+from helpers import make_trainer
+
+pytestmark = pytest.mark.slow
 
 METHODS = ("SFAKD", "CANKD", "CATKD")
 DIGITS_METHODS = METHODS + ("FREEKD", "AFPKD", "FAMKD")

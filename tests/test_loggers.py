@@ -1,6 +1,9 @@
 """Run logs: wandb's call contract (recorded with a stand-in module), the real wandb offline, failures."""
 
+import glob
+import json
 import os
+import struct
 import sys
 import types
 import warnings
@@ -8,9 +11,9 @@ import warnings
 import pytest
 
 from mdistiller.engine.cfg import build_cfg
-from mdistiller.engine.loggers import WandbLog
+from mdistiller.engine.loggers import WandbLog, read_metrics
 
-from test_trainer import STUDENT_CFG, make_trainer
+from helpers import STUDENT_CFG, make_trainer
 
 
 class RecordingWandb(types.ModuleType):
@@ -81,6 +84,7 @@ def test_wandb_failure_warns_once_and_training_goes_on(tmp_path, monkeypatch):
     assert (tmp_path / "run" / "latest").is_file()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["offline", "disabled"])
 def test_real_wandb_without_network(tmp_path, monkeypatch, mode):
     monkeypatch.setenv("WANDB_MODE", mode)
@@ -96,3 +100,54 @@ def test_real_wandb_without_network(tmp_path, monkeypatch, mode):
     if mode == "offline":
         runs = os.listdir(tmp_path / "wandb")
         assert any(name.startswith("offline-run-") for name in runs), runs
+
+
+def wandb_records(path: str):
+    """The protobuf records of a wandb run file (`run-<id>.wandb`): a LevelDB-style log of 32 KiB
+    blocks after a 7-byte file header, each chunk with a 7-byte header (CRC, length, type; types 1
+    full, 2 first, 3 middle, 4 last)."""
+    from wandb.proto import wandb_internal_pb2
+
+    data, position, pending, block = open(path, "rb").read(), 7, b"", 32768
+    while position + 7 <= len(data):
+        if block - position % block < 7:  # a block's tail too short for a header is padding
+            position += block - position % block
+            continue
+        _, length, kind = struct.unpack("<IHB", data[position:position + 7])
+        pending += data[position + 7:position + 7 + length]
+        position += 7 + length
+        if kind in (1, 4):
+            record = wandb_internal_pb2.Record()
+            record.ParseFromString(pending)
+            yield record
+            pending = b""
+
+
+@pytest.mark.slow
+def test_trainer_with_real_offline_wandb_writes_what_it_logged(tmp_path, monkeypatch, torch_single_thread):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    trainer = make_trainer(tmp_path, "SOLVER.EPOCHS=2", "LOG.WANDB=True", "EXPERIMENT.TAG=digits,offline")
+    trainer.train()
+    [run_file] = glob.glob(str(tmp_path / "run" / "wandb" / "offline-run-*" / "run-*.wandb"))
+    history, summary, runs = [], {}, []
+    for record in wandb_records(run_file):
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
+            history.append({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.history.item})
+        elif kind == "summary":
+            summary.update({item.key or "/".join(item.nested_key): json.loads(item.value_json)
+                            for item in record.summary.update})
+        elif kind == "run":
+            runs.append(record.run)
+    logged = read_metrics(str(tmp_path / "run"))
+    assert [r["epoch"] for r in logged] == [1, 2] and len(history) == 2
+    for written, read in zip(logged, history):
+        for key, value in written.items():
+            if key != "epoch":
+                assert read[key] == pytest.approx(value, rel=1e-12), key
+    assert summary["best_acc"] == pytest.approx(trainer.best_acc, rel=1e-12)
+    assert runs and list(runs[0].tags) == ["digits", "offline"]
+    config = {item.key: json.loads(item.value_json) for item in runs[0].config.update}
+    assert config["SOLVER"]["EPOCHS"] == 2 and config["DATASET"]["TYPE"] == "digits"

@@ -124,6 +124,7 @@ def test_feature_contract(name):
     assert all(isinstance(bn, nn.BatchNorm2d) and id(bn) in own_modules for bn in bns)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ResNet18", "ResNet50", "MobileNetV1"])
 def test_train_mode_backward_on_any_input_size(name):
     model = imagenet_model_dict[name]().train()
@@ -145,6 +146,7 @@ def test_mobilenet_v1_stage_preacts_are_outputs_of_get_bn_before_relu():
         assert torch.equal(output, preact)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", list(TORCHVISION_RESNETS))
 def test_resnet_matches_torchvision(name):
     torchvision_model = TORCHVISION_RESNETS[name][0](weights=None).eval()
@@ -174,6 +176,7 @@ def test_mobilenet_v1_layout_matches_mdistiller():
     assert state["fc.weight"].shape == (1000, 1024)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["ResNet18", "ResNet34"])
 def test_pretrained_resnet_loads_from_hub_cache_without_network(name, hub_dir, no_network):
     torch.manual_seed(0)

@@ -12,24 +12,9 @@ import torch
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.errors import NonFiniteLossError, TrainingStopped
 
-from test_resume_exact import assert_same_state, kd_trainer, signal_at_call
-from test_trainer import make_trainer
+from helpers import assert_same_state, kd_trainer, make_trainer, poison, signal_at_call
 
-
-def poison(trainer, from_call, image_nan=False, term="loss_kd", value=math.inf):
-    """From the `from_call`-th forward pass on: a NaN input image (so BatchNorm statistics turn NaN
-    too) or the loss term `term` replaced by `value`."""
-    model, calls = trainer.train_model, [0]
-
-    def forward(image, **kwargs):
-        calls[0] += 1
-        bad = calls[0] >= from_call
-        preds, losses = model(image=image * math.nan if bad and image_nan else image, **kwargs)
-        if bad and not image_nan:
-            losses = dict(losses, **{term: losses[term] * 0 + value})
-        return preds, losses
-
-    trainer.train_model = forward
+pytestmark = pytest.mark.slow
 
 
 def test_nonfinite_term_stops_the_run_and_keeps_latest(tmp_path, torch_single_thread):

@@ -18,13 +18,13 @@ from conftest import REPO_ROOT
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.engine.loggers import read_metrics
 
-from test_distributed import WORKER, communicate_all, process_env
-from test_tools_e2e import assert_user_error
+from helpers import WORKER, assert_user_error, communicate_all, process_env
 
 pytestmark = pytest.mark.e2e
 
 DIGITS = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
 TIMEOUT = 240
+SIGTERM_CALL = 30
 
 
 def args(tmp_path, name):
@@ -82,17 +82,22 @@ def test_sigint_stops_cleanly_and_the_printed_command_resumes(tmp_path):
 
 def test_two_processes_stop_together_and_fail_together(tmp_path):
     run = tmp_path / "quickstart" / "ddp"
-    procs = start_ranks(tmp_path, *args(tmp_path, "ddp"))
-    wait_for_first_epoch(run, procs)
-    procs[1].send_signal(signal.SIGTERM)  # one rank only: the other learns it in the step's all-reduce
+    # SIGTERM to rank 1 only, during its 30th step (in epoch 2: an epoch is 23 steps per rank); the
+    # other rank learns it in the step's all-reduce.
+    procs = start_ranks(tmp_path, *args(tmp_path, "ddp"), env={1: {"MDISTILLER_TEST_SIGTERM": str(SIGTERM_CALL)}})
     (code0, _, err0), (code1, _, err1) = outputs(procs)
     assert (code0, code1) == (128 + signal.SIGTERM,) * 2, err0[-2000:] + err1[-2000:]
-    assert "Stopped by SIGTERM" in err0.strip().splitlines()[-1] and "under the same torchrun command" in err0
+    last = err0.strip().splitlines()[-1]
+    stop = re.search(r"Stopped by SIGTERM at epoch (\d+) step (\d+)/(\d+);", last)
+    assert stop and "under the same torchrun command" in last, last
+    epoch, step, steps = map(int, stop.groups())
+    assert (epoch - 1) * steps + step == SIGTERM_CALL and step < steps  # the step it was sent in, mid-epoch
     assert "Traceback" not in err0 + err1
     assert not [name for name in os.listdir(run) if name.startswith(".tmp_")]
     latest_bytes = (run / "latest").read_bytes()
     latest = load_checkpoint(str(run / "latest"))
-    assert len(latest.get("rng_ranks", [])) == 2 or "progress" not in latest
+    assert (latest["epoch"], latest["progress"]["epoch"], latest["progress"]["step"]) == (epoch - 1, epoch, step)
+    assert len(latest["rng_ranks"]) == 2
 
     # resumed with a NaN loss on rank 1 only, at its third step: both stop, before any backward pass
     finish = latest["epoch"] + 2

@@ -9,57 +9,21 @@ import os
 import signal
 
 import pytest
-import torch
 
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.errors import TrainingStopped
-from mdistiller.models import cifar_model_dict
 
-from test_trainer import make_trainer
+from helpers import assert_same_state, kd_trainer, signal_at_call
+
+pytestmark = pytest.mark.slow
 
 EPOCHS = 2
 TIMING = ("train_seconds", "img_per_s")
 
 
-def kd_trainer(tmp_path, name, epochs, loader_opts):
-    teacher = tmp_path / "teacher.pth"
-    if not teacher.exists():
-        torch.manual_seed(1)
-        torch.save({"model": cifar_model_dict["wrn_16_2"][0](num_classes=10).state_dict()}, teacher)
-    return make_trainer(tmp_path, "DISTILLER.TYPE=KD", f"DISTILLER.TEACHER_WEIGHTS={teacher}",
-                        f"SOLVER.EPOCHS={epochs}", *loader_opts, name=name)
-
-
-def signal_at_call(trainer, call, signum=signal.SIGTERM):
-    """Make the trainer's `call`-th forward pass send `signum` to this very process."""
-    model, calls = trainer.train_model, [0]
-
-    def forward(**kwargs):
-        calls[0] += 1
-        if calls[0] == call:
-            os.kill(os.getpid(), signum)
-        return model(**kwargs)
-
-    trainer.train_model = forward
-
-
 def records(run):
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     return [{k: v for k, v in row.items() if k not in TIMING} for row in rows]
-
-
-def assert_same_state(a, b):
-    assert a["epoch"] == b["epoch"] and a["best_acc"] == b["best_acc"]
-    assert a["model"].keys() == b["model"].keys()
-    for key in a["model"]:
-        assert torch.equal(a["model"][key], b["model"][key]), key
-    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]
-    state_a, state_b = a["optimizer"]["state"], b["optimizer"]["state"]
-    assert state_a.keys() == state_b.keys() and state_a
-    for index in state_a:
-        assert state_a[index].keys() == state_b[index].keys()
-        for key in state_a[index]:
-            assert torch.equal(state_a[index][key], state_b[index][key]), (index, key)
 
 
 @pytest.mark.parametrize("loader_opts", [

@@ -3,27 +3,14 @@
 import json
 import os
 
+import pytest
 import torch
 
-from mdistiller.dataset import get_dataset
-from mdistiller.engine.build import build_distiller
-from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.checkpoint import load_checkpoint
-from mdistiller.engine.trainer import Trainer
-from mdistiller.engine.utils import seed_everything
 
-from conftest import REPO_ROOT
+from helpers import make_trainer
 
-STUDENT_CFG = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
-
-
-def make_trainer(tmp_path, *opts, name="run"):
-    cfg = build_cfg(STUDENT_CFG, [f"LOG.PREFIX={tmp_path}", "SOLVER.AMP=False", "EXPERIMENT.DETERMINISTIC=True",
-                                  "DATASET.IMAGE_SIZE=8", *opts])
-    seed_everything(cfg.EXPERIMENT.SEED, True)
-    train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
-    distiller = build_distiller(cfg, num_data, num_classes)
-    return Trainer(name, distiller, train_loader, val_loader, cfg)
+pytestmark = pytest.mark.slow
 
 
 def batch_loss(trainer, batch):

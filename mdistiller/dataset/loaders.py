@@ -17,6 +17,7 @@ from yacs.config import CfgNode
 from mdistiller.dataset.base import InstanceDataset, collate_readable, dataset_registry
 from mdistiller.dataset.contrastive import ContrastiveInstanceDataset
 from mdistiller.dataset.fast_aug import fast_loader
+from mdistiller.dataset.subset import keep_items, stratified_indices
 
 __all__ = ["build_datasets", "build_loaders", "contrastive_train_set", "get_dataset", "set_worker_signals"]
 
@@ -47,12 +48,18 @@ def set_worker_signals(worker_id: int) -> None:
 def build_datasets(cfg: CfgNode, batch_fields: Optional[Sequence[str]] = None) -> Tuple[Dataset, Dataset, int]:
     """``(train_set, val_set, num_classes)`` for ``cfg.DATASET.TYPE``, its items carrying the
     per-sample data the method declares in `batch_fields` (the engine passes the distiller's;
-    None, as MDistiller scripts call it: contrastive indices when DISTILLER.TYPE is CRD).
+    None, as MDistiller scripts call it: contrastive indices when DISTILLER.TYPE is CRD). With
+    ``DATASET.TRAIN_FRACTION`` below 1 the train set is its stratified fraction drawn with
+    ``EXPERIMENT.SEED`` (:mod:`mdistiller.dataset.subset`).
 
     Raises :class:`~mdistiller.errors.UnknownNameError` for an unregistered type and
     :class:`~mdistiller.errors.DatasetNotFoundError` when the data is not on disk.
     """
     train_set, val_set, num_classes = dataset_registry.get(cfg.DATASET.TYPE)(cfg)
+    fraction = float(cfg.DATASET.get("TRAIN_FRACTION", 1.0))
+    if fraction != 1.0:
+        base = train_set.dataset if isinstance(train_set, InstanceDataset) else train_set
+        keep_items(base, stratified_indices(base.targets, fraction, int(cfg.get("EXPERIMENT", {}).get("SEED", 0))))
     if batch_fields is None:
         batch_fields = ("contrastive_index",) if cfg.get("DISTILLER") and cfg.DISTILLER.get("TYPE") == "CRD" else ()
     if "contrastive_index" in batch_fields:

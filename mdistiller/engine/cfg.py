@@ -75,6 +75,9 @@ CFG.DATASET.NUM_WORKERS = 2
 CFG.DATASET.FAST_AUG = True
 CFG.DATASET.PIN_MEMORY = "auto"
 CFG.DATASET.PERSISTENT_WORKERS = True
+# Below 1: train on a stratified fraction of the training split, drawn with EXPERIMENT.SEED (the
+# small-data setting of the digits demo: the teacher on the whole split, the students on a fraction).
+CFG.DATASET.TRAIN_FRACTION = 1.0
 CFG.DATASET.SKIP_UNREADABLE = False  # ImageFolder sets: skip an undecodable image with a warning instead of failing
 CFG.DATASET.TEST = CN()
 CFG.DATASET.TEST.BATCH_SIZE = 64
