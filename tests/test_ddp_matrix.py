@@ -7,8 +7,8 @@ train two epochs on 2 processes, resume to a third on 2 processes, then to a fou
 each 2-process run the two ranks' parameters, buffers (BatchNorm statistics, CRD's memory banks
 ...) and optimizer states are compared exactly; the resumed epoch must change the weights. The
 fast teacher is built at most once in a 2-epoch run on each rank (once for CRD and DOT_AT).
-The dense CWD student's COCO APs in the 2-process run's metrics equal those tools/eval_dense.py
-prints for its saved student in this one process.
+The dense CWD student's COCO APs, and a segmenter's mIoU and pixel accuracy, in the 2-process
+run's metrics equal those tools/eval_dense.py prints for the saved student in this one process.
 
 The default suite runs the short form (SHORT: one case per multi-process concern); MDISTILLER_E2E=full
 runs every case. tests/ddp_matrix_worker.py is the process (one launch of 2 per test).
@@ -45,8 +45,9 @@ REFUSED: dict = {}
 # The short form (the default suite): one case per multi-process concern. SFAKD: a student
 # parameter no loss reaches (frozen); CRD: memory banks updated from every process; OFD: the
 # teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; DOT_AT: DOT's two
-# gradients through feature hooks; dense CWD: a dense distiller, and the AP of the whole validation set. MDISTILLER_E2E=full runs every case.
-SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "dense_CWD"}
+# gradients through feature hooks; dense CWD: a dense distiller, and the AP of the whole validation
+# set; dense segmenter: the mIoU of the whole set. MDISTILLER_E2E=full runs every case.
+SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "dense_CWD", "dense_segmenter"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
 EXTRA = {"CRD": ["CRD.NCE.K=64"]}
 
@@ -91,6 +92,9 @@ def dense_cases(tmp_path):
         stage1 = ["FREEKD.PROMPT_EPOCHS", "1"] if method == "FREEKD" else []
         cases.append({"name": f"dense_{method}", "tool": "train_dense", "stage1": "train_dense_prompt" if stage1 else "",
                       "args": ["--cfg", config, *common, "DISTILLER.TYPE", method, *stage1]})
+    cases.append({"name": "dense_segmenter", "tool": "train_dense", "stage1": "",
+                  "args": ["--cfg", os.path.join(SHAPES, "student.yaml"), *common, "DISTILLER.TYPE", "NONE",
+                           "DISTILLER.STUDENT", "fcn_resnet18"]})
     return cases
 
 
@@ -164,14 +168,14 @@ def test_every_classification_method_under_two_processes(tmp_path, e2e_full):
 def test_every_dense_method_under_two_processes_and_ap_of_the_whole_validation_set(tmp_path, e2e_full):
     cases = selected(dense_cases(tmp_path), e2e_full)
     check_matrix(tmp_path, cases, tmp_path / "dense_out")
-    run = tmp_path / "dense" / "dense_CWD"
-    scored = read_metrics(str(run))[2]  # epoch 3, scored under 2 processes
-    assert scored["test_ap50"] > 0  # else the comparison below shows nothing
     sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
     import eval_dense
 
-    printed = io.StringIO()
-    with redirect_stdout(printed):
-        eval_dense.main(["-c", str(run / "student_3"), "DATASET.ROOT", str(tmp_path / "data")])
-    expected = "  ".join(f"{name}: {scored['test_' + name]:.2f}" for name in COCO_STATS)
-    assert printed.getvalue().strip() == expected
+    for name, scores in (("dense_CWD", COCO_STATS), ("dense_segmenter", ("miou", "pixel_acc"))):
+        run = tmp_path / "dense" / name
+        scored = read_metrics(str(run))[2]  # epoch 3, scored under 2 processes
+        assert scored["test_" + scores[1]] > 0, name  # else the comparison below shows nothing
+        printed = io.StringIO()
+        with redirect_stdout(printed):
+            eval_dense.main(["-c", str(run / "student_3"), "DATASET.ROOT", str(tmp_path / "data")])
+        assert printed.getvalue().strip() == "  ".join(f"{s}: {scored['test_' + s]:.2f}" for s in scores), name
