@@ -5,7 +5,6 @@ import os
 
 import pytest
 import torch
-from torch import nn
 
 from conftest import REPO_ROOT
 from mdistiller.distillers import distiller_dict
