@@ -147,6 +147,16 @@ def test_torchvision_swin_and_vit_taps():
     assert vit.kind == "token" and swin.kind == "token"
 
 
+def test_a_hierarchical_timm_model_gives_its_four_stages():
+    model = build_external_model("timm:resnet10t", 10, 32, dict(stem_width=8, channels=(16, 32, 64, 128))).eval()
+    x = torch.randn(2, 3, 32, 32)
+    _, feats = model(x)
+    layers = raw_outputs(model.model, ["layer1", "layer2", "layer3", "layer4"], x)  # the stem tap left out
+    for tap, layer in zip(feats["feats"], layers):
+        torch.testing.assert_close(tap, layer)
+    assert model.get_stage_channels() == [16, 32, 64, 128] and model.kind == "cnn"
+
+
 def test_feature_modules_by_name_and_an_unknown_module():
     model = build_external_model("timm:resnet10t", 10, 32, dict(stem_width=8, channels=(16, 32, 64, 128)),
                                  feature_modules=["layer2", "layer4"])

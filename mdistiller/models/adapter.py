@@ -90,9 +90,10 @@ class _AdaptedModel(nn.Module):
 class TimmFeatureModel(_AdaptedModel):
     """A timm model with ``forward_intermediates``: stage maps, pooled vector and logits in one pass.
 
-    ``indices`` picks the taps (timm's meaning: None every tap, a list those taps). Models with one
-    tap per block (ViT, DeiT, Mixer, ResMLP) default to four evenly spaced blocks; hierarchical
-    models (ResNet, ConvNeXt, Swin, RegNet, EfficientNet) to all their taps.
+    ``indices`` picks the taps (a list of timm's tap indices). Models with one tap per block (ViT,
+    DeiT, Mixer, ResMLP) default to four evenly spaced blocks; hierarchical models (ResNet,
+    ConvNeXt, Swin, RegNet, EfficientNet) to their last four taps, the four stages (a ResNet's
+    stem tap, which ConvNeXt and Swin do not have, is left out: the same four strides everywhere).
     """
 
     def __init__(self, model: nn.Module, name: str, image_size: int,
@@ -100,7 +101,7 @@ class TimmFeatureModel(_AdaptedModel):
         super().__init__(model, name, "token" if hasattr(model, "patch_embed") else "cnn")
         if indices is None:
             num_taps = len(model.feature_info)
-            indices = evenly_spaced(num_taps) if per_block_model(model) else list(range(num_taps))
+            indices = evenly_spaced(num_taps) if per_block_model(model) else list(range(num_taps))[-4:]
         self.indices = list(indices)
         self.probe(image_size)
 

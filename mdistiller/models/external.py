@@ -7,8 +7,8 @@ refused with the closest names from timm's or torchvision's own lists.
 
 Where the taps are, unless ``feature_modules`` names them:
 
-- timm: ``forward_intermediates`` (every stage of a hierarchical model, four evenly spaced blocks of
-  a ViT or Mixer);
+- timm: ``forward_intermediates`` (the four stages of a hierarchical model, four evenly spaced
+  blocks of a ViT or Mixer);
 - torchvision ResNets: ``layer1`` .. ``layer4``; Swin and ConvNeXt: ``features.1/3/5/7`` (Swin's NHWC
   maps permuted); ViT: four evenly spaced encoder layers (class token dropped); any other model with
   a ``features`` sequence (MobileNet, EfficientNet, VGG): the last module of each of its last four
