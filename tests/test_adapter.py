@@ -4,6 +4,8 @@ References are computed independently of the adapter: the wrapped model's own fo
 block / stage outputs captured with a hook and reshaped with numpy, and hand-worked index lists.
 """
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -127,6 +129,13 @@ def test_torchvision_resnet_taps_equal_its_layers():
     torch.testing.assert_close(feats["pooled_feat"], pooled)
     torch.testing.assert_close(logits, net.fc(pooled))
     assert model.get_stage_channels() == [64, 128, 256, 512]
+    # no hook outlives a call, so a copy (the fast teacher, an EMA) gives its own maps
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    copied = copy.deepcopy(model)
+    with torch.no_grad():
+        copied.model.layer4[-1].bn2.bias.add_(1.0)
+    torch.testing.assert_close(model(x)[1]["feats"][3], expected[3])
+    assert not torch.allclose(copied(x)[1]["feats"][3], expected[3])
 
 
 @pytest.mark.slow

@@ -150,20 +150,10 @@ class HookedFeatureModel(_AdaptedModel):
                 f"{', '.join(list(n for n in modules if n)[:12])}, ..."
             )
         self.feature_modules = list(feature_modules)
+        self.classifier_name, _ = _last_linear(model)
         self.num_prefix_tokens = num_prefix_tokens
         self.channels_last_maps = channels_last_maps
-        self._taps: Dict[str, Tensor] = {}
-        self._pooled: List[Tensor] = []
-        for path in self.feature_modules:
-            modules[path].register_forward_hook(self._record(path))
-        _, classifier = _last_linear(model)
-        classifier.register_forward_pre_hook(lambda module, args: self._pooled.append(args[0]))
         self.probe(image_size)
-
-    def _record(self, path: str):
-        def hook(module: nn.Module, args, output) -> None:
-            self._taps[path] = output[0] if isinstance(output, (tuple, list)) else output
-        return hook
 
     def _as_map(self, tap: Tensor) -> Tensor:
         if tap.dim() == 3:
@@ -171,11 +161,23 @@ class HookedFeatureModel(_AdaptedModel):
         return tap.permute(0, 3, 1, 2) if self.channels_last_maps else tap
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
-        self._taps.clear()
-        self._pooled.clear()
-        logits = self.model(x)
-        feats = [self._as_map(self._taps[path]) for path in self.feature_modules]
-        pooled = torch.flatten(self._pooled[-1], 1)
-        self._taps.clear()
-        self._pooled.clear()
-        return logits, {"feats": feats, "pooled_feat": pooled}
+        # Hooks live for one call only: a copy of this module (the fast teacher, EMA) has none to share.
+        taps: Dict[str, Tensor] = {}
+        pooled: List[Tensor] = []
+
+        def record(path: str):
+            def hook(module: nn.Module, args, output) -> None:
+                taps[path] = output[0] if isinstance(output, (tuple, list)) else output
+            return hook
+
+        handles = [self.model.get_submodule(path).register_forward_hook(record(path))
+                   for path in self.feature_modules]
+        handles.append(self.model.get_submodule(self.classifier_name).register_forward_pre_hook(
+            lambda module, args: pooled.append(args[0])))
+        try:
+            logits = self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        feats = [self._as_map(taps[path]) for path in self.feature_modules]
+        return logits, {"feats": feats, "pooled_feat": torch.flatten(pooled[-1], 1)}
