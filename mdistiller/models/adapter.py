@@ -97,7 +97,8 @@ class TimmFeatureModel(_AdaptedModel):
 
     def __init__(self, model: nn.Module, name: str, image_size: int,
                  indices: Optional[Sequence[int]] = None) -> None:
-        super().__init__(model, name, "token" if hasattr(model, "patch_embed") else "cnn")
+        token = hasattr(model, "patch_embed") or per_block_model(model)  # ViT / Swin, or Mixer (its "stem")
+        super().__init__(model, name, "token" if token else "cnn")
         if indices is None:
             num_taps = len(model.feature_info)
             indices = evenly_spaced(num_taps) if per_block_model(model) else list(range(num_taps))
@@ -105,13 +106,28 @@ class TimmFeatureModel(_AdaptedModel):
         self.probe(image_size)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
-        final, maps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW")
+        """``feats`` also holds ``"prefix"`` (per tap, the (N, P, C) class / distillation / register
+        tokens) for a model with prefix tokens, and ``"head_logits"`` (class-token head,
+        distillation-token head) for a DeiT distilled model, whose ``logits`` are their average."""
+        with_prefix = getattr(self.model, "num_prefix_tokens", 0) > 0
+        if with_prefix:
+            final, taps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW",
+                                                           return_prefix_tokens=True)
+            maps, prefix = [tap[0] for tap in taps], [tap[1] for tap in taps]
+        else:
+            final, maps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW")
         pooled = self.model.forward_head(final, pre_logits=True)
-        if hasattr(self.model, "head_dist"):  # two heads (DeiT distilled): timm combines them
-            logits = self.model.forward_head(final)
+        feats: Dict[str, object] = {"feats": list(maps), "pooled_feat": pooled}
+        if with_prefix:
+            feats["prefix"] = prefix
+        if hasattr(self.model, "head_dist"):  # DeiT distilled: token 0 -> head, token 1 -> head_dist
+            cls_logits = self.model.head(self.model.head_drop(final[:, 0]))
+            dist_logits = self.model.head_dist(self.model.head_drop(final[:, 1]))
+            feats["head_logits"] = (cls_logits, dist_logits)
+            logits = (cls_logits + dist_logits) / 2
         else:  # timm's head after pre_logits is the classifier alone: apply it once
             logits = self.model.get_classifier()(pooled)
-        return logits, {"feats": list(maps), "pooled_feat": pooled}
+        return logits, feats
 
 
 def per_block_model(model: nn.Module) -> bool:
