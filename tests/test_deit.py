@@ -36,6 +36,16 @@ def timm_heads(distiller, image):
     return cls.double().numpy(), dist.double().numpy()
 
 
+def train_forward(distiller, image, target):
+    """The distiller's training outputs, then the references: timm's two heads and the teacher's logits."""
+    distiller.train()
+    fused, losses = distiller(image=image, target=target)
+    cls, dist = timm_heads(distiller, image)
+    with torch.no_grad():
+        teacher = distiller.teacher(image)[0].double().numpy()
+    return fused, losses, cls, dist, teacher
+
+
 def ce(logits, classes):
     return float(-log_softmax(logits, axis=1)[np.arange(len(classes)), classes].mean())
 
@@ -48,11 +58,7 @@ def kl_sum(dist, teacher, tau):
 def test_hard_distillation_matches_the_formula():
     distiller = build_deit("DEIT.ALPHA=0.3")
     image, target = torch.randn(4, 3, SIZE, SIZE), torch.tensor([1, 2, 3, 4])
-    distiller.train()
-    fused, losses = distiller(image=image, target=target)
-    cls, dist = timm_heads(distiller, image)
-    with torch.no_grad():
-        teacher = distiller.teacher(image)[0].double().numpy()
+    fused, losses, cls, dist, teacher = train_forward(distiller, image, target)
     assert losses["loss_ce"].item() == pytest.approx(0.7 * ce(cls, target.numpy()), rel=1e-5)
     assert losses["loss_kd"].item() == pytest.approx(0.3 * ce(dist, teacher.argmax(1)), rel=1e-5)
     np.testing.assert_allclose(fused.detach().double().numpy(), (cls + dist) / 2, rtol=1e-5, atol=1e-6)
@@ -61,12 +67,7 @@ def test_hard_distillation_matches_the_formula():
 @pytest.mark.parametrize("scale,divisor", [("code", "batch*classes"), ("paper", "batch")])
 def test_soft_distillation_matches_the_formula(scale, divisor):
     distiller = build_deit("DEIT.TYPE=soft", "DEIT.TAU=3.0", "DEIT.ALPHA=0.1", f"DEIT.SOFT_SCALE={scale}")
-    image, target = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 0, 5, 9])
-    distiller.train()
-    _, losses = distiller(image=image, target=target)
-    _, dist = timm_heads(distiller, image)
-    with torch.no_grad():
-        teacher = distiller.teacher(image)[0].double().numpy()
+    _, losses, _, dist, teacher = train_forward(distiller, torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 0, 5, 9]))
     count = 4 * 10 if divisor == "batch*classes" else 4
     assert losses["loss_kd"].item() == pytest.approx(0.1 * 9.0 * kl_sum(dist, teacher, 3.0) / count, rel=1e-4)
 
