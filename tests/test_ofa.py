@@ -102,6 +102,7 @@ def test_branch_shapes_and_layers_per_family(family):
     distiller = build_ofa(student, teacher, "OFA.TOKEN.FINAL_GRID=2")
     stages, width_s = FAMILIES[family]
     token = family in ("vit", "deit_distilled", "mixer", "swin")
+    assert student.kind == ("token" if token else "cnn")  # Mixer too: its patch embedding is called "stem"
     x = torch.randn(2, 3, SIZE, SIZE)
     _, feats = student(x)
     maps = feats["feats"][-4:]

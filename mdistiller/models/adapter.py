@@ -186,11 +186,16 @@ class HookedFeatureModel(_AdaptedModel):
         return tap.permute(0, 3, 1, 2) if self.channels_last_maps else tap
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
+        """``feats`` also holds ``"prefix"``, each tap's (N, P, C) prefix tokens, for a token model
+        with ``num_prefix_tokens`` set (torchvision's ViT: the class token)."""
         self._taps.clear()
         self._pooled.clear()
         logits = self.model(x)
-        feats = [self._as_map(self._taps[path]) for path in self.feature_modules]
-        pooled = torch.flatten(self._pooled[-1], 1)
+        taps = [self._taps[path] for path in self.feature_modules]
+        feats: Dict[str, object] = {"feats": [self._as_map(tap) for tap in taps],
+                                    "pooled_feat": torch.flatten(self._pooled[-1], 1)}
+        if self.num_prefix_tokens and all(tap.dim() == 3 for tap in taps):
+            feats["prefix"] = [tap[:, :self.num_prefix_tokens] for tap in taps]
         self._taps.clear()
         self._pooled.clear()
-        return logits, {"feats": feats, "pooled_feat": pooled}
+        return logits, feats
