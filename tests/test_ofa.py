@@ -96,6 +96,7 @@ FAMILIES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("family", sorted(FAMILIES))
 def test_branch_shapes_and_layers_per_family(family):
     student, teacher = tiny(family, 10), cifar_model_dict["resnet8"][0](num_classes=10)
