@@ -17,7 +17,6 @@ import re
 from typing import Dict, Optional, Tuple
 
 import torch
-import torchvision
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet

@@ -80,6 +80,8 @@ def test_timm_vit_taps_logits_and_pooled(name, kwargs, prefix):
     for tap, block in zip(feats["feats"], blocks):
         expected = np.transpose(block.numpy()[:, prefix:, :].reshape(2, 8, 8, 48), (0, 3, 1, 2))
         np.testing.assert_allclose(tap.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    for tokens_of_prefix, block in zip(feats["prefix"], blocks):  # the removed tokens, kept apart
+        np.testing.assert_allclose(tokens_of_prefix.detach().numpy(), block.numpy()[:, :prefix, :], rtol=1e-5, atol=1e-6)
     assert model.get_stage_channels() == [48, 48, 48, 48]
     assert model.kind == "token"
 
@@ -153,7 +155,9 @@ def test_torchvision_swin_and_vit_taps():
     for tap, layer in zip(feats["feats"], layers):  # 32 / 16 = 2x2 grid after the class token
         expected = np.transpose(layer.numpy()[:, 1:, :].reshape(1, 2, 2, 768), (0, 3, 1, 2))
         np.testing.assert_allclose(tap.detach().numpy(), expected, rtol=1e-5, atol=1e-5)
-    assert vit.kind == "token" and swin.kind == "token"
+    for prefix, layer in zip(feats["prefix"], layers):  # the class token, split off each tap
+        np.testing.assert_allclose(prefix.detach().numpy(), layer.numpy()[:, :1, :], rtol=1e-5, atol=1e-5)
+    assert vit.kind == "token" and swin.kind == "token" and "prefix" not in swin(x)[1]
 
 
 def test_a_hierarchical_timm_model_gives_its_four_stages():

@@ -1,7 +1,6 @@
 """Mixup / CutMix / label smoothing of a batch, and the class of a soft target."""
 
 import numpy as np
-import pytest
 import torch
 
 from mdistiller.engine.mixing import BatchMixer

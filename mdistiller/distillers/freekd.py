@@ -6,9 +6,11 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
 from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
+from mdistiller.frequency import remove_dc
 from mdistiller.losses.spatial import resize_to
 
 FREEKD_DEFAULTS = prompt_defaults(num_stages=2, low_band=False, relation=False)
+FREEKD_DEFAULTS.REMOVE_DC = False
 FREEKD_DEFAULTS.LOSS = CN()
 FREEKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 FREEKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
@@ -30,6 +32,11 @@ class FreeKD(PromptDistiller):
     teacher band (:class:`~mdistiller.distillers.frequency_prompts.PromptDistiller`). Variants: the authors'
     code (default: ``LOW_BAND False``, ``RELATION False``) and the paper (``LOW_BAND True``: LL_L too;
     ``RELATION True``: channel weights ``w_t * w_s``). ``loss_ce = CE_WEIGHT * CE``.
+
+    ``REMOVE_DC True`` subtracts each channel's spatial mean from both aligned maps before the DWT
+    (their DC term, which dominates token features; :func:`~mdistiller.frequency.remove_dc`). Haar
+    detail bands ignore a constant unless a level pads an odd size, so on maps whose sides stay even
+    through the DWT levels this changes the loss only through LL_L (``LOW_BAND True``).
     """
 
     section = "FREEKD"
@@ -41,6 +48,7 @@ class FreeKD(PromptDistiller):
             for s, t in zip(self.student_channels, self.teacher_channels)
         )
         self.init_prompts(cfg, teacher)
+        self.remove_dc = cfg.FREEKD.REMOVE_DC
 
     def forward_train(self, image: Tensor, target: Tensor, **batch):
         logits_student, feats_student = self.student(image)
@@ -50,6 +58,8 @@ class FreeKD(PromptDistiller):
             resize_to(align(feats_student["feats"][i]), t.shape[-2:])
             for align, i, t in zip(self.align, self.student_indices, teacher_maps)
         ]
+        if self.remove_dc:
+            teacher_maps, student_maps = [remove_dc(t) for t in teacher_maps], [remove_dc(s) for s in student_maps]
         losses = {
             "loss_ce": self.ce_loss_weight * F.cross_entropy(logits_student, target),
             "loss_kd": self.feat_loss_weight * self.frequency_loss(teacher_maps, student_maps),

@@ -98,7 +98,8 @@ class TimmFeatureModel(_AdaptedModel):
 
     def __init__(self, model: nn.Module, name: str, image_size: int,
                  indices: Optional[Sequence[int]] = None) -> None:
-        super().__init__(model, name, "token" if hasattr(model, "patch_embed") else "cnn")
+        token = hasattr(model, "patch_embed") or per_block_model(model)  # ViT / Swin, or Mixer (its "stem")
+        super().__init__(model, name, "token" if token else "cnn")
         if indices is None:
             num_taps = len(model.feature_info)
             indices = evenly_spaced(num_taps) if per_block_model(model) else list(range(num_taps))[-4:]
@@ -106,13 +107,28 @@ class TimmFeatureModel(_AdaptedModel):
         self.probe(image_size)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
-        final, maps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW")
+        """``feats`` also holds ``"prefix"`` (per tap, the (N, P, C) class / distillation / register
+        tokens) for a model with prefix tokens, and ``"head_logits"`` (class-token head,
+        distillation-token head) for a DeiT distilled model, whose ``logits`` are their average."""
+        with_prefix = getattr(self.model, "num_prefix_tokens", 0) > 0
+        if with_prefix:
+            final, taps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW",
+                                                           return_prefix_tokens=True)
+            maps, prefix = [tap[0] for tap in taps], [tap[1] for tap in taps]
+        else:
+            final, maps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW")
         pooled = self.model.forward_head(final, pre_logits=True)
-        if hasattr(self.model, "head_dist"):  # two heads (DeiT distilled): timm combines them
-            logits = self.model.forward_head(final)
+        feats: Dict[str, object] = {"feats": list(maps), "pooled_feat": pooled}
+        if with_prefix:
+            feats["prefix"] = prefix
+        if hasattr(self.model, "head_dist"):  # DeiT distilled: token 0 -> head, token 1 -> head_dist
+            cls_logits = self.model.head(self.model.head_drop(final[:, 0]))
+            dist_logits = self.model.head_dist(self.model.head_drop(final[:, 1]))
+            feats["head_logits"] = (cls_logits, dist_logits)
+            logits = (cls_logits + dist_logits) / 2
         else:  # timm's head after pre_logits is the classifier alone: apply it once
             logits = self.model.get_classifier()(pooled)
-        return logits, {"feats": list(maps), "pooled_feat": pooled}
+        return logits, feats
 
 
 def per_block_model(model: nn.Module) -> bool:
@@ -161,13 +177,15 @@ class HookedFeatureModel(_AdaptedModel):
         return tap.permute(0, 3, 1, 2) if self.channels_last_maps else tap
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
+        """``feats`` also holds ``"prefix"``, each tap's (N, P, C) prefix tokens, for a token model
+        with ``num_prefix_tokens`` set (torchvision's ViT: the class token)."""
         # Hooks live for one call only: a copy of this module (the fast teacher, EMA) has none to share.
-        taps: Dict[str, Tensor] = {}
+        recorded: Dict[str, Tensor] = {}
         pooled: List[Tensor] = []
 
         def record(path: str):
             def hook(module: nn.Module, args, output) -> None:
-                taps[path] = output[0] if isinstance(output, (tuple, list)) else output
+                recorded[path] = output[0] if isinstance(output, (tuple, list)) else output
             return hook
 
         handles = [self.model.get_submodule(path).register_forward_hook(record(path))
@@ -179,5 +197,9 @@ class HookedFeatureModel(_AdaptedModel):
         finally:
             for handle in handles:
                 handle.remove()
-        feats = [self._as_map(taps[path]) for path in self.feature_modules]
-        return logits, {"feats": feats, "pooled_feat": torch.flatten(pooled[-1], 1)}
+        taps = [recorded[path] for path in self.feature_modules]
+        feats: Dict[str, object] = {"feats": [self._as_map(tap) for tap in taps],
+                                    "pooled_feat": torch.flatten(pooled[-1], 1)}
+        if self.num_prefix_tokens and all(tap.dim() == 3 for tap in taps):
+            feats["prefix"] = [tap[:, :self.num_prefix_tokens] for tap in taps]
+        return logits, feats
