@@ -10,7 +10,7 @@ import pytest
 
 from conftest import REPO_ROOT
 from mdistiller.errors import OutputDirError
-from mdistiller.experiments.report import Summary
+from mdistiller.experiments.runs import Summary
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
 import quickstart  # noqa: E402

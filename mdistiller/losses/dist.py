@@ -14,7 +14,7 @@ teacher's predictions.
 import torch
 import torch.nn.functional as F
 
-from mdistiller.losses.kd import at_least_float32
+from mdistiller.losses._precision import float32_loss
 
 __all__ = ["pearson_distance", "dist_loss"]
 
@@ -27,10 +27,10 @@ def pearson_distance(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> tor
     return 1.0 - rho.mean()
 
 
+@float32_loss
 def dist_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, beta: float = 1.0,
               gamma: float = 1.0, temperature: float = 1.0) -> torch.Tensor:
-    """``beta * L_inter + gamma * L_intra`` on softmax(logits / temperature), in at least float32."""
-    logits_student, logits_teacher = at_least_float32(logits_student), at_least_float32(logits_teacher)
+    """``beta * L_inter + gamma * L_intra`` on softmax(logits / temperature), in float32."""
     y_s = F.softmax(logits_student / temperature, dim=1)
     y_t = F.softmax(logits_teacher / temperature, dim=1)
     inter = pearson_distance(y_s, y_t)

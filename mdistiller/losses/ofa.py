@@ -13,30 +13,22 @@ confident the teacher ("adaptive target enhancement").
 import torch
 import torch.nn.functional as F
 
-from mdistiller.losses.kd import at_least_float32
+from mdistiller.losses._precision import float32_loss
+from mdistiller.losses.targets import class_index
 
-__all__ = ["target_classes", "ofa_loss"]
-
-
-def target_classes(target: torch.Tensor) -> torch.Tensor:
-    """The class of each sample: ``target`` itself for (N,) labels, the argmax of (N, K) soft targets.
-
-    Under mixup / cutmix the mixed sample whose weight is above one half wins (as in the authors'
-    code); label smoothing leaves the class unchanged.
-    """
-    return target.argmax(dim=1) if target.dim() == 2 else target
+__all__ = ["ofa_loss"]
 
 
+@float32_loss
 def ofa_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, target: torch.Tensor,
              eps: float, temperature: float = 1.0) -> torch.Tensor:
     """OFA's loss of one output (``target``: (N,) labels or (N, K) soft targets).
 
-    Computed in at least float32 with ``log_softmax`` (the authors take the log of a softmax, which
+    Computed in float32 with ``log_softmax`` (the authors take the log of a softmax, which
     underflows to -inf under fp16 autocast).
     """
-    logits_student, logits_teacher = at_least_float32(logits_student), at_least_float32(logits_teacher)
     log_p_student = F.log_softmax(logits_student / temperature, dim=1)
     p_teacher = F.softmax(logits_teacher / temperature, dim=1)
-    target_mask = F.one_hot(target_classes(target), logits_student.shape[1]).to(p_teacher.dtype)
+    target_mask = F.one_hot(class_index(target), logits_student.shape[1]).to(p_teacher.dtype)
     weight = (p_teacher + target_mask) ** eps - target_mask
     return -(weight * log_p_student).sum(dim=1).mean()
