@@ -48,6 +48,12 @@ def test_fine_tuning_keeps_a_fresh_classifier_and_loads_the_rest():
     assert torch.equal(student.model.conv1[0].weight, imagenet_like["conv1.0.weight"])
 
 
+def test_a_classifier_of_another_width_is_another_architecture_not_another_class_count():
+    wider = build_external_model("timm:resnet10t", 10, 32, dict(stem_width=8, channels=(16, 32, 64, 256)))
+    with pytest.raises(CheckpointError, match="wrong shape .*another architecture"):
+        load_into(tiny(10, 1).model, wider.model.state_dict(), "wide.pth", new_head=False)
+
+
 def test_a_file_of_another_architecture_names_the_keys():
     with pytest.raises(CheckpointError, match="missing .*unexpected"):
         load_into(tiny(10, 0).model, {"features.0.weight": torch.zeros(3)}, "other.pth", new_head=False)

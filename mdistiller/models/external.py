@@ -24,7 +24,7 @@ from torch import nn
 from mdistiller.errors import IncompatibleModelError, UnknownNameError
 from mdistiller.models.adapter import HookedFeatureModel, TimmFeatureModel, evenly_spaced
 
-__all__ = ["TIMM_PREFIX", "TORCHVISION_PREFIX", "is_external_name", "build_external_model"]
+__all__ = ["TIMM_PREFIX", "TORCHVISION_PREFIX", "is_external_name", "check_external_name", "build_external_model", "pretrained_spec"]
 
 TIMM_PREFIX = "timm:"
 TORCHVISION_PREFIX = "torchvision:"
@@ -44,6 +44,31 @@ def _unknown(kind: str, name: str, known: Sequence[str]) -> UnknownNameError:
     )
 
 
+def check_external_name(name: str) -> None:
+    """UnknownNameError (with the library's closest names) unless timm / torchvision has `name`."""
+    if name.startswith(TIMM_PREFIX):
+        import timm
+
+        if not timm.is_model(name[len(TIMM_PREFIX):]):
+            raise _unknown(TIMM_PREFIX, name[len(TIMM_PREFIX):], timm.list_models())
+    elif name.startswith(TORCHVISION_PREFIX):
+        from torchvision import models
+
+        known = models.list_models(module=models)
+        if name[len(TORCHVISION_PREFIX):] not in known:
+            raise _unknown(TORCHVISION_PREFIX, name[len(TORCHVISION_PREFIX):], known)
+
+
+def pretrained_spec(name: str) -> str:
+    """The weights spec of a model's default pretrained weights: ``timm:pretrained``, or
+    ``torchvision:<Enum>.DEFAULT``."""
+    if name.startswith(TIMM_PREFIX):
+        return "timm:pretrained"
+    from torchvision import models
+
+    return f"torchvision:{models.get_model_weights(name[len(TORCHVISION_PREFIX):]).__name__}.DEFAULT"
+
+
 def build_external_model(name: str, num_classes: int, image_size: int,
                          kwargs: Optional[Dict[str, Any]] = None,
                          feature_modules: Sequence[str] = ()) -> nn.Module:
@@ -61,8 +86,7 @@ def _build_timm(name: str, num_classes: int, image_size: int, kwargs: Dict[str, 
                 feature_modules: Sequence[str]) -> nn.Module:
     import timm
 
-    if not timm.is_model(name):
-        raise _unknown(TIMM_PREFIX, name, timm.list_models())
+    check_external_name(TIMM_PREFIX + name)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     patch_embed = getattr(model, "patch_embed", None)
     fixed_size = getattr(patch_embed, "img_size", None)
@@ -88,9 +112,7 @@ def _build_torchvision(name: str, num_classes: int, image_size: int, kwargs: Dic
     import torchvision
     from torchvision import models
 
-    known = models.list_models(module=models)
-    if name not in known:
-        raise _unknown(TORCHVISION_PREFIX, name, known)
+    check_external_name(TORCHVISION_PREFIX + name)
     if name.startswith("vit_"):  # torchvision's ViT fixes its position grid at construction
         kwargs.setdefault("image_size", image_size)
     model = models.get_model(name, weights=None, num_classes=num_classes, **kwargs)

@@ -110,7 +110,8 @@ def load_into(model: nn.Module, weights: Dict[str, torch.Tensor], source: str, n
     """
     own = model.state_dict()
     heads = tuple(f"{name}." for name in _classifier_names(model))
-    head_mismatch = [k for k, v in weights.items() if k.startswith(heads) and k in own and own[k].shape != v.shape]
+    head_mismatch = [k for k, v in weights.items()  # the class count differs, the rest fits
+                     if k.startswith(heads) and k in own and own[k].shape != v.shape and own[k].shape[1:] == v.shape[1:]]
     if head_mismatch and not new_head:
         found = weights[head_mismatch[0]].shape[0]
         raise CheckpointError(
