@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import pywt
 import torch
-import torch.nn.functional as F
 
 from mdistiller.distillers import distiller_dict
 from mdistiller.engine.cfg import build_cfg
