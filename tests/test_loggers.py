@@ -46,6 +46,7 @@ class RecordingWandb(types.ModuleType):
         return self.run
 
 
+@pytest.mark.slow
 def test_trainer_calls_wandb_once_per_epoch_with_the_whole_config(tmp_path, monkeypatch):
     fake = RecordingWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
@@ -61,6 +62,7 @@ def test_trainer_calls_wandb_once_per_epoch_with_the_whole_config(tmp_path, monk
     assert trainer.wandb_id == "abc123"
 
 
+@pytest.mark.slow
 def test_wandb_failure_warns_once_and_training_goes_on(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", RecordingWandb(fail=True))
     trainer = make_trainer(tmp_path, "SOLVER.EPOCHS=1", "LOG.WANDB=True")
