@@ -1,7 +1,8 @@
 """The tools as a user runs them: subprocesses, real files, one-line errors with exit status 2.
 
-Marked `e2e`. `make test` runs them in a short form (one or two epochs); `make test-full`
-(MDISTILLER_E2E=full) runs the quick start at its real length and checks its accuracies.
+Marked `e2e`. `make test` runs them in a short form (one to eight epochs; the quick start's accuracies
+checked against thresholds set from three seeds); `make test-full` (MDISTILLER_E2E=full) runs the quick
+start at its real length with its own thresholds.
 """
 
 import json
