@@ -47,6 +47,7 @@ def test_sweep_files_cover_the_main_methods():
     assert required <= methods, f"no sweep file for {sorted(required - methods)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
 def test_sweep_file_is_valid(path, logged_metrics, tmp_path):
     spec = load_sweep(path)
