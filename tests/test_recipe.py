@@ -178,3 +178,45 @@ def test_resume_with_ema_and_mixup_equals_straight_run(tmp_path):
     assert a["ema_steps"] == b["ema_steps"] == 2 * steps
     for key in a["ema"]:
         assert torch.equal(a["ema"][key], b["ema"][key]), key
+
+
+# -- ImageFolder sets: RandAugment, random erasing, interpolation (mdistiller/dataset/augment.py)
+def imagefolder_cfg(*opts):
+    return build_cfg(None, ["DATASET.TYPE=imagenet", *opts])
+
+
+def test_random_erasing_replaces_one_rectangle_of_the_normalised_image():
+    from PIL import Image
+
+    from mdistiller.dataset.imagenet import imagenet_train_transform
+
+    image = Image.fromarray(torch.randint(0, 256, (48, 40, 3), dtype=torch.uint8).numpy())
+    plain = imagenet_train_transform(32, imagefolder_cfg())
+    erased = imagenet_train_transform(32, imagefolder_cfg("DATASET.RANDOM_ERASING=1.0"))
+    torch.manual_seed(5)
+    a = plain(image)
+    torch.manual_seed(5)
+    b = erased(image)
+    changed = (a != b).any(0)
+    rows, cols = torch.nonzero(changed, as_tuple=True)
+    assert changed.any()
+    box = changed[rows.min():rows.max() + 1, cols.min():cols.max() + 1]
+    assert box.all() and int(changed.sum()) == box.numel() < 32 * 32  # one rectangle, not the whole image
+
+
+def test_rand_augment_and_interpolation_keys():
+    from timm.data.auto_augment import RandAugment
+    from torchvision import transforms
+
+    from mdistiller.dataset.imagenet import imagenet_train_transform, imagenet_val_transform
+
+    cfg = imagefolder_cfg("DATASET.RAND_AUGMENT=rand-m9-mstd0.5-inc1", "DATASET.INTERPOLATION=bicubic")
+    steps = imagenet_train_transform(224, cfg).transforms
+    assert [type(s) for s in steps] == [transforms.RandomResizedCrop, transforms.RandomHorizontalFlip, RandAugment,
+                                        transforms.ToTensor, transforms.Normalize]
+    assert steps[0].interpolation == transforms.InterpolationMode.BICUBIC
+    assert imagenet_val_transform(160, cfg).transforms[0].size == 160 * 256 // 224
+    with pytest.raises(ConfigError, match="rand-m9-mstd0.5-inc1"):
+        imagenet_train_transform(224, imagefolder_cfg("DATASET.RAND_AUGMENT=m9"))
+    with pytest.raises(ConfigError, match="bilinear, bicubic"):
+        imagenet_train_transform(224, imagefolder_cfg("DATASET.INTERPOLATION=nearest"))
