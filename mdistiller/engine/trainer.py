@@ -171,6 +171,8 @@ class Trainer:
             if wandb_log is not None:
                 wandb_log.finish()
         print(f"Best accuracy: {self.best_acc:.2f}")
+        if self.ema is not None:
+            print(f"Best EMA accuracy: {self.best_acc_ema:.2f} (student_ema_best; student_best holds the raw student)")
         worklog.finish(self.best_acc)
         return self.best_acc
 
