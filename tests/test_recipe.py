@@ -220,3 +220,28 @@ def test_rand_augment_and_interpolation_keys():
         imagenet_train_transform(224, imagefolder_cfg("DATASET.RAND_AUGMENT=m9"))
     with pytest.raises(ConfigError, match="bilinear, bicubic"):
         imagenet_train_transform(224, imagefolder_cfg("DATASET.INTERPOLATION=nearest"))
+
+
+def dot_trainer(tmp_path, *opts):
+    from mdistiller.dataset import get_dataset
+    from mdistiller.engine.build import build_distiller
+    from mdistiller.engine.trainer import trainer_dict
+
+    cfg = build_cfg(STUDENT_CFG, [f"LOG.PREFIX={tmp_path}", "SOLVER.AMP=False", "DATASET.IMAGE_SIZE=8",
+                                  "SOLVER.TRAINER=dot", *opts])
+    train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
+    return trainer_dict["dot"]("dot", build_distiller(cfg, num_data, num_classes), train_loader, val_loader, cfg)
+
+
+def test_dot_trainer_updates_the_ema_and_refuses_grad_clip(tmp_path):
+    trainer = one_batch_trainer(dot_trainer(tmp_path, "EMA.ENABLE=True", "EMA.DECAY=0.5"))
+    before = {k: v.clone() for k, v in trainer.ema.module.state_dict().items()}
+    trainer.distiller.train()
+    trainer.train_iter(*trainer.to_device(trainer.train_loader[0]), 1, 0)
+    student = trainer.distiller.student.state_dict()
+    assert trainer.ema_steps == 1
+    for key, value in trainer.ema.module.state_dict().items():
+        if value.is_floating_point():
+            torch.testing.assert_close(value, 0.5 * before[key] + 0.5 * student[key])
+    with pytest.raises(ConfigError, match="set SOLVER.GRAD_CLIP 0"):
+        dot_trainer(tmp_path, "SOLVER.GRAD_CLIP=1.0")
