@@ -1,7 +1,8 @@
 """The classification trainer with the dense task's batches and metrics.
 
 Checkpoints, resume, autocast, gradient clipping (SOLVER.GRAD_CLIP), loggers (worklog,
-metrics.jsonl, tensorboardX, wandb), the progress bar and the error handling are the engine's (:class:`mdistiller.engine.trainer.Trainer`).
+metrics.jsonl, tensorboardX, wandb), the progress bar and the error handling are the engine's
+(:class:`mdistiller.engine.trainer.Trainer`).
 ``test_acc`` (and so ``best`` / ``best_acc``) is COCO AP x 100 for detectors, mIoU x 100 for segmenters.
 """
 

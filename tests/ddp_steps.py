@@ -4,7 +4,8 @@
 (batch statistics of half a batch differ from the whole batch's), and takes two training steps (by default)
 through `Trainer.train_iter`, on this process's half of each batch when a process group is
 joined (rank 0 the first half), on the whole batch otherwise. It returns the distiller's
-state_dict, with the student's EMA under ``ema.`` when EMA.ENABLE. tests/ddp_step_worker.py runs it on each of 2 processes.
+state_dict, with the student's EMA under ``ema.`` when EMA.ENABLE. tests/ddp_step_worker.py runs
+it on each of 2 processes.
 """
 
 from typing import Dict

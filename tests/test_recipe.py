@@ -245,3 +245,14 @@ def test_dot_trainer_updates_the_ema_and_refuses_grad_clip(tmp_path):
             torch.testing.assert_close(value, 0.5 * before[key] + 0.5 * student[key])
     with pytest.raises(ConfigError, match="set SOLVER.GRAD_CLIP 0"):
         dot_trainer(tmp_path, "SOLVER.GRAD_CLIP=1.0")
+
+
+def test_prompt_stage_trains_without_the_students_recipe():
+    from mdistiller.engine.prompt_learning import prompt_learning_cfg
+
+    cfg = build_cfg(None, ["DISTILLER.TYPE=FREEKD", "EMA.ENABLE=True", "MIXUP.ALPHA=0.8", "MIXUP.CUTMIX=1.0",
+                           "SOLVER.LABEL_SMOOTHING=0.1", "SOLVER.GRAD_CLIP=1.0"])
+    stage = prompt_learning_cfg(cfg, "FREEKD")
+    assert (stage.EMA.ENABLE, stage.MIXUP.ALPHA, stage.MIXUP.CUTMIX, stage.SOLVER.LABEL_SMOOTHING,
+            stage.SOLVER.GRAD_CLIP) == (False, 0.0, 0.0, 0.0, 0.0)
+    assert cfg.EMA.ENABLE and cfg.MIXUP.ALPHA == 0.8  # the run's own config is untouched

@@ -73,7 +73,7 @@ CFG.DATASET.DOWNLOAD = False
 CFG.DATASET.IMAGE_SIZE = 0  # 0: the dataset's standard size (cifar100 32, imagenet 224, tiny_imagenet 64, digits 16)
 CFG.DATASET.NUM_WORKERS = 2
 CFG.DATASET.FAST_AUG = True
-CFG.DATASET.INTERPOLATION = "bilinear"  # resizing: bilinear or bicubic (ImageNet-style sets; CIFAR / digits above 32 px)
+CFG.DATASET.INTERPOLATION = "bilinear"  # bilinear or bicubic resizing: ImageFolder sets, CIFAR-100 above 32 px
 CFG.DATASET.RAND_AUGMENT = ""  # ImageFolder sets: timm's RandAugment string, e.g. rand-m9-mstd0.5-inc1; "" = off
 CFG.DATASET.RANDOM_ERASING = 0.0  # ImageFolder sets: probability of timm's RandomErasing (per-pixel noise); 0 = off
 CFG.DATASET.PIN_MEMORY = "auto"
