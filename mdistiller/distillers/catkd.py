@@ -9,6 +9,8 @@ from yacs.config import CfgNode as CN
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.distillers.classifier import ClassifierInputRecorder, find_classifier
+from mdistiller.distillers.feature_shapes import model_name
+from mdistiller.errors import ConfigError, IncompatibleModelError
 from mdistiller.losses.catkd import cat_loss, class_activation_maps
 from mdistiller.losses.spatial import pool_to_size
 
@@ -18,6 +20,18 @@ CATKD_DEFAULTS.NORMALIZE = False
 CATKD_DEFAULTS.LOSS = CN()
 CATKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 CATKD_DEFAULTS.LOSS.CAT_WEIGHT = 15.0
+
+
+def class_map_recorder(model: nn.Module, size: int) -> ClassifierInputRecorder:
+    """The recorder of the map `model` average-pools into its linear classifier, or a refusal: a
+    ViT / DeiT head reads a class token, Swin and Mixer pool tokens, ConvNeXt normalises after pooling."""
+    try:
+        return ClassifierInputRecorder(model, size)
+    except ConfigError as error:
+        raise IncompatibleModelError(
+            f"CATKD needs a linear classifier applied to a globally average-pooled map (for its class "
+            f"activation maps), and {model_name(model)} has none it can find: use a CNN with a pooled linear head"
+        ) from error
 
 
 @register_distiller("CATKD", CATKD_DEFAULTS)
@@ -44,8 +58,8 @@ class CATKD(Distiller):
         if student_classifier.bias is not None:
             nn.init.zeros_(student_classifier.bias)
             student_classifier.bias.requires_grad_(False)
-        self.student_maps = ClassifierInputRecorder(student, image_size(cfg))
-        self.teacher_maps = ClassifierInputRecorder(teacher, image_size(cfg))
+        self.student_maps = class_map_recorder(student, image_size(cfg))
+        self.teacher_maps = class_map_recorder(teacher, image_size(cfg))
 
     def get_learnable_parameters(self) -> List[nn.Parameter]:
         return [p for p in super().get_learnable_parameters() if p.requires_grad]

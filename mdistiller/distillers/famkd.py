@@ -8,7 +8,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers.feature_shapes import feature_shapes
+from mdistiller.distillers.feature_shapes import feature_shapes, require_preact
 from mdistiller.errors import ConfigError
 from mdistiller.losses.famkd import FUSIONS, FAMFusion, famkd_loss
 
@@ -54,6 +54,8 @@ class FAMKD(Distiller):
         self.pooled_loss = section.POOLED_LOSS
         size = image_size(cfg)
         shapes_s, shapes_t = feature_shapes(student, size), feature_shapes(teacher, size)
+        if self.stu_preact:
+            require_preact(shapes_s, student, "FAMKD.STU_PREACT", "set FAMKD.STU_PREACT False")
         maps_s = shapes_s["preact_feats" if self.stu_preact else "feats"][1:]
         maps_t = shapes_t["feats"][1:]
         self.num_stages = min(len(maps_s), len(maps_t), section.NUM_STAGES)
