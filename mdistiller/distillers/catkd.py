@@ -8,9 +8,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers.classifier import ClassifierInputRecorder, find_classifier
-from mdistiller.distillers.feature_shapes import model_name
-from mdistiller.errors import ConfigError, IncompatibleModelError
+from mdistiller.distillers.classifier import ClassifierInputRecorder, find_classifier, no_pooled_classifier
+from mdistiller.errors import ConfigError
 from mdistiller.losses.catkd import cat_loss, class_activation_maps
 from mdistiller.losses.spatial import pool_to_size
 
@@ -23,15 +22,11 @@ CATKD_DEFAULTS.LOSS.CAT_WEIGHT = 15.0
 
 
 def class_map_recorder(model: nn.Module, size: int) -> ClassifierInputRecorder:
-    """The recorder of the map `model` average-pools into its linear classifier, or a refusal: a
-    ViT / DeiT head reads a class token, Swin and Mixer pool tokens, ConvNeXt normalises after pooling."""
+    """The recorder of the map `model` average-pools into its linear classifier, or a refusal."""
     try:
         return ClassifierInputRecorder(model, size)
     except ConfigError as error:
-        raise IncompatibleModelError(
-            f"CATKD needs a linear classifier applied to a globally average-pooled map (for its class "
-            f"activation maps), and {model_name(model)} has none it can find: use a CNN with a pooled linear head"
-        ) from error
+        raise no_pooled_classifier(model, "CATKD", "its class activation maps need a CNN with a pooled linear head") from error
 
 
 @register_distiller("CATKD", CATKD_DEFAULTS)
