@@ -4,7 +4,7 @@ with one IncompatibleModelError line naming the method.
 
 Pairs (HETERO.md section 7 sizes): CNN -> ViT, ViT -> CNN, Swin -> CNN, CNN -> MLP-Mixer,
 ConvNeXt -> DeiT (distilled). The CIFAR-zoo resnet8 and timm's resnet10t are the CNNs. The quick
-form runs every method on CNN -> ViT and ViT -> CNN; the other pairs are marked slow.
+form runs every method on CNN -> ViT; the other pairs are marked slow.
 docs/heterogeneous.md holds the table this test asserts.
 """
 
@@ -33,8 +33,8 @@ TIMM_MODELS = {
     "convnext": ("timm:convnext_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1))),
     "resnet10t": ("timm:resnet10t", dict(stem_width=8, channels=(16, 32, 64, 128))),
 }
-QUICK_PAIRS = [("resnet8", "vit"), ("vit", "resnet8")]
-SLOW_PAIRS = [("swin", "resnet8"), ("resnet10t", "mixer"), ("convnext", "deit")]
+QUICK_PAIRS = [("resnet8", "vit")]
+SLOW_PAIRS = [("vit", "resnet8"), ("swin", "resnet8"), ("resnet10t", "mixer"), ("convnext", "deit")]
 PROMPT_METHODS = ("FREEKD", "AFPKD")  # read stage-1 prompts of the teacher from a file
 
 
