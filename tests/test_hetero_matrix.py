@@ -13,6 +13,7 @@ from typing import Dict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from timm.models.mlp_mixer import MlpMixer
 
 from mdistiller.distillers import distiller_dict
@@ -152,3 +153,31 @@ def test_method_on_quick_pair(method, teacher_key, student_key, models, tmp_path
 @pytest.mark.parametrize("method", METHODS)
 def test_method_on_slow_pair(method, teacher_key, student_key, models, tmp_path):
     check_method_on_pair(method, teacher_key, student_key, models, tmp_path)
+
+
+@pytest.mark.parametrize("upsample", [True, False])
+def test_freekd_pools_the_larger_map_down_unless_told_to_upsample(upsample, models, tmp_path):
+    """resnet8 -> ViT: the teacher's last two maps are 16x16 and 8x8, the student's ViT grid 8x8.
+    UPSAMPLE_STUDENT False pools the teacher's 16x16 map to 8x8 and leaves the student's alone."""
+    teacher, student = copy.deepcopy(models["resnet8"]), copy.deepcopy(models["vit"])
+    cfg = build_cfg(None, ["DISTILLER.TYPE=FREEKD", f"DATASET.IMAGE_SIZE={SIZE}", f"LOG.PREFIX={tmp_path}",
+                           f"FREEKD.UPSAMPLE_STUDENT={upsample}"])
+    write_prompt_file(cfg, teacher)
+    distiller = distiller_dict["FREEKD"](student, teacher, cfg, num_classes=NUM_CLASSES, num_data=64)
+    image = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, feats_t = teacher(image)
+        _, feats_s = student(image)
+        teacher_maps, student_maps = distiller.aligned_maps(feats_t, feats_s)
+        aligned = [align(feats_s["feats"][i]) for align, i in zip(distiller.align, [2, 3])]
+    assert [tuple(t.shape[-2:]) for t in feats_t["feats"][2:]] == [(16, 16), (8, 8)]
+    if upsample:
+        torch.testing.assert_close(teacher_maps[0], feats_t["feats"][2])
+        torch.testing.assert_close(student_maps[0], F.interpolate(aligned[0], size=(16, 16), mode="bilinear"))
+    else:
+        t = feats_t["feats"][2]
+        by_hand = t.reshape(2, t.shape[1], 8, 2, 8, 2).mean(dim=(3, 5))  # 2x2 average pooling
+        torch.testing.assert_close(teacher_maps[0], by_hand)
+        torch.testing.assert_close(student_maps[0], aligned[0])
+    torch.testing.assert_close(teacher_maps[1], feats_t["feats"][3])
+    torch.testing.assert_close(student_maps[1], aligned[1])
