@@ -14,26 +14,17 @@ from typing import Dict
 import pytest
 import torch
 import torch.nn.functional as F
-from timm.models.mlp_mixer import MlpMixer
 
 from mdistiller.distillers import distiller_dict
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.errors import ConfigError, IncompatibleModelError
 from mdistiller.models import cifar_model_dict
-from mdistiller.models.adapter import TimmFeatureModel
-from mdistiller.models.external import build_external_model
 from tests.prompt_files import write_prompt_file
+from tests.tiny_models import SIZE, tiny
 
-NUM_CLASSES, SIZE, BATCH = 10, 32, 4
-VIT_KWARGS = dict(patch_size=4, embed_dim=48, depth=4, num_heads=3)
-TIMM_MODELS = {
-    "vit": ("timm:vit_tiny_patch16_224", VIT_KWARGS),
-    "deit": ("timm:deit_tiny_distilled_patch16_224", VIT_KWARGS),
-    "swin": ("timm:swin_tiny_patch4_window7_224",
-             dict(window_size=2, embed_dim=24, depths=(1, 1, 1, 1), num_heads=(1, 1, 2, 2))),
-    "convnext": ("timm:convnext_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1))),
-    "resnet10t": ("timm:resnet10t", dict(stem_width=8, channels=(16, 32, 64, 128))),
-}
+NUM_CLASSES, BATCH = 10, 4
+FAMILY = {"vit": "vit", "deit": "deit_distilled", "swin": "swin", "convnext": "convnext", "resnet10t": "resnet",
+          "mixer": "mixer"}  # this file's keys -> tests/tiny_models.py families
 QUICK_PAIRS = [("resnet8", "vit")]
 SLOW_PAIRS = [("vit", "resnet8"), ("swin", "resnet8"), ("resnet10t", "mixer"), ("convnext", "deit")]
 PROMPT_METHODS = ("FREEKD", "AFPKD")  # read stage-1 prompts of the teacher from a file
@@ -43,11 +34,7 @@ def build_model(key: str) -> torch.nn.Module:
     torch.manual_seed(0)
     if key == "resnet8":
         return cifar_model_dict["resnet8"][0](num_classes=NUM_CLASSES)
-    if key == "mixer":
-        mixer = MlpMixer(img_size=SIZE, patch_size=4, num_blocks=4, embed_dim=64, num_classes=NUM_CLASSES)
-        return TimmFeatureModel(mixer, "timm:mixer (4 blocks, 64 wide)", SIZE)
-    name, kwargs = TIMM_MODELS[key]
-    return build_external_model(name, NUM_CLASSES, SIZE, kwargs)
+    return tiny(FAMILY[key], NUM_CLASSES)
 
 
 @pytest.fixture(scope="module")
