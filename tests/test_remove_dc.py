@@ -1,4 +1,4 @@
-"""The REMOVE_DC switch of SFAKD and FREEKD: the centred maps' MSE equals the spectral MSE without the
+"""The REMOVE_DC switch of SFAKD, FREEKD and FAMKD: the centred maps' MSE equals the spectral MSE without the
 (0, 0) coefficient (numpy FFT, Parseval), and Haar detail bands ignore the removed constant."""
 
 import numpy as np
@@ -73,3 +73,23 @@ def test_freekd_remove_dc(tmp_path, low_band):
             expected += direct_level_loss(prompts[k].masks(t_bands), t_bands, s_bands, low_band=True)
     assert results[True] == pytest.approx(float(expected), rel=1e-5)
     assert results[True] != pytest.approx(results[False], rel=1e-3)
+
+
+def test_famkd_remove_dc_compares_the_spectra_without_their_dc_term():
+    distiller, _ = build("FAMKD", ["FAMKD.REMOVE_DC=True", "FAMKD.POOLED_LOSS=False", "FAMKD.WARMUP_EPOCHS=0"])
+    distiller.train()
+    image, target = torch.randn(2, 3, 16, 16), torch.tensor([1, 2])
+    _, losses = distiller(image=image, target=target)
+    with torch.no_grad():  # train mode: the fusion's BatchNorm uses the same batch statistics
+        fused = distiller.hierarchy(distiller.levels(distiller.student(image)[1], "feats"))[:-1]
+        targets = distiller.levels(distiller.teacher(image)[1], "feats")[:-1]
+    expected = sum(spectral_mse_without_dc(f.double().numpy(), t.double().numpy()) for f, t in zip(fused, targets))
+    assert losses["loss_kd"].item() == pytest.approx(expected, rel=1e-4)
+    plain, _ = build("FAMKD", ["FAMKD.POOLED_LOSS=False", "FAMKD.WARMUP_EPOCHS=0"])
+    plain.train()
+    assert plain(image=image, target=target)[1]["loss_kd"].item() > losses["loss_kd"].item()
+
+
+def test_famkd_pooled_loss_with_remove_dc_is_refused():
+    with pytest.raises(ConfigError, match="FAMKD.POOLED_LOSS False"):
+        build("FAMKD", ["FAMKD.REMOVE_DC=True"])

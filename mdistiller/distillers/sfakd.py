@@ -9,7 +9,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers.classifier import find_classifier
+from mdistiller.distillers.classifier import find_classifier, find_classifier_input, no_pooled_classifier
 from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.errors import ConfigError
 from mdistiller.frequency import SmoothedFrequencyAugmentation, remove_dc
@@ -81,6 +81,14 @@ class SFAKD(Distiller):
                 f"SFAKD reuses the teacher's classifier '{self.classifier_name}' ({classifier.in_features} inputs), "
                 f"but the teacher's last feature map has {t_shape[-3]} channels; set SFAKD.TEACHER_CLASSIFIER False."
             )
+        if self.use_teacher_classifier and hasattr(teacher, "kind"):  # a timm / torchvision model
+            try:
+                find_classifier_input(teacher, image_size(cfg))
+            except ConfigError as error:
+                raise no_pooled_classifier(teacher, "SFAKD (TEACHER_CLASSIFIER True)",
+                                           "set SFAKD.TEACHER_CLASSIFIER False and SFAKD.LOSS.CE_WEIGHT 1") from error
+        # A token student's final norm feeds only its own classifier: unused too, so DDP must look for it.
+        self.ddp_find_unused_parameters = self.use_teacher_classifier and getattr(student, "kind", "cnn") == "token"
         if self.use_teacher_classifier:  # no loss term reaches the student's own classifier: frozen, so
             find_classifier(student)[1].requires_grad_(False)  # DDP does not wait for its gradient
         self.sfa = SmoothedFrequencyAugmentation(s_shape[-3], self.feature_size, section.CUT_OFF)
