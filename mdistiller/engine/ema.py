@@ -17,11 +17,12 @@ from yacs.config import CfgNode as CN
 __all__ = ["build_ema"]
 
 
-def build_ema(student: nn.Module, cfg: CN) -> Optional[nn.Module]:
-    """timm's ``ModelEmaV3`` of `student` (on its device and dtype) when EMA.ENABLE, else None."""
+def build_ema(model: nn.Module, cfg: CN) -> Optional[nn.Module]:
+    """timm's ``ModelEmaV3`` of `model`'s student (on its device and dtype) when EMA.ENABLE, else
+    None (also for a model without a student: a stage's, such as the prompt stage's teacher)."""
     section = cfg.get("EMA")
     if section is None or not section.ENABLE:
         return None
     from timm.utils import ModelEmaV3
 
-    return ModelEmaV3(student, decay=float(section.DECAY), use_warmup=bool(section.WARMUP))
+    return ModelEmaV3(model.student, decay=float(section.DECAY), use_warmup=bool(section.WARMUP))

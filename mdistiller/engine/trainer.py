@@ -86,7 +86,7 @@ class Trainer:
         self.channels_last = channels_last_enabled(cfg.SOLVER.CHANNELS_LAST, self.device, self.amp_dtype)
         self.distiller = prepare_distiller(distiller, cfg.SOLVER, self.device, self.channels_last)
         self.train_model = wrap_ddp(self.distiller, self.device, cfg.DISTRIBUTED.SYNC_BN)
-        self.ema = build_ema(self.distiller.student, cfg)  # of the bare student, before torch.compile
+        self.ema = build_ema(self.distiller, cfg)  # of the bare student, before torch.compile
         self.ema_steps = 0  # optimizer steps the average has followed
         self.best_acc_ema = -1.0
         compile_student(self.distiller, cfg.SOLVER)
