@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.errors import ConfigError, IncompatibleModelError
 from mdistiller.losses.deit import hard_distillation_loss, late_fusion, soft_distillation_loss
@@ -55,7 +56,7 @@ class DEIT(Distiller):
         was_training = student.training
         student.eval()
         with torch.no_grad():
-            size = cfg.DATASET.IMAGE_SIZE
+            size = image_size(cfg)
             _, feats = student(torch.zeros(1, 3, size, size, device=next(student.parameters()).device))
         student.train(was_training)
         if "head_logits" not in feats:

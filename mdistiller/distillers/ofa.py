@@ -29,6 +29,7 @@ from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.errors import ConfigError, IncompatibleModelError
 from mdistiller.losses.ofa import ofa_loss
@@ -217,7 +218,7 @@ class OFA(Distiller):
         self.kd_loss_weight = section.LOSS.KD_WEIGHT
         self.ofa_loss_weight = section.LOSS.OFA_WEIGHT
 
-        size = cfg.DATASET.IMAGE_SIZE
+        size = image_size(cfg)
         _, s_feats = probe_outputs(student, size)
         _, t_feats = probe_outputs(teacher, size)
         if len(s_feats["feats"]) < NUM_STAGES:
