@@ -24,8 +24,6 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
-from timm.layers import trunc_normal_
-from timm.models.vision_transformer import Block
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
@@ -134,6 +132,8 @@ class TokenBranch(nn.Module):
         else:
             self.merge = nn.Linear(in_channels, width) if in_channels != width else nn.Identity()
         self.prefix_proj = nn.Linear(in_channels, width) if in_channels != width else nn.Identity()
+        from timm.models.vision_transformer import Block  # timm loads only when a token branch is built
+
         self.blocks = nn.Sequential(*[Block(dim=width, num_heads=num_heads)
                                       for _ in range(max(NUM_STAGES - stage, 1))])
         self.fc = nn.Linear(width, num_classes)
@@ -160,7 +160,7 @@ def init_branch_weights(module: nn.Module) -> None:
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)
         elif isinstance(m, nn.Linear):
-            trunc_normal_(m.weight, std=0.02)
+            nn.init.trunc_normal_(m.weight, std=0.02)
             if m.bias is not None:
                 nn.init.zeros_(m.bias)
 
