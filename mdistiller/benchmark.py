@@ -29,7 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers import Distiller, distiller_dict
-from mdistiller.engine.build import build_model, build_teacher, teacher_checkpoint_path
+from mdistiller.engine.build import build_role_model, build_teacher, teacher_checkpoint_path
 from mdistiller.engine.stages import stages_of
 from mdistiller.engine.trainer import trainer_dict
 from mdistiller.engine.utils import resolve_device
@@ -165,7 +165,7 @@ def _teacher_factory(cfg: CN, num_classes: int) -> Callable[[], torch.nn.Module]
     else:
         where = f"at {path}" if path else "(DISTILLER.TEACHER_WEIGHTS unset)"
         print(f"No teacher weights {where}: timing a randomly initialised {cfg.DISTILLER.TEACHER}.")
-        teacher = build_model(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE, num_classes)
+        teacher = build_role_model(cfg, "TEACHER", num_classes)
     return lambda: copy.deepcopy(teacher)
 
 
@@ -212,7 +212,7 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
 
     def student() -> torch.nn.Module:
         torch.manual_seed(0)
-        return build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)
+        return build_role_model(cfg, "STUDENT", num_classes)
 
     def subject(name: str, method_cfg: CN, cls) -> Subject:
         for stage in stages_of(cls.stages):

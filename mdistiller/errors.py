@@ -58,3 +58,7 @@ class TrainingStopped(Exception):
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
         self.exit_code = exit_code
+
+
+class IncompatibleModelError(UserError):
+    """A method that cannot run on the given model (a feature the architecture does not have)."""

@@ -29,7 +29,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers import Distiller
 from mdistiller.distillers.classifier import find_classifier
-from mdistiller.engine.build import build_distiller, build_model, predicts_through_distiller
+from mdistiller.engine.build import build_distiller, build_role_model, predicts_through_distiller
 from mdistiller.engine.cfg import dump_cfg, load_cfg_text
 from mdistiller.engine.checkpoint import (load_checkpoint, load_weights, save_checkpoint, strip_prefix, student_state_dict,
                                           unwrapped)
@@ -109,7 +109,7 @@ def prune_teacher(distiller: Distiller, image_size: int) -> Distiller:
 
 def checkpoint_num_classes(cfg: CN, weights: Dict[str, Tensor]) -> int:
     """Classes of the checkpoint's student, read off its classifier's weight."""
-    name, _ = find_classifier(build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, 10))
+    name, _ = find_classifier(build_role_model(cfg, "STUDENT", 10))
     key = f"{name}.weight"
     if key not in weights:
         raise CheckpointError(f"Checkpoint's student has no classifier weight '{key}': not a {cfg.DISTILLER.STUDENT}?")
@@ -123,7 +123,7 @@ def _full_weights(state: dict) -> Dict[str, Tensor]:
 def build_deployable(cfg: CN, num_classes: int, through_distiller: bool) -> nn.Module:
     """An uninitialised deployable model of `cfg`'s student (and prediction modules)."""
     if not through_distiller:
-        return StudentLogits(build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)).eval()
+        return StudentLogits(build_role_model(cfg, "STUDENT", num_classes)).eval()
     distiller = build_distiller(cfg, NUM_DATA_UNUSED, num_classes, teacher_weights=False)
     return DistillerLogits(prune_teacher(distiller, cfg.DATASET.IMAGE_SIZE)).eval()
 
@@ -142,7 +142,7 @@ def from_checkpoint(path: str) -> Tuple[nn.Module, Callable[[Tensor], Tensor], C
     if not through:
         weights = student_state_dict(state)
         num_classes = checkpoint_num_classes(cfg, weights)
-        model = StudentLogits(build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes))
+        model = StudentLogits(build_role_model(cfg, "STUDENT", num_classes))
         load_weights(model.model, weights, f"Checkpoint {path}")
         model.eval()
         return model, model, cfg, num_classes

@@ -17,7 +17,6 @@ import re
 from typing import Dict, Optional, Tuple
 
 import torch
-import torchvision
 from torch import nn
 from torchvision.models import resnet
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
@@ -30,6 +29,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
 from mdistiller.errors import CheckpointError, UnknownNameError
+from mdistiller.models.pretrained import torchvision_state_dict
 
 __all__ = ["DETECTORS", "SEGMENTERS", "DEPTHS", "parse_model_name", "task_of", "build_detector", "build_segmenter",
            "build_dense_model", "load_model_weights", "resnet_weights"]
@@ -60,28 +60,12 @@ def task_of(name: str) -> str:
     return "detection" if parse_model_name(name)[0] in DETECTORS else "segmentation"
 
 
-def _torchvision_state_dict(spec: str) -> Dict[str, torch.Tensor]:
-    """The state dict of ``torchvision:<Enum>.<NAME>``; a one-line CheckpointError when it cannot be had."""
-    enum_name = spec[len(TORCHVISION):]
-    try:
-        weights = torchvision.models.get_weight(enum_name)
-    except (ValueError, KeyError, AttributeError):
-        raise CheckpointError(f"Unknown torchvision weights '{enum_name}': write e.g. "
-                              "torchvision:FCOS_ResNet50_FPN_Weights.COCO_V1.") from None
-    try:
-        return weights.get_state_dict(progress=False, check_hash=True)
-    except Exception as err:  # urllib / http / hash errors: all mean "no usable download"
-        raise CheckpointError(
-            f"Cannot download torchvision weights {enum_name} ({type(err).__name__}; offline?): download "
-            f"{weights.url} on a machine with network and set the weights to that file's path instead.") from None
-
-
 def resnet_weights(spec: str) -> Optional[Dict[str, torch.Tensor]]:
     """ImageNet weights for a ResNet backbone from ``spec`` (empty: none)."""
     if not spec:
         return None
     if spec.startswith(TORCHVISION):
-        return _torchvision_state_dict(spec)
+        return torchvision_state_dict(spec)
     return student_state_dict(load_checkpoint(spec))
 
 
@@ -94,7 +78,7 @@ def load_model_weights(model: nn.Module, spec: str, what: str) -> None:
     if not spec:
         raise CheckpointError(f"{what}: no weights given; set a checkpoint path or torchvision:<Enum>.<NAME>.")
     if spec.startswith(TORCHVISION):
-        weights = _torchvision_state_dict(spec)
+        weights = torchvision_state_dict(spec)
     else:
         if not os.path.isfile(spec):
             raise CheckpointError(f"{what}: weights file {spec} not found; train it first (tools/train_dense.py) "

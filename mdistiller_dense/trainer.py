@@ -1,7 +1,8 @@
-"""The classification trainer with the dense task's batches, metrics and gradient clipping.
+"""The classification trainer with the dense task's batches and metrics.
 
-Checkpoints, resume, autocast, loggers (worklog, metrics.jsonl, tensorboardX, wandb), the progress
-bar and the error handling are the engine's (:class:`mdistiller.engine.trainer.Trainer`).
+Checkpoints, resume, autocast, gradient clipping (SOLVER.GRAD_CLIP), loggers (worklog,
+metrics.jsonl, tensorboardX, wandb), the progress bar and the error handling are the engine's
+(:class:`mdistiller.engine.trainer.Trainer`).
 ``test_acc`` (and so ``best`` / ``best_acc``) is COCO AP x 100 for detectors, mIoU x 100 for segmenters.
 """
 
@@ -91,10 +92,3 @@ class DenseTrainer(Trainer):
             for group in self.optimizer.param_groups:
                 group["lr"] = learning_rate(epoch, self.cfg.SOLVER) * self.lr_scale * factor
         return super().train_iter(image, target, extra, epoch, step)
-
-    def before_step(self) -> None:
-        """Clip the gradient norm to SOLVER.GRAD_CLIP when it is set (CanKD's detection recipe: 35)."""
-        clip = self.cfg.SOLVER.GRAD_CLIP
-        if clip > 0:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.distiller.get_learnable_parameters(), clip)

@@ -34,10 +34,13 @@ from mdistiller.engine.cfg import build_cfg  # noqa: E402
 from mdistiller.engine.fast_teacher import InferenceTeacher  # noqa: E402
 from mdistiller.engine.run import build_classification_run, train_run  # noqa: E402
 from mdistiller.errors import UserError  # noqa: E402
+from mdistiller.distillers import distiller_dict  # noqa: E402
 from mdistiller_dense.build import build_dense_run  # noqa: E402
+from mdistiller_dense.distillers import dense_distiller_dict  # noqa: E402
 from mdistiller_dense.config import build_dense_cfg  # noqa: E402
 
-BUILDERS = {"train": (build_cfg, build_classification_run), "train_dense": (build_dense_cfg, build_dense_run)}
+BUILDERS = {"train": (build_cfg, build_classification_run, distiller_dict),
+            "train_dense": (build_dense_cfg, build_dense_run, dense_distiller_dict)}
 
 
 def split_cfg(args):
@@ -46,12 +49,12 @@ def split_cfg(args):
 
 
 def train(case: dict, epochs: int, resume: bool):
-    make_cfg, build = BUILDERS[case["tool"]]
+    make_cfg, build, methods = BUILDERS[case["tool"]]
     cfg_file, opts = split_cfg(case["args"])
     opts = opts + ["SOLVER.EPOCHS", str(epochs)]
     cfg = make_cfg(cfg_file, opts)
     run_dir = os.path.join(cfg.LOG.PREFIX, case["name"])
-    return train_run(cfg, opts, resume=resume, run_dir=run_dir, verbose=False, build=build)
+    return train_run(cfg, opts, resume=resume, run_dir=run_dir, verbose=False, build=build, methods=methods)
 
 
 def count_teacher_builds() -> list:

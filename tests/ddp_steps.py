@@ -4,7 +4,8 @@
 (batch statistics of half a batch differ from the whole batch's), and takes two training steps (by default)
 through `Trainer.train_iter`, on this process's half of each batch when a process group is
 joined (rank 0 the first half), on the whole batch otherwise. It returns the distiller's
-state_dict. tests/ddp_step_worker.py runs it on each of 2 processes.
+state_dict, with the student's EMA under ``ema.`` when EMA.ENABLE. tests/ddp_step_worker.py runs
+it on each of 2 processes.
 """
 
 from typing import Dict
@@ -21,6 +22,7 @@ CASES = {  # name: (method, trainer, config overrides)
     "DOT_KD": ("KD", "dot", ["SOLVER.TRAINER=dot"]),
     "DOT_AT": ("AT", "dot", ["SOLVER.TRAINER=dot"]),
     "CRD": ("CRD", "base", ["CRD.NCE.K=16", "CRD.FEAT.DIM=16"]),
+    "KD_EMA_CLIP": ("KD", "base", ["EMA.ENABLE=True", "EMA.DECAY=0.5", "SOLVER.GRAD_CLIP=0.2"]),
 }
 
 
@@ -52,4 +54,7 @@ def take_steps(name: str, run_dir: str, steps: int = STEPS) -> Dict[str, torch.T
     for step, (image, target, index, contrastive) in zip(range(steps), batches()):
         extra = {"index": index[part], "contrastive_index": contrastive[part]}
         trainer.train_iter(image[part], target[part], extra, epoch=1, step=step)
-    return {k: v.clone() for k, v in trainer.distiller.state_dict().items()}
+    state = {k: v.clone() for k, v in trainer.distiller.state_dict().items()}
+    if trainer.ema is not None:
+        state.update((f"ema.{k}", v.clone()) for k, v in trainer.ema.module.state_dict().items())
+    return state

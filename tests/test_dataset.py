@@ -198,7 +198,7 @@ def test_fake_cifar_pickles_have_the_official_keys(tmp_path):
 
 def test_imagenet_items_shapes_and_normalisation(tmp_path):
     folder = write_fake_imagenet(tmp_path, train_per_class=3, val_per_class=2, size=(48, 40))
-    cfg = make_cfg("imagenet", tmp_path)
+    cfg = make_cfg("imagenet", tmp_path, IMAGE_SIZE=224)
     train_loader, val_loader, num_data, num_classes = get_dataset(cfg)
     assert (num_data, num_classes) == (9, len(IMAGENET_WNIDS))
     assert train_loader.dataset.classes == sorted(IMAGENET_WNIDS)

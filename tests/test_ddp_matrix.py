@@ -49,7 +49,11 @@ REFUSED: dict = {}
 # set; dense segmenter: the mIoU of the whole set. MDISTILLER_E2E=full runs every case.
 SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "dense_CWD", "dense_segmenter"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
-EXTRA = {"CRD": ["CRD.NCE.K=64"]}
+# DEIT needs a student with a distillation token: a tiny timm distilled DeiT on the 16 px digits.
+EXTRA = {"CRD": ["CRD.NCE.K=64"],
+         "DEIT": ["DISTILLER.STUDENT=timm:deit_tiny_distilled_patch16_224", "MODEL.STUDENT_KWARGS.patch_size=4",
+                  "MODEL.STUDENT_KWARGS.embed_dim=32", "MODEL.STUDENT_KWARGS.depth=2",
+                  "MODEL.STUDENT_KWARGS.num_heads=2"]}
 
 
 def selected(cases, full: bool):

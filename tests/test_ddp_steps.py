@@ -4,7 +4,9 @@
   (both momentum buffers in use) every rank holds the one-process weights;
 - CRD: the memory banks of every rank are written with the embeddings of every rank, so they
   equal each other and the one-process banks (and Z, fixed from the first batch, is the
-  one-process Z).
+  one-process Z);
+- KD with EMA.ENABLE and SOLVER.GRAD_CLIP: the clip acts on the averaged gradients and the EMA
+  follows the bare student, so both are the one-process ones on every rank.
 
 BatchNorm is in eval mode (tests/ddp_steps.py). The ranks are compared exactly; against one
 process, up to float rounding (a sum over two halves versus over the whole batch).

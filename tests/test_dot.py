@@ -30,7 +30,7 @@ def scalar_problem():
     optimizer = DistillationOrientedTrainer([a, b, c], lr=LR, momentum=MOMENTUM - DELTA,
                                             momentum_kd=MOMENTUM + DELTA, weight_decay=WD)
     trainer = SimpleNamespace(optimizer=optimizer, scaler=torch.amp.GradScaler("cpu", enabled=False),
-                              cfg=SimpleNamespace(DISTILLER=SimpleNamespace(TYPE="test")))
+                              cfg=SimpleNamespace(DISTILLER=SimpleNamespace(TYPE="test")), update_ema=lambda: None)
 
     def step():
         losses = {"loss_ce": 2 * a + 5 * c, "loss_kd": 1 * a + 4 * b, "loss_extra": 2 * a}

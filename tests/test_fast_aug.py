@@ -4,6 +4,7 @@ equals its pipeline for the same draws, and the loader covers the data as a Data
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision.transforms.functional as TF
 from PIL import Image
 from scipy import stats
@@ -243,3 +244,35 @@ def test_batch_memory_order_follows_the_channels_last_setting(channels_last):
     torch.manual_seed(0)
     reference = next(iter(cifar_loader(images, 6)))[0]  # the same draws, default layout
     assert torch.equal(image, reference)
+
+
+# -- CIFAR-100 at 224 px (DATASET.IMAGE_SIZE 224): the crop resized on the device
+@pytest.mark.parametrize("mode", ["bilinear", "bicubic"])
+def test_resized_draws_equal_torchvision_tensor_resize(mode):
+    image = np.random.default_rng(1).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    draws = [(0, 8, True), (4, 4, False), (8, 0, False)]
+    top, left, flip = (torch.tensor(v) for v in zip(*draws))
+    loader = cifar_loader(image[None], 1, cifar100_train_transform(224, mode))
+    assert loader.augmentation.resize == 224 and loader.augmentation.interpolation == mode
+    ours = loader.apply(torch.zeros(len(draws), dtype=torch.int64), top, left, flip)
+    assert ours.shape == (3, 3, 224, 224)
+    mean, std = torch.tensor(CIFAR100_MEAN)[:, None, None], torch.tensor(CIFAR100_STD)[:, None, None]
+    for view, (t, l, f) in zip(ours, draws):
+        pil = TF.crop(TF.pad(Image.fromarray(image), PAD), t, l, 32, 32)
+        crop = TF.to_tensor(TF.hflip(pil) if f else pil)
+        resized = TF.resize(crop, [224, 224], interpolation=transforms.InterpolationMode(mode), antialias=True)
+        torch.testing.assert_close(view, (resized - mean) / std, rtol=0, atol=1e-5)
+
+
+def test_image_size_224_resizes_train_and_eval_and_32_changes_nothing(fake_cifar):
+    base = [f"DATASET.ROOT={fake_cifar}", "DATASET.NUM_WORKERS=0", "SOLVER.BATCH_SIZE=8"]
+    batches = {}
+    for size in (0, 32, 224):
+        train_loader, val_loader, _, _ = get_dataset(build_cfg(None, base + [f"DATASET.IMAGE_SIZE={size}"]))
+        assert isinstance(train_loader, InMemoryLoader) and isinstance(val_loader, InMemoryLoader)
+        torch.manual_seed(3)
+        batches[size] = (next(iter(train_loader))[0], next(iter(val_loader))[0])
+    assert batches[224][0].shape == (8, 3, 224, 224) and batches[224][1].shape == (10, 3, 224, 224)
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[32]))
+    expected_val = F.interpolate(batches[32][1], size=(224, 224), mode="bilinear", antialias=True)
+    torch.testing.assert_close(batches[224][1], expected_val, rtol=0, atol=1e-4)

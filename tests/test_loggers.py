@@ -46,6 +46,7 @@ class RecordingWandb(types.ModuleType):
         return self.run
 
 
+@pytest.mark.slow
 def test_trainer_calls_wandb_once_per_epoch_with_the_whole_config(tmp_path, monkeypatch):
     fake = RecordingWandb()
     monkeypatch.setitem(sys.modules, "wandb", fake)
@@ -61,6 +62,7 @@ def test_trainer_calls_wandb_once_per_epoch_with_the_whole_config(tmp_path, monk
     assert trainer.wandb_id == "abc123"
 
 
+@pytest.mark.slow
 def test_command_line_overrides_reach_wandb_as_tags(tmp_path, monkeypatch):
     from mdistiller.engine.run import train_run
 
@@ -72,6 +74,7 @@ def test_command_line_overrides_reach_wandb_as_tags(tmp_path, monkeypatch):
     assert fake.init_kwargs["tags"] == ["digits", "t", "SOLVER.LR:0.02", "SOLVER.EPOCHS:1", "DATASET.IMAGE_SIZE:8"]
 
 
+@pytest.mark.slow
 def test_wandb_failure_warns_once_and_training_goes_on(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "wandb", RecordingWandb(fail=True))
     trainer = make_trainer(tmp_path, "SOLVER.EPOCHS=1", "LOG.WANDB=True")

@@ -122,3 +122,19 @@ def test_a_stage_run_is_reported_as_its_stage_not_as_a_student(tmp_path):
     rows = {(g.method, g.pair): g.best.mean for g in groups}
     assert rows == {("FREEKD", "wrn_16_2 → resnet8"): 99.17, ("FREEKD stage PROMPTS", "wrn_16_2 → resnet8"): 98.89,
                     ("KD", "wrn_16_2 → resnet8"): 98.0}
+
+
+def test_heterogeneous_published_numbers_and_the_unverified_mark(tmp_path):
+    swin, r18 = "timm:swin_tiny_patch4_window7_224", "timm:resnet18"
+    # OFA-KD Table 2 (unverified here) and DeiT's README (verified), under timm names
+    assert published_top1("cifar100", "OFA", swin, r18) == 80.54
+    assert published_top1("cifar100", "DIST", swin, "timm:resmlp_12_224") == 11.05
+    assert published_top1("imagenet", "DEIT", "timm:regnety_160", "timm:deit_tiny_distilled_patch16_224") == 74.5
+    assert published_top1("imagenet", "NONE", None, "timm:deit_tiny_patch16_224") == 72.2  # DeiT's own figure
+    root = str(tmp_path / "proj")
+    make_run(root, "ofa", "OFA", 0, [70.0, 80.0], teacher=swin, student=r18)
+    make_run(root, "deit", "DEIT", 0, [70.0, 73.0], teacher="timm:regnety_160",
+             student="timm:deit_tiny_distilled_patch16_224", dataset="imagenet")
+    text, _ = write_report(root, str(tmp_path / "rep"), plots=False)
+    assert "| 80.54? |" in text and "| 74.50 |" in text
+    assert "marked ? could not be checked" in text

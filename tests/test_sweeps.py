@@ -2,6 +2,7 @@
 a metric train.py logs; and the expansion of grid and random searches."""
 
 import glob
+import hashlib
 import json
 import os
 import sys
@@ -47,6 +48,7 @@ def test_sweep_files_cover_the_main_methods():
     assert required <= methods, f"no sweep file for {sorted(required - methods)}"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("path", SWEEP_FILES, ids=os.path.basename)
 def test_sweep_file_is_valid(path, logged_metrics, tmp_path):
     spec = load_sweep(path)
@@ -154,3 +156,16 @@ def test_runner_records_a_failing_trial_and_lists_it(tmp_path):
     runner.write_results()
     assert read_csv(str(tmp_path / "sweep" / "results.csv")) == [
         {"trial": "0", "X.Y": "1", "best_acc": "", "best top-1": "", "last top-1": "", "status": "failed", "run": "run"}]
+
+
+def test_a_run_name_from_many_overrides_stays_one_file_name():
+    opts = [f"MODEL.STUDENT_KWARGS.arg{i}={'x' * 20}" for i in range(20)]
+    cfg = build_cfg(None, ["EXPERIMENT.TAG=t"])
+    name, tags = experiment_name(cfg, opts)
+    base = os.path.basename(name)
+    full = ",".join(["t"] + [f"MODEL.STUDENT_KWARGS.arg{i}:{'x' * 20}" for i in range(20)])
+    assert len(base) == 200 and base.startswith(full[:189] + ",")
+    assert base[-10:] == hashlib.sha1(full.encode()).hexdigest()[:10]
+    assert len(tags) == 21  # the tags keep every override whole
+    other, _ = experiment_name(cfg, opts[:-1] + [f"MODEL.STUDENT_KWARGS.arg19={'y' * 20}"])
+    assert other != name  # same start, another run: another directory

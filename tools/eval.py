@@ -2,6 +2,8 @@
 
     python tools/eval.py -m resnet8x4 -c output/.../student_best -d cifar100 [-bs 64] [KEY VALUE ...]
     python tools/eval.py -m ResNet34 -c pretrain -d imagenet
+    python tools/eval.py -m timm:deit_tiny_patch16_224 -c pretrain -d imagenet   # timm's / torchvision's weights
+    python tools/eval.py -m timm:vit_tiny_patch16_224 -c output/.../student_best -d cifar100
     python tools/eval.py -m resnet8x4 -c output/.../best -d cifar100      # an SFAKD run
 
 Works on student files and full checkpoints. The dataset settings (root, image size) and the
@@ -22,13 +24,16 @@ import torch
 from yacs.config import CfgNode as CN
 
 from mdistiller.dataset import get_dataset
-from mdistiller.engine.build import build_distiller, build_model, predicts_through_distiller
+from mdistiller.dataset.base import image_size
+from mdistiller.engine.build import (build_distiller, build_model, build_role_model, load_external_weights,
+                                     predicts_through_distiller)
 from mdistiller.engine.cfg import CFG, load_cfg_text, merge_overrides
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict, unwrapped
 from mdistiller.cli import run_tool
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device
 from mdistiller.errors import CheckpointError, ConfigError
+from mdistiller.models.external import is_external_name, pretrained_spec
 
 DATASETS = ("cifar100", "imagenet", "tiny_imagenet", "digits")
 
@@ -55,7 +60,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a model checkpoint.")
     parser.add_argument("-m", "--model", required=True, help="model name, e.g. resnet8x4")
     parser.add_argument("-c", "--ckpt", default="pretrain",
-                        help="checkpoint file; 'pretrain' = torchvision ImageNet weights; for methods "
+                        help="checkpoint file; 'pretrain' = ImageNet weights (torchvision's, or timm's for timm: "
+                             "names); for methods "
                              "predicting beyond the student (SFAKD) the run's full 'best' / 'latest'")
     parser.add_argument("-d", "--dataset", default="cifar100", choices=DATASETS)
     parser.add_argument("-bs", "--batch-size", type=int, default=64)
@@ -74,9 +80,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     if state is not None and "cfg" in state and predicts_through_distiller(cfg.DISTILLER.TYPE):
         predict = distiller_predictor(args, cfg, state, num_data, num_classes, device)
     else:
-        model = build_model(args.model, args.dataset, num_classes, pretrained=state is None)
+        if state is not None and "cfg" in state and args.model == cfg.DISTILLER.STUDENT:
+            model = build_role_model(cfg, "STUDENT", num_classes)  # its constructor arguments and taps
+        else:
+            model = build_model(args.model, args.dataset, num_classes, pretrained=state is None,
+                                size=image_size(cfg))
         if state is not None:
             load_weights(model, student_state_dict(state), f"Checkpoint {args.ckpt}")
+        elif is_external_name(args.model):  # -c pretrain: the library's own pretrained weights
+            load_external_weights(model, pretrained_spec(args.model), "Pretrained", False, num_classes)
         model = model.to(device).eval()
         predict = lambda image: model(image)[0]  # noqa: E731
     dtype = autocast_dtype(device, cfg.SOLVER)

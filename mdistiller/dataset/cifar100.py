@@ -2,7 +2,9 @@
 
 Augmentation and normalisation follow MDistiller: ``RandomCrop(32, padding=4)``,
 ``RandomHorizontalFlip``, ``ToTensor``, ``Normalize(CIFAR100_MEAN, CIFAR100_STD)``; validation only
-converts and normalises.
+converts and normalises. At another ``DATASET.IMAGE_SIZE`` (224 for ImageNet-pretrained teachers)
+both end their geometric steps with ``Resize`` to that size (``DATASET.INTERPOLATION``, bilinear
+or bicubic): the 32 px crop is upsampled, which the in-memory fast augmentation does on the device.
 
 ``DATASET.DOWNLOAD True`` lets torchvision download and extract the archive into ``DATASET.ROOT``.
 
@@ -15,12 +17,13 @@ unpickle as CIFAR-100. Meant for tests that write tiny copies in the real format
 import os
 import pickle
 from pathlib import Path
-from typing import Callable, Optional, Union
+from typing import Callable, List, Optional, Union
 
 from torchvision import datasets, transforms
 from yacs.config import CfgNode
 
-from mdistiller.dataset.base import InstanceDataset, dataset_registry, dataset_root
+from mdistiller.dataset.augment import interpolation_mode
+from mdistiller.dataset.base import InstanceDataset, dataset_registry, dataset_root, image_size
 from mdistiller.errors import DatasetNotFoundError
 
 __all__ = [
@@ -99,22 +102,30 @@ class CIFAR100(datasets.CIFAR100):
                 )
 
 
-def cifar100_train_transform() -> transforms.Compose:
-    """MDistiller's CIFAR-100 training augmentation."""
+def resize_to(size: int, interpolation: str) -> List[transforms.Resize]:
+    """``[Resize((size, size))]`` with `interpolation` ("bilinear" / "bicubic"), or [] at 32 px."""
+    if size == 32:
+        return []
+    return [transforms.Resize((size, size), interpolation=transforms.InterpolationMode(interpolation))]
+
+
+def cifar100_train_transform(size: int = 32, interpolation: str = "bilinear") -> transforms.Compose:
+    """MDistiller's CIFAR-100 training augmentation, its crop resized to `size`."""
     return transforms.Compose(
         [
             transforms.RandomCrop(32, padding=4),
             transforms.RandomHorizontalFlip(),
+            *resize_to(size, interpolation),
             transforms.ToTensor(),
             transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD),
         ]
     )
 
 
-def cifar100_val_transform() -> transforms.Compose:
-    """MDistiller's CIFAR-100 evaluation transform (no augmentation)."""
+def cifar100_val_transform(size: int = 32, interpolation: str = "bilinear") -> transforms.Compose:
+    """MDistiller's CIFAR-100 evaluation transform (no augmentation), resized to `size`."""
     return transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)]
+        [*resize_to(size, interpolation), transforms.ToTensor(), transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)]
     )
 
 
@@ -123,6 +134,7 @@ def build_cifar100(cfg: CfgNode):
     """``(train_set, val_set, 100)``; train items carry their index."""
     root = dataset_root(cfg)
     download = bool(cfg.DATASET.DOWNLOAD)
-    train_set = CIFAR100(root, train=True, transform=cifar100_train_transform(), download=download)
-    val_set = CIFAR100(root, train=False, transform=cifar100_val_transform())
+    size, interpolation = image_size(cfg), interpolation_mode(cfg).value
+    train_set = CIFAR100(root, train=True, transform=cifar100_train_transform(size, interpolation), download=download)
+    val_set = CIFAR100(root, train=False, transform=cifar100_val_transform(size, interpolation))
     return InstanceDataset(train_set), val_set, 100

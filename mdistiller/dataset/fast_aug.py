@@ -3,8 +3,8 @@
 CIFAR-100 (uint8, 150 MB) and the digits fit in memory. Instead of one PIL image and one Python
 transform call per item in worker processes, :class:`InMemoryLoader` keeps the whole set as one
 NHWC tensor (on the training device once the trainer calls ``.to(device)``) and augments a batch
-at a time: a random crop of the zero-padded images and a horizontal flip as one gather, then the
-normalisation.
+at a time: a random crop of the zero-padded images and a horizontal flip as one gather, a resize
+when the images are used at another size (``DATASET.IMAGE_SIZE 224``), then the normalisation.
 
 The draws follow torchvision's transforms exactly in distribution: ``RandomCrop(S, padding=p)``
 takes the top and left offsets independently and uniformly in ``{0, ..., 2p}`` of the zero-padded
@@ -20,6 +20,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.data import BatchSampler, Dataset, RandomSampler, Sampler, SequentialSampler
 from torchvision import datasets, transforms
@@ -40,6 +41,8 @@ class BatchedAugmentation:
     divisor: float = 1.0  # 255 after ToTensor on uint8 images
     mean: Tuple[float, ...] = (0.0,)
     std: Tuple[float, ...] = (1.0,)
+    resize: Optional[int] = None  # output size of a Resize after the crop; None: no resize
+    interpolation: str = "bilinear"
 
 
 def _symmetric_padding(padding) -> Optional[int]:
@@ -53,8 +56,8 @@ def batched_augmentation(transform, uint8: bool) -> Optional[BatchedAugmentation
     """`transform` as a :class:`BatchedAugmentation`, or None when it holds anything else.
 
     Accepted: ``Compose`` of RandomCrop (constant zero padding, same on every side, no
-    pad_if_needed) and RandomHorizontalFlip in any order, then ToTensor (only for uint8 images),
-    then Normalize; each optional.
+    pad_if_needed) and RandomHorizontalFlip in any order, then a square bilinear or bicubic Resize,
+    then ToTensor (only for uint8 images), then Normalize; each optional.
     """
     steps = list(transform.transforms) if isinstance(transform, transforms.Compose) else [transform]
     fields = {}
@@ -69,6 +72,12 @@ def batched_augmentation(transform, uint8: bool) -> Optional[BatchedAugmentation
             fields.update(size=int(step.size[0]), padding=padding)
         elif isinstance(step, transforms.RandomHorizontalFlip) and stage == 0 and "flip_p" not in fields:
             fields["flip_p"] = float(step.p)
+        elif isinstance(step, transforms.Resize) and stage == 0 and "resize" not in fields:
+            size = [step.size] if isinstance(step.size, int) else list(step.size)
+            modes = (transforms.InterpolationMode.BILINEAR, transforms.InterpolationMode.BICUBIC)
+            if len(set(size)) != 1 or step.max_size is not None or step.interpolation not in modes:
+                return None
+            fields.update(resize=int(size[0]), interpolation=step.interpolation.value)
         elif isinstance(step, transforms.ToTensor) and stage == 0 and uint8:
             fields["divisor"] = 255.0
             stage = 1
@@ -181,6 +190,10 @@ class InMemoryLoader:
 
         After the crop come torchvision's own operations (``div(255)`` of ToTensor,
         ``sub_(mean).div_(std)`` of Normalize), so the result equals its pipeline bit for bit.
+        A Resize (CIFAR-100 at 224 px for ImageNet-pretrained teachers) is ``F.interpolate`` of the
+        [0, 1] crops on the device, as torchvision's Resize of a tensor (antialiased: PIL's bicubic
+kernel), before the normalisation;
+        it equals the PIL pipeline's resize up to PIL's rounding to uint8.
         """
         aug = self.augmentation
         size = aug.size if aug.size is not None else self.image_size
@@ -190,6 +203,9 @@ class InMemoryLoader:
         out = images.permute(0, 3, 1, 2).to(torch.float32, memory_format=layout)
         if aug.divisor != 1.0:
             out = out.div_(aug.divisor)
+        if aug.resize is not None:
+            out = F.interpolate(out, size=(aug.resize, aug.resize), mode=aug.interpolation, align_corners=False,
+                                antialias=True).contiguous(memory_format=layout)
         return out.sub_(self._mean).div_(self._std)
 
     def __iter__(self) -> Iterator[List[Tensor]]:

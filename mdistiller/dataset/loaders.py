@@ -76,7 +76,8 @@ def build_loaders(
     """Train and validation loaders: train shuffled unless ``train_sampler`` is given (e.g. a
     ``DistributedSampler``), validation in order; batches of
     ``SOLVER.BATCH_SIZE`` and ``DATASET.TEST.BATCH_SIZE``; the last partial batch kept, except in
-    training under ``SOLVER.COMPILE`` (its other batch size would compile the student again).
+    training under ``SOLVER.COMPILE`` (its other batch size would compile the student again) or
+    under mixup / cutmix (``MIXUP.*``: an odd last batch could not be paired).
 
     With ``DATASET.FAST_AUG`` (default on) a set held in memory (CIFAR-100, digits) whose transform
     is crop / flip / normalise gets an :class:`~mdistiller.dataset.fast_aug.InMemoryLoader`
@@ -102,7 +103,9 @@ def build_loaders(
     )
     fast = bool(dataset_cfg.get("FAST_AUG", False))
     train_batch, val_batch = int(cfg.SOLVER.BATCH_SIZE), int(dataset_cfg.TEST.BATCH_SIZE)
-    drop_last = bool(cfg.get("SOLVER", {}).get("COMPILE", False))
+    mixup = cfg.get("MIXUP")
+    mixes = mixup is not None and (mixup.ALPHA > 0 or mixup.CUTMIX > 0)  # pairs need an even batch
+    drop_last = bool(cfg.get("SOLVER", {}).get("COMPILE", False)) or mixes
     train_loader = fast_loader(train_set, train_batch, shuffle=True, sampler=train_sampler,
                                drop_last=drop_last) if fast else None
     if train_loader is None:

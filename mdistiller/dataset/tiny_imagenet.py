@@ -5,15 +5,19 @@ into sub-folders) and ``val/<wnid>/*.JPEG``. The download ships its validation i
 (``val/images/*.JPEG`` labelled by ``val/val_annotations.txt``); :func:`reorganize_val` sorts them
 into class folders once. Training: ``RandomRotation(20)``, ``RandomHorizontalFlip(0.5)``,
 ``ToTensor``, ``Normalize``; validation: ``ToTensor``, ``Normalize`` (MDistiller's mean / std).
+``DATASET.RAND_AUGMENT`` (resampling with ``DATASET.INTERPOLATION``) and ``DATASET.RANDOM_ERASING``
+add the transformer recipe (:mod:`mdistiller.dataset.augment`).
 """
 
 import os
 import shutil
 from pathlib import Path
-from typing import Union
+from typing import Optional, Union
 
 from torchvision import transforms
 from yacs.config import CfgNode
+
+from mdistiller.dataset.augment import train_transform
 
 from mdistiller.dataset.base import (
     InstanceDataset,
@@ -36,16 +40,10 @@ TINY_IMAGENET_MEAN = (0.4802, 0.4481, 0.3975)
 TINY_IMAGENET_STD = (0.2302, 0.2265, 0.2262)
 
 
-def tiny_imagenet_train_transform() -> transforms.Compose:
-    """MDistiller's Tiny-ImageNet training augmentation."""
-    return transforms.Compose(
-        [
-            transforms.RandomRotation(20),
-            transforms.RandomHorizontalFlip(0.5),
-            transforms.ToTensor(),
-            transforms.Normalize(TINY_IMAGENET_MEAN, TINY_IMAGENET_STD),
-        ]
-    )
+def tiny_imagenet_train_transform(cfg: Optional[CfgNode] = None) -> transforms.Compose:
+    """MDistiller's Tiny-ImageNet training augmentation (64 px), with `cfg`'s recipe keys."""
+    geometric = [transforms.RandomRotation(20), transforms.RandomHorizontalFlip(0.5)]
+    return train_transform(geometric, cfg, 64, TINY_IMAGENET_MEAN, TINY_IMAGENET_STD)
 
 
 def tiny_imagenet_val_transform() -> transforms.Compose:
@@ -107,7 +105,7 @@ def build_tiny_imagenet(cfg: CfgNode):
         "Tiny-ImageNet",
         folder / "train",
         val_dir,
-        tiny_imagenet_train_transform(),
+        tiny_imagenet_train_transform(cfg),
         tiny_imagenet_val_transform(),
         layout,
         skip_unreadable=bool(cfg.DATASET.get("SKIP_UNREADABLE", False)),

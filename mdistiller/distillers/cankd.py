@@ -46,6 +46,11 @@ class CANKD(Distiller):
         s_shape = feature_shapes(student, image_size(cfg))["feats"][-1]
         t_shape = feature_shapes(teacher, image_size(cfg))["feats"][-1]
         self.feature_size = common_size(s_shape, t_shape)
+        if self.feature_size[0] * self.feature_size[1] == 1:
+            raise ConfigError(
+                f"CANKD instance-normalises the last-stage maps, which are 1x1 here at DATASET.IMAGE_SIZE "
+                f"{image_size(cfg)}: raise DATASET.IMAGE_SIZE until both last maps are at least 2x2."
+            )
         if section.POOL_SIZE < 1 or min(self.feature_size) < section.POOL_SIZE:
             raise ConfigError(
                 f"CANKD.POOL_SIZE {section.POOL_SIZE} does not fit the {self.feature_size[0]}x{self.feature_size[1]} "

@@ -8,7 +8,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers.classifier import ClassifierInputRecorder, find_classifier
+from mdistiller.distillers.classifier import ClassifierInputRecorder, find_classifier, no_pooled_classifier
+from mdistiller.errors import ConfigError
 from mdistiller.losses.catkd import cat_loss, class_activation_maps
 from mdistiller.losses.spatial import pool_to_size
 
@@ -18,6 +19,14 @@ CATKD_DEFAULTS.NORMALIZE = False
 CATKD_DEFAULTS.LOSS = CN()
 CATKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 CATKD_DEFAULTS.LOSS.CAT_WEIGHT = 15.0
+
+
+def class_map_recorder(model: nn.Module, size: int) -> ClassifierInputRecorder:
+    """The recorder of the map `model` average-pools into its linear classifier, or a refusal."""
+    try:
+        return ClassifierInputRecorder(model, size)
+    except ConfigError as error:
+        raise no_pooled_classifier(model, "CATKD", "its class activation maps need a CNN with a pooled linear head") from error
 
 
 @register_distiller("CATKD", CATKD_DEFAULTS)
@@ -44,8 +53,8 @@ class CATKD(Distiller):
         if student_classifier.bias is not None:
             nn.init.zeros_(student_classifier.bias)
             student_classifier.bias.requires_grad_(False)
-        self.student_maps = ClassifierInputRecorder(student, image_size(cfg))
-        self.teacher_maps = ClassifierInputRecorder(teacher, image_size(cfg))
+        self.student_maps = class_map_recorder(student, image_size(cfg))
+        self.teacher_maps = class_map_recorder(teacher, image_size(cfg))
 
     def get_learnable_parameters(self) -> List[nn.Parameter]:
         return [p for p in super().get_learnable_parameters() if p.requires_grad]

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mdistiller.errors import ConfigError
+from mdistiller.distillers.feature_shapes import model_name
+from mdistiller.errors import ConfigError, IncompatibleModelError
 
 
 def find_classifier(model: nn.Module) -> Tuple[str, nn.Linear]:
@@ -78,6 +79,16 @@ def find_classifier_input(model: nn.Module, image_size: int) -> Tuple[str, str, 
             "this method needs a model whose global pooling input is a module's input or output."
         )
     return best[0][1:]
+
+
+def no_pooled_classifier(model: nn.Module, method: str, fix: str) -> IncompatibleModelError:
+    """The one-line refusal of `method` for a model whose classifier is not applied to a globally
+    average-pooled map (a ViT / DeiT head reads the class token; Swin and Mixer pool tokens;
+    ConvNeXt normalises after pooling)."""
+    return IncompatibleModelError(
+        f"{method} needs a linear classifier applied to a globally average-pooled map, and {model_name(model)} has none "
+        f"it can find: {fix}"
+    )
 
 
 class ClassifierInputRecorder:

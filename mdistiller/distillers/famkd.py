@@ -8,8 +8,9 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers.feature_shapes import feature_shapes
+from mdistiller.distillers.feature_shapes import feature_shapes, require_preact
 from mdistiller.errors import ConfigError
+from mdistiller.frequency import remove_dc
 from mdistiller.losses.famkd import FUSIONS, FAMFusion, famkd_loss
 
 FAMKD_DEFAULTS = CN()
@@ -22,6 +23,7 @@ FAMKD_DEFAULTS.NUM_STAGES = 3  # the deepest stages distilled (teacher feats[1..
 FAMKD_DEFAULTS.MID_CHANNELS = []  # width per level, shallow first, pooled last; []: the student's channels
 FAMKD_DEFAULTS.FUSION = "attention"  # "attention": the authors' local self-attention; "abf": ReviewKD's
 FAMKD_DEFAULTS.POOLED_LOSS = True  # the pooled level enters the loss (authors' CIFAR configs; not r34 -> r18)
+FAMKD_DEFAULTS.REMOVE_DC = False  # compare the maps without each channel's spatial mean (token features)
 
 
 @register_distiller("FAMKD", FAMKD_DEFAULTS)
@@ -40,6 +42,10 @@ class FAMKD(Distiller):
     released; the complex weights then hold ``C_s x C_t x h x w`` values per level. Their high-pass
     zeroes the centre ``2 int(CUTON h/2) x 2 int(CUTON w/2)`` of the shifted spectrum, which leaves maps
     under 20 x 20 unfiltered.
+
+    ``REMOVE_DC True`` compares F_i and T_i with each channel's spatial mean removed: the MSE of their
+    spectra without the DC coefficient (Parseval), which dominates token (ViT / Swin) features
+    (:func:`~mdistiller.frequency.remove_dc`). The pooled level is all DC, so it needs POOLED_LOSS False.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN, **data_info) -> None:
@@ -52,8 +58,14 @@ class FAMKD(Distiller):
         self.warmup_epochs = section.WARMUP_EPOCHS
         self.stu_preact = section.STU_PREACT
         self.pooled_loss = section.POOLED_LOSS
+        self.remove_dc = section.REMOVE_DC
+        if self.pooled_loss and self.remove_dc:
+            raise ConfigError("FAMKD.POOLED_LOSS compares the pooled feature, all of which FAMKD.REMOVE_DC "
+                              "removes: set FAMKD.POOLED_LOSS False.")
         size = image_size(cfg)
         shapes_s, shapes_t = feature_shapes(student, size), feature_shapes(teacher, size)
+        if self.stu_preact:
+            require_preact(shapes_s, student, "FAMKD.STU_PREACT", "set FAMKD.STU_PREACT False")
         maps_s = shapes_s["preact_feats" if self.stu_preact else "feats"][1:]
         maps_t = shapes_t["feats"][1:]
         self.num_stages = min(len(maps_s), len(maps_t), section.NUM_STAGES)
@@ -79,6 +91,8 @@ class FAMKD(Distiller):
         targets = self.levels(features_teacher, "feats")
         if not self.pooled_loss:
             fused, targets = fused[:-1], targets[:-1]
+        if self.remove_dc:
+            fused, targets = [remove_dc(f) for f in fused], [remove_dc(t) for t in targets]
         ramp = min(epoch / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
         losses = {
             "loss_ce": self.ce_loss_weight * F.cross_entropy(logits_student, target),

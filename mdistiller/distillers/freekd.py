@@ -6,9 +6,12 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
 from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
-from mdistiller.losses.spatial import resize_to
+from mdistiller.frequency import remove_dc
+from mdistiller.losses.spatial import common_size, pool_to_size, resize_to
 
 FREEKD_DEFAULTS = prompt_defaults(num_stages=2, low_band=False, relation=False)
+FREEKD_DEFAULTS.REMOVE_DC = False
+FREEKD_DEFAULTS.UPSAMPLE_STUDENT = True  # authors' code; False: pool the larger map down, never upsample
 FREEKD_DEFAULTS.LOSS = CN()
 FREEKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 FREEKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
@@ -30,6 +33,16 @@ class FreeKD(PromptDistiller):
     teacher band (:class:`~mdistiller.distillers.frequency_prompts.PromptDistiller`). Variants: the authors'
     code (default: ``LOW_BAND False``, ``RELATION False``) and the paper (``LOW_BAND True``: LL_L too;
     ``RELATION True``: channel weights ``w_t * w_s``). ``loss_ce = CE_WEIGHT * CE``.
+
+    ``UPSAMPLE_STUDENT False`` never upsamples: the larger of the two maps is average-pooled to the
+    other's size, teacher included (the masks then come from the pooled teacher's bands). Use it
+    where a student map is smaller than the teacher's (a ViT's grid against a CNN's earlier stage):
+    interpolation adds no high-frequency content, so its bands would be empty.
+
+    ``REMOVE_DC True`` subtracts each channel's spatial mean from both aligned maps before the DWT
+    (their DC term, which dominates token features; :func:`~mdistiller.frequency.remove_dc`). Haar
+    detail bands ignore a constant unless a level pads an odd size, so on maps whose sides stay even
+    through the DWT levels this changes the loss only through LL_L (``LOW_BAND True``).
     """
 
     section = "FREEKD"
@@ -41,15 +54,25 @@ class FreeKD(PromptDistiller):
             for s, t in zip(self.student_channels, self.teacher_channels)
         )
         self.init_prompts(cfg, teacher)
+        self.remove_dc = cfg.FREEKD.REMOVE_DC
+        self.upsample_student = cfg.FREEKD.UPSAMPLE_STUDENT
+
+    def aligned_maps(self, feats_teacher: dict, feats_student: dict):
+        """(teacher maps, student maps) of the distilled levels, at equal channels and sizes."""
+        teacher_maps = [feats_teacher["feats"][i] for i in self.teacher_indices]
+        student_maps = [align(feats_student["feats"][i]) for align, i in zip(self.align, self.student_indices)]
+        if self.upsample_student:
+            return teacher_maps, [resize_to(s, t.shape[-2:]) for s, t in zip(student_maps, teacher_maps)]
+        sizes = [common_size(s.shape, t.shape) for s, t in zip(student_maps, teacher_maps)]
+        return ([pool_to_size(t, size) for t, size in zip(teacher_maps, sizes)],
+                [pool_to_size(s, size) for s, size in zip(student_maps, sizes)])
 
     def forward_train(self, image: Tensor, target: Tensor, **batch):
         logits_student, feats_student = self.student(image)
         _, feats_teacher = self.teacher_forward(image)
-        teacher_maps = [feats_teacher["feats"][i] for i in self.teacher_indices]
-        student_maps = [
-            resize_to(align(feats_student["feats"][i]), t.shape[-2:])
-            for align, i, t in zip(self.align, self.student_indices, teacher_maps)
-        ]
+        teacher_maps, student_maps = self.aligned_maps(feats_teacher, feats_student)
+        if self.remove_dc:
+            teacher_maps, student_maps = [remove_dc(t) for t in teacher_maps], [remove_dc(s) for s in student_maps]
         losses = {
             "loss_ce": self.ce_loss_weight * F.cross_entropy(logits_student, target),
             "loss_kd": self.feat_loss_weight * self.frequency_loss(teacher_maps, student_maps),

@@ -5,7 +5,9 @@ import torch.nn as nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers._feature import FeatureDistiller, loss_weights
+from mdistiller.distillers.feature_shapes import feature_shapes, require_preact
 from mdistiller.losses.ofd import ConnectorConvBN, ofd_loss, ofd_margin
 
 OFD_DEFAULTS = CN()
@@ -49,6 +51,9 @@ class OFD(FeatureDistiller):
 
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher, cfg)
+        why = "its loss is defined on the maps before the ReLU; use a zoo model or another method"
+        for model in (teacher, student):
+            require_preact(feature_shapes(model, image_size(cfg)), model, "OFD", why)
         t_channels = teacher.get_stage_channels()[1:]
         s_channels = student.get_stage_channels()[1:]
         self.num_stages = min(len(t_channels), len(s_channels))

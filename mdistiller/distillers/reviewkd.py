@@ -7,7 +7,7 @@ from yacs.config import CfgNode as CN
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.distillers.measured import measured
-from mdistiller.distillers.feature_shapes import feature_shapes
+from mdistiller.distillers.feature_shapes import feature_shapes, require_preact
 from mdistiller.losses.reviewkd import ReviewFusion, hcl_loss
 
 REVIEWKD_DEFAULTS = CN()
@@ -31,6 +31,10 @@ class ReviewKD(Distiller):
     hierarchical context loss to the teacher's `preact_feats` and pooled feature. Levels pair up
     from the deepest stage; a model with more stages has its shallowest ones left out.
 
+    A teacher without pre-activation maps (a timm / torchvision model through the adapter, whose
+    stage ends are not rectified: a transformer's residual stream, a ConvNeXt stage) is matched on
+    its `feats` instead; a student without them refuses STU_PREACT.
+
     Channels and sizes (MDistiller's IN_CHANNELS, OUT_CHANNELS, SHAPES, OUT_SHAPES; the shape lists
     deepest first, the channel lists shallowest first) are measured at DATASET.IMAGE_SIZE; see
     :mod:`mdistiller.distillers.measured`. The fused width is `min(512, student pooled channels)`
@@ -45,8 +49,11 @@ class ReviewKD(Distiller):
         self.stu_preact = cfg.REVIEWKD.STU_PREACT
         size = image_size(cfg)
         shapes_s, shapes_t = feature_shapes(student, size), feature_shapes(teacher, size)
+        if self.stu_preact:
+            require_preact(shapes_s, student, "REVIEWKD.STU_PREACT", "set REVIEWKD.STU_PREACT False")
+        self.teacher_maps = "preact_feats" if "preact_feats" in shapes_t else "feats"
         maps_s = shapes_s["preact_feats" if self.stu_preact else "feats"][1:]
-        maps_t = shapes_t["preact_feats"][1:]
+        maps_t = shapes_t[self.teacher_maps][1:]
         self.num_stages = min(len(maps_s), len(maps_t))
         maps_s, maps_t = maps_s[-self.num_stages:], maps_t[-self.num_stages:]
 
@@ -62,7 +69,7 @@ class ReviewKD(Distiller):
         return maps + [features["pooled_feat"][:, :, None, None]]
 
     def teacher_levels(self, features: dict) -> list:
-        return features["preact_feats"][-self.num_stages:] + [features["pooled_feat"][:, :, None, None]]
+        return features[self.teacher_maps][-self.num_stages:] + [features["pooled_feat"][:, :, None, None]]
 
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, epoch: int, **batch):
         logits_student, features_student = self.student(image)

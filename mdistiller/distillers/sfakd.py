@@ -9,10 +9,10 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.distillers.classifier import find_classifier
+from mdistiller.distillers.classifier import find_classifier, find_classifier_input, no_pooled_classifier
 from mdistiller.distillers.feature_shapes import feature_shapes
 from mdistiller.errors import ConfigError
-from mdistiller.frequency import SmoothedFrequencyAugmentation
+from mdistiller.frequency import SmoothedFrequencyAugmentation, remove_dc
 from mdistiller.losses.kd import kd_loss
 from mdistiller.losses.sfakd import bottleneck_projector, sfakd_feature_loss
 from mdistiller.losses.spatial import common_size, pool_to_size
@@ -20,6 +20,7 @@ from mdistiller.losses.spatial import common_size, pool_to_size
 SFAKD_DEFAULTS = CN()
 SFAKD_DEFAULTS.CUT_OFF = 0.1
 SFAKD_DEFAULTS.POOLED = False
+SFAKD_DEFAULTS.REMOVE_DC = False
 SFAKD_DEFAULTS.TEACHER_CLASSIFIER = True
 SFAKD_DEFAULTS.TEMPERATURE = 4.0
 SFAKD_DEFAULTS.LOSS = CN()
@@ -40,11 +41,13 @@ class SFAKD(Distiller):
         logits    = fc_teacher(GAP(p))                  (TEACHER_CLASSIFIER False: the student's own)
         loss_ce   = CE_WEIGHT * CE(logits, y),  loss_kd = KD_WEIGHT * KD(logits, teacher logits, T)
 
-    A term whose weight is 0 is left out (the default trains on ``loss_feat`` alone, as the
-    authors). With the teacher's classifier, the student's own classifier is on no path and is
-    frozen (``requires_grad`` False). Training, ``forward_test`` (evaluation) and export share the
-    prediction path, so the deployed student is student + ``sfa`` + ``transfer`` + the teacher's
-    classifier: evaluate a
+    ``REMOVE_DC True`` compares ``p`` and ``t`` with each channel's spatial mean removed: their
+    spectra without the DC coefficient, which dominates token (ViT / Swin) features (ScaleKD's
+    observation; :func:`~mdistiller.frequency.remove_dc`). A term whose weight is 0 is left out (the
+    default trains on ``loss_feat`` alone, as the authors). With the teacher's classifier, the
+    student's own classifier is on no path and is frozen (``requires_grad`` False). Training,
+    ``forward_test`` (evaluation) and export share the prediction path, so the deployed student is
+    student + ``sfa`` + ``transfer`` + the teacher's classifier: evaluate a
     full checkpoint (``best`` / ``latest``), not ``student_best``. The SFA filter is as large as the
     aligned maps, found by a probe forward at ``DATASET.IMAGE_SIZE``.
     """
@@ -55,6 +58,9 @@ class SFAKD(Distiller):
         if section.CUT_OFF <= 0:
             raise ConfigError(f"SFAKD.CUT_OFF must be positive, got {section.CUT_OFF}.")
         self.pooled = section.POOLED
+        self.remove_dc = section.REMOVE_DC
+        if self.pooled and self.remove_dc:
+            raise ConfigError("SFAKD.POOLED compares channel means, which SFAKD.REMOVE_DC removes: set one of them False.")
         self.use_teacher_classifier = section.TEACHER_CLASSIFIER
         self.temperature = section.TEMPERATURE
         self.ce_loss_weight = section.LOSS.CE_WEIGHT
@@ -75,6 +81,14 @@ class SFAKD(Distiller):
                 f"SFAKD reuses the teacher's classifier '{self.classifier_name}' ({classifier.in_features} inputs), "
                 f"but the teacher's last feature map has {t_shape[-3]} channels; set SFAKD.TEACHER_CLASSIFIER False."
             )
+        if self.use_teacher_classifier and hasattr(teacher, "kind"):  # a timm / torchvision model
+            try:
+                find_classifier_input(teacher, image_size(cfg))
+            except ConfigError as error:
+                raise no_pooled_classifier(teacher, "SFAKD (TEACHER_CLASSIFIER True)",
+                                           "set SFAKD.TEACHER_CLASSIFIER False and SFAKD.LOSS.CE_WEIGHT 1") from error
+        # A token student's final norm feeds only its own classifier: unused too, so DDP must look for it.
+        self.ddp_find_unused_parameters = self.use_teacher_classifier and getattr(student, "kind", "cnn") == "token"
         if self.use_teacher_classifier:  # no loss term reaches the student's own classifier: frozen, so
             find_classifier(student)[1].requires_grad_(False)  # DDP does not wait for its gradient
         self.sfa = SmoothedFrequencyAugmentation(s_shape[-3], self.feature_size, section.CUT_OFF)
@@ -97,7 +111,11 @@ class SFAKD(Distiller):
         projected = self.project(feats_student["feats"][-1])
         teacher_map = pool_to_size(feats_teacher["feats"][-1], self.feature_size)
         logits = self.predict(projected, logits_student)
-        losses = {"loss_feat": self.feat_loss_weight * sfakd_feature_loss(projected, teacher_map, self.pooled)}
+        if self.remove_dc:
+            compared, teacher_map = remove_dc(projected), remove_dc(teacher_map)
+        else:
+            compared = projected
+        losses = {"loss_feat": self.feat_loss_weight * sfakd_feature_loss(compared, teacher_map, self.pooled)}
         if self.ce_loss_weight:
             losses["loss_ce"] = self.ce_loss_weight * F.cross_entropy(logits, target)
         if self.kd_loss_weight:

@@ -1,15 +1,19 @@
 """Builders: the only code that reads the config to make models and distillers."""
 
 import os
-from typing import Optional
+from typing import Any, Dict, Optional, Sequence
 
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.dataset.base import image_size
 from mdistiller.distillers import Distiller, distiller_dict
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
 from mdistiller.errors import CheckpointError
 from mdistiller.models import models_for
+from mdistiller.models.external import TIMM_PREFIX, build_external_model, check_external_name, is_external_name
+from mdistiller.models.pretrained import (TIMM_PRETRAINED, load_into, timm_state_dict, torchvision_state_dict,
+                                          unwrap_state_dict)
 
 
 def check_names(cfg: CN) -> None:
@@ -17,15 +21,71 @@ def check_names(cfg: CN) -> None:
     distiller_dict.get(cfg.DISTILLER.TYPE)
     models = [cfg.DISTILLER.STUDENT] + ([cfg.DISTILLER.TEACHER] if cfg.DISTILLER.TYPE != "NONE" else [])
     for name in models:
-        models_for(cfg.DATASET.TYPE).get(name, f" for dataset '{cfg.DATASET.TYPE}'")
+        if is_external_name(name):
+            check_external_name(name)
+        else:
+            models_for(cfg.DATASET.TYPE).get(name, f" for dataset '{cfg.DATASET.TYPE}'")
 
 
-def build_model(name: str, dataset: str, num_classes: int, pretrained: bool = False) -> nn.Module:
-    """A freshly initialised (or, for ImageNet with `pretrained`, torchvision-weighted) model."""
+def _plain(value: Any) -> Any:
+    """A config value as a constructor takes it: sections to dicts, lists to tuples."""
+    if isinstance(value, CN):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def build_model(name: str, dataset: str, num_classes: int, pretrained: bool = False, size: int = 0,
+                kwargs: Optional[Dict[str, Any]] = None, feature_modules: Sequence[str] = ()) -> nn.Module:
+    """A freshly initialised model: a zoo name (for ImageNet with `pretrained`, torchvision-weighted),
+    or ``timm:<name>`` / ``torchvision:<name>`` with constructor `kwargs` and its taps at `size` px."""
+    if is_external_name(name):
+        return build_external_model(name, num_classes, size, kwargs, feature_modules)
     constructor = models_for(dataset).get(name, f" for dataset '{dataset}'")
     if dataset == "imagenet":
         return constructor(pretrained=pretrained)
     return constructor(num_classes=num_classes)
+
+
+def build_role_model(cfg: CN, role: str, num_classes: int) -> nn.Module:
+    """The freshly initialised ``STUDENT`` or ``TEACHER`` of `cfg`, with its MODEL.<role>_KWARGS and
+    MODEL.<role>_FEATURES (timm: / torchvision: models)."""
+    return build_model(cfg.DISTILLER[role], cfg.DATASET.TYPE, num_classes, size=image_size(cfg),
+                       kwargs=_plain(cfg.MODEL[f"{role}_KWARGS"]), feature_modules=list(cfg.MODEL[f"{role}_FEATURES"]))
+
+
+def load_external_weights(model: nn.Module, spec: str, what: str, new_head: bool, num_classes: int) -> None:
+    """Weights for an adapted timm: / torchvision: model: ``timm:pretrained``, ``torchvision:<Enum>.<NAME>``
+    or a file (any usual checkpoint form, or .safetensors); see :mod:`mdistiller.models.pretrained`."""
+    if spec == TIMM_PRETRAINED:
+        if not model.name.startswith(TIMM_PREFIX):
+            raise CheckpointError(f"{what}: timm:pretrained is for timm: models; {model.name} takes "
+                                  "torchvision:<Enum>.<NAME> or a file.")
+        weights = timm_state_dict(model.name[len(TIMM_PREFIX):])
+    elif spec.startswith("torchvision:"):
+        weights = torchvision_state_dict(spec)
+    elif spec.endswith(".safetensors"):
+        if not os.path.isfile(spec):
+            raise CheckpointError(f"{what}: weights file {spec} not found.")
+        from safetensors.torch import load_file
+
+        weights = load_file(spec)
+    else:
+        weights = unwrap_state_dict(load_checkpoint(spec), spec)
+    load_into(model.model, weights, f"{what} {spec}", new_head, num_classes)
+
+
+def build_student(cfg: CN, num_classes: int) -> nn.Module:
+    """The student, from DISTILLER.STUDENT_WEIGHTS when set (fine-tuning: a classifier of another
+    size is left freshly initialised), else freshly initialised."""
+    student = build_role_model(cfg, "STUDENT", num_classes)
+    spec = cfg.DISTILLER.STUDENT_WEIGHTS
+    if spec and is_external_name(cfg.DISTILLER.STUDENT):
+        load_external_weights(student, spec, f"Student {cfg.DISTILLER.STUDENT}", True, num_classes)
+    elif spec:
+        load_weights(student, student_state_dict(load_checkpoint(spec)), f"Student checkpoint {spec}")
+    return student
 
 
 def teacher_checkpoint_path(cfg: CN) -> Optional[str]:
@@ -38,6 +98,16 @@ def teacher_checkpoint_path(cfg: CN) -> Optional[str]:
 def build_teacher(cfg: CN, num_classes: int) -> nn.Module:
     """The teacher with its trained weights: from TEACHER_WEIGHTS / the standard path, or torchvision."""
     name, dataset = cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE
+    if is_external_name(name):
+        teacher = build_role_model(cfg, "TEACHER", num_classes)
+        if not cfg.DISTILLER.TEACHER_WEIGHTS:
+            raise CheckpointError(
+                f"Teacher {name} needs DISTILLER.TEACHER_WEIGHTS: a checkpoint trained on {dataset} (fine-tune "
+                "one with DISTILLER.TYPE NONE, as configs/cifar100/teachers/ do), or timm:pretrained / "
+                "torchvision:<Enum>.<NAME> when its classes are the dataset's."
+            )
+        load_external_weights(teacher, cfg.DISTILLER.TEACHER_WEIGHTS, f"Teacher {name}", False, num_classes)
+        return teacher
     if dataset == "imagenet" and not cfg.DISTILLER.TEACHER_WEIGHTS:
         return build_model(name, dataset, num_classes, pretrained=True)
     teacher = build_model(name, dataset, num_classes)
@@ -59,13 +129,13 @@ def build_distiller(cfg: CN, num_data: int, num_classes: int, teacher_weights: b
     distiller checkpoint (which holds the teacher) right after.
     """
     cls = distiller_dict[cfg.DISTILLER.TYPE]
-    student = build_model(cfg.DISTILLER.STUDENT, cfg.DATASET.TYPE, num_classes)
+    student = build_student(cfg, num_classes)
     if cfg.DISTILLER.TYPE == "NONE":
         teacher = None
     elif teacher_weights:
         teacher = build_teacher(cfg, num_classes)
     else:
-        teacher = build_model(cfg.DISTILLER.TEACHER, cfg.DATASET.TYPE, num_classes)
+        teacher = build_role_model(cfg, "TEACHER", num_classes)
     return cls(student, teacher, cfg, num_data=num_data, num_classes=num_classes)
 
 

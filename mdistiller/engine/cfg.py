@@ -73,6 +73,9 @@ CFG.DATASET.DOWNLOAD = False
 CFG.DATASET.IMAGE_SIZE = 0  # 0: the dataset's standard size (cifar100 32, imagenet 224, tiny_imagenet 64, digits 16)
 CFG.DATASET.NUM_WORKERS = 2
 CFG.DATASET.FAST_AUG = True
+CFG.DATASET.INTERPOLATION = "bilinear"  # bilinear or bicubic resizing: ImageFolder sets, CIFAR-100 above 32 px
+CFG.DATASET.RAND_AUGMENT = ""  # ImageFolder sets: timm's RandAugment string, e.g. rand-m9-mstd0.5-inc1; "" = off
+CFG.DATASET.RANDOM_ERASING = 0.0  # ImageFolder sets: probability of timm's RandomErasing (per-pixel noise); 0 = off
 CFG.DATASET.PIN_MEMORY = "auto"
 CFG.DATASET.PERSISTENT_WORKERS = True
 # Below 1: train on a stratified fraction of the training split, drawn with EXPERIMENT.SEED (the
@@ -87,6 +90,14 @@ CFG.DISTILLER.TYPE = "NONE"
 CFG.DISTILLER.TEACHER = "ResNet50"
 CFG.DISTILLER.STUDENT = "resnet32"
 CFG.DISTILLER.TEACHER_WEIGHTS = ""
+CFG.DISTILLER.STUDENT_WEIGHTS = ""  # start the student from these (timm:pretrained, torchvision:<Enum>.<NAME>, a file)
+
+# Constructor arguments and feature taps of timm: / torchvision: models (mdistiller/models/external.py).
+CFG.MODEL = CN()
+CFG.MODEL.STUDENT_KWARGS = CN(new_allowed=True)  # e.g. {img_size: 32, patch_size: 4, drop_path_rate: 0.1}
+CFG.MODEL.TEACHER_KWARGS = CN(new_allowed=True)
+CFG.MODEL.STUDENT_FEATURES = []  # module paths of the stage taps; [] = the adapter's default taps
+CFG.MODEL.TEACHER_FEATURES = []
 
 CFG.SOLVER = CN()
 CFG.SOLVER.TRAINER = "base"
@@ -106,9 +117,25 @@ CFG.SOLVER.AMP_DTYPE = "bfloat16"
 CFG.SOLVER.CHANNELS_LAST = "auto"
 CFG.SOLVER.FAST_TEACHER = True
 CFG.SOLVER.COMPILE = False
+CFG.SOLVER.LABEL_SMOOTHING = 0.0
+CFG.SOLVER.GRAD_CLIP = 0.0  # max gradient norm of the learnable parameters; 0 = off
 CFG.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN / inf (counted in the log) instead of stopping
 CFG.SOLVER.DOT = CN()
 CFG.SOLVER.DOT.DELTA = 0.075
+
+# Mixup / CutMix on training batches (timm's Mixup; student and teacher see the same mixed images).
+CFG.MIXUP = CN()
+CFG.MIXUP.ALPHA = 0.0  # mixup's Beta(alpha, alpha); 0 = off
+CFG.MIXUP.CUTMIX = 0.0  # cutmix's Beta(alpha, alpha); 0 = off
+CFG.MIXUP.PROB = 1.0  # probability of mixing a batch
+CFG.MIXUP.SWITCH_PROB = 0.5  # probability of cutmix when both are on
+CFG.MIXUP.MODE = "batch"  # batch, pair or elem
+
+# An exponential moving average of the student (timm's ModelEmaV3), evaluated and checkpointed.
+CFG.EMA = CN()
+CFG.EMA.ENABLE = False
+CFG.EMA.DECAY = 0.99996
+CFG.EMA.WARMUP = False
 
 CFG.DISTRIBUTED = CN()
 CFG.DISTRIBUTED.BACKEND = "auto"
@@ -203,6 +230,9 @@ def _set(cfg: CN, full_key: str, value: Any, source: str) -> None:
             raise _unknown_key(cfg, full_key, source)
         node = node[part]
     leaf = parts[-1]
+    if leaf not in node and node.is_new_allowed():  # a free-form section: model constructor arguments
+        node[leaf] = CN(value, new_allowed=True) if isinstance(value, dict) else value
+        return
     if leaf not in node:
         raise _unknown_key(cfg, full_key, source)
     if isinstance(node[leaf], CN):

@@ -106,6 +106,9 @@ class DOTTrainer(Trainer):
         solver = self.cfg.SOLVER
         if solver.TYPE != "SGD":
             raise ConfigError(f"SOLVER.TRAINER dot needs SOLVER.TYPE SGD, got '{solver.TYPE}'.")
+        if solver.GRAD_CLIP > 0:
+            raise ConfigError("SOLVER.TRAINER dot does not clip gradients (its two gradients take separate momentum "
+                              "steps); set SOLVER.GRAD_CLIP 0.")
         return DistillationOrientedTrainer(
             self.distiller.get_learnable_parameters(), lr=solver.LR,
             momentum=solver.MOMENTUM - solver.DOT.DELTA, momentum_kd=solver.MOMENTUM + solver.DOT.DELTA,
@@ -136,6 +139,7 @@ class DOTTrainer(Trainer):
             self.optimizer.zero_grad(set_to_none=True)
         set_averaged_grads(params, torch.autograd.grad(losses[TASK_LOSS], params, allow_unused=True))
         self.optimizer.step()
+        self.update_ema()
 
 
 trainer_dict.register("dot", DOTTrainer)

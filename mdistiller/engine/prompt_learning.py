@@ -108,7 +108,8 @@ class PromptTrainer(Trainer):
 
 
 def prompt_learning_cfg(cfg: CN, name: str) -> CN:
-    """`cfg` with the solver of stage 1: PROMPT_EPOCHS of AdamW at PROMPT_LR, cosine, no decay, no warm-up."""
+    """`cfg` with the solver of stage 1: PROMPT_EPOCHS of AdamW at PROMPT_LR, cosine, no decay, no warm-up,
+    none of the student's recipe (GRAD_CLIP, MIXUP, LABEL_SMOOTHING, EMA)."""
     section = cfg[name]
     check_section(section, name)
     if section.PROMPT_EPOCHS < 1:
@@ -121,6 +122,10 @@ def prompt_learning_cfg(cfg: CN, name: str) -> CN:
     stage.SOLVER.WEIGHT_DECAY = 0.0
     stage.SOLVER.LR_SCHEDULER = "cosine"
     stage.SOLVER.WARMUP_EPOCHS = 0
+    stage.SOLVER.GRAD_CLIP = 0.0
+    if "MIXUP" in stage:  # the student's recipe (mixing, smoothing, EMA) is not the prompts'
+        stage.MIXUP.ALPHA = stage.MIXUP.CUTMIX = stage.SOLVER.LABEL_SMOOTHING = 0.0
+        stage.EMA.ENABLE = False
     stage.EXPERIMENT.STAGE = PromptStage.name
     stage.freeze()
     return stage

@@ -20,15 +20,18 @@ from mdistiller.engine.distributed import (NullLog, all_gather_objects, barrier,
                                            local_device, max_each_over_processes, max_over_processes,
                                            max_over_processes_tensor, mean_over_processes, rank, reduce_meters,
                                            set_sampler_epoch, sum_over_processes, world_size, wrap_ddp)
+from mdistiller.engine.ema import build_ema
 from mdistiller.engine.evaluate import evaluate
 from mdistiller.engine.fast_path import channels_last_enabled, compile_student, place_loader, prepare_distiller
 from mdistiller.engine.loggers import MetricsFile, TensorBoardLog, WandbLog, WorkLog
+from mdistiller.engine.mixing import BatchMixer, build_mixer, check_mixing
 from mdistiller.engine.optim import build_optimizer
 from mdistiller.engine.schedule import learning_rate
 from mdistiller.engine.stop import StopSignals
 from mdistiller.engine.utils import (AverageMeter, autocast_context, autocast_dtype, configure_kernels,
                                      resolve_device, rng_state, seed_everything, set_rng_state, topk_accuracy)
 from mdistiller.errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingStopped
+from mdistiller.losses.targets import class_index
 from mdistiller.registry import Registry
 
 trainer_dict = Registry("trainer")
@@ -83,6 +86,9 @@ class Trainer:
         self.channels_last = channels_last_enabled(cfg.SOLVER.CHANNELS_LAST, self.device, self.amp_dtype)
         self.distiller = prepare_distiller(distiller, cfg.SOLVER, self.device, self.channels_last)
         self.train_model = wrap_ddp(self.distiller, self.device, cfg.DISTRIBUTED.SYNC_BN)
+        self.ema = build_ema(self.distiller, cfg)  # of the bare student, before torch.compile
+        self.ema_steps = 0  # optimizer steps the average has followed
+        self.best_acc_ema = -1.0
         compile_student(self.distiller, cfg.SOLVER)
         self.is_main = is_main_process()
         self.lr_scale = world_size() if cfg.DISTRIBUTED.SCALE_LR else 1
@@ -101,6 +107,10 @@ class Trainer:
         self.stop = StopSignals(announce=False)  # the active one while train() runs
         self.stop_signal = 0  # the signal every process agreed to stop on after this step, or 0
         self.resume_progress: Optional[dict] = None  # where a mid-epoch checkpoint stopped
+        self.mixes = "MIXUP" in cfg and (cfg.MIXUP.ALPHA > 0 or cfg.MIXUP.CUTMIX > 0 or cfg.SOLVER.LABEL_SMOOTHING > 0)
+        if self.mixes:
+            check_mixing(cfg)
+        self.mixer: Optional[BatchMixer] = None  # built at the first batch, once the class count is known
 
     # -- set-up -------------------------------------------------------------------------------
     def init_optimizer(self) -> torch.optim.Optimizer:
@@ -146,18 +156,23 @@ class Trainer:
                         raise self.stopped(signum, epoch, 0)
                     lr, metrics = self.train_epoch(epoch)
                     self.best_acc = max(self.best_acc, metrics["test_acc"])
+                    self.best_acc_ema = max(self.best_acc_ema, metrics.get("test_acc_ema", -1.0))
                     worklog.log(epoch, lr, metrics)
                     tensorboard.log(epoch, dict(metrics, lr=lr))
                     metrics_file.log(dict(epoch=epoch, lr=lr, **metrics))
                     if wandb_log is not None:
                         wandb_log.log(epoch, dict(metrics, lr=lr), self.best_acc)
                     self.save(epoch, metrics["test_acc"])
+                    if "test_acc_ema" in metrics:
+                        self.save_ema(epoch, metrics["test_acc_ema"])
                     epoch += 1
         finally:
             tensorboard.close()
             if wandb_log is not None:
                 wandb_log.finish()
         print(f"Best accuracy: {self.best_acc:.2f}")
+        if self.ema is not None:
+            print(f"Best EMA accuracy: {self.best_acc_ema:.2f} (student_ema_best; student_best holds the raw student)")
         worklog.finish(self.best_acc)
         return self.best_acc
 
@@ -193,6 +208,7 @@ class Trainer:
         images_seen, start = 0, time.perf_counter()
         for step, batch in enumerate(batches, start=first_step):
             image, target, extra = self.to_device(batch)
+            image, target = self.mix(image, target)
             statistics, losses, loss = self.train_iter(image, target, extra, epoch, step)
             if losses is not None:
                 n = self.batch_size(image)
@@ -236,7 +252,7 @@ class Trainer:
     def step_statistics(self, preds, target) -> torch.Tensor:
         """A batch's task metrics as a 1-d tensor on the device (read to the host with the loss
         terms, in the step's one transfer): top-1 and top-5 accuracy of the predictions."""
-        return topk_accuracy(preds.detach().float(), target, topk=(1, 5))
+        return topk_accuracy(preds.detach().float(), class_index(target), topk=(1, 5))
 
     def update_meters(self, meters: Meters, statistics: List[float], n: int) -> None:
         """Add a batch's :meth:`step_statistics`, read to the host, to `meters`."""
@@ -247,17 +263,24 @@ class Trainer:
     def epoch_metrics(self, meters: Meters) -> "OrderedDict[str, float]":
         """Training averages and validation results of an epoch; `test_acc` is the one `best` follows."""
         test_acc, test_acc_top5, test_loss = self.validate()
-        return OrderedDict(
+        metrics = OrderedDict(
             train_acc=meters["top1"].avg,
             train_loss=meters["loss"].avg,
             test_acc=test_acc,
             test_acc_top5=test_acc_top5,
             test_loss=test_loss,
         )
+        if self.ema is not None:
+            metrics["test_acc_ema"], metrics["test_acc_top5_ema"], metrics["test_loss_ema"] = self.validate_ema()
+        return metrics
 
     def epoch_line(self, epoch: int, lr: float, metrics: Dict[str, float]) -> str:
+        ema = ""
+        if "test_acc_ema" in metrics:
+            ema = (f"| EMA test top1 {metrics['test_acc_ema']:.2f} top5 {metrics['test_acc_top5_ema']:.2f} "
+                   "(student_best: raw weights, student_ema_best: EMA weights) ")
         return (f"Epoch {epoch}: lr {lr:.4g} | train loss {metrics['train_loss']:.4f} top1 {metrics['train_acc']:.2f} "
-                f"| test top1 {metrics['test_acc']:.2f} top5 {metrics['test_acc_top5']:.2f} "
+                f"| test top1 {metrics['test_acc']:.2f} top5 {metrics['test_acc_top5']:.2f} {ema}"
                 f"| {metrics['img_per_s']:.0f} img/s")
 
     def restore_progress(self, batches: Iterator, meters: Meters, term_meters: Meters) -> int:
@@ -320,6 +343,29 @@ class Trainer:
             image = image.contiguous(memory_format=torch.channels_last)
         return image, target.to(self.device, non_blocking=True), extra
 
+    def mix(self, image: torch.Tensor, target: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The batch under MIXUP.* / SOLVER.LABEL_SMOOTHING (mdistiller/engine/mixing.py): mixed
+        images and a (B, K) soft target, which the student and the teacher then both see; as it is
+        otherwise. timm's Mixup draws from numpy's global RNG, which the checkpoints hold."""
+        if not self.mixes:
+            return image, target
+        if self.mixer is None:
+            self.mixer = build_mixer(self.cfg, self.student_classes(image))
+        return self.mixer(image, target)
+
+    @torch.no_grad()
+    def student_classes(self, image: torch.Tensor) -> int:
+        """The number of classes the student predicts: its logits' width on one image, in eval
+        mode (no running statistic changes, no random draw)."""
+        student = self.distiller.student
+        training = student.training
+        student.eval()
+        try:
+            logits = student(image[:1])[0]
+        finally:
+            student.train(training)
+        return int(logits.shape[1])
+
     def train_iter(self, image: torch.Tensor, target: torch.Tensor, extra: Dict[str, torch.Tensor],
                    epoch: int, step: int) -> Tuple[List[float], Optional[Dict[str, float]], float]:
         """One optimisation step; returns the batch's :meth:`step_statistics`, each loss term and
@@ -380,9 +426,23 @@ class Trainer:
         self.before_step()
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.update_ema()
 
     def before_step(self) -> None:
-        """Called between backward and the optimizer step (gradients in place); nothing by default."""
+        """Called between backward and the optimizer step (gradients in place): clips the learnable
+        parameters' total gradient norm (2-norm over all of them) to SOLVER.GRAD_CLIP when it is set,
+        after unscaling float16 gradients."""
+        clip = self.cfg.SOLVER.GRAD_CLIP
+        if clip > 0:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.distiller.get_learnable_parameters(), clip)
+
+    def update_ema(self) -> None:
+        """Move the student's EMA (EMA.ENABLE) towards the student after an optimizer step."""
+        if self.ema is None:
+            return
+        self.ema_steps += 1
+        self.ema.update(self.distiller.student, step=self.ema_steps if self.cfg.EMA.WARMUP else None)
 
     def agree_on_step(self, values: Dict[str, float], nonfinite: List[bool], epoch: int, step: int) -> bool:
         """Whether to take this step, agreed by every process before any starts its backward pass.
@@ -416,6 +476,13 @@ class Trainer:
         top1, top5, loss = mean_over_processes(results, self.val_loader)
         return top1, top5, loss
 
+    def validate_ema(self) -> Tuple[float, float, float]:
+        """:meth:`validate` for the student's EMA (rank 0's normalisation statistics on every process)."""
+        broadcast_buffers(self.ema.module)
+        results = evaluate(lambda image: self.ema.module(image)[0], self.val_loader, self.device, self.autocast)
+        top1, top5, loss = mean_over_processes(results, self.val_loader)
+        return top1, top5, loss
+
     # -- checkpoints --------------------------------------------------------------------------
     def state(self, epoch: int) -> dict:
         return {
@@ -428,11 +495,29 @@ class Trainer:
             "rng": rng_state(self.device),
             "cfg": dump_cfg(self.cfg),
             "wandb_id": self.wandb_id or "",
+            **self.ema_state(),
         }
+
+    def ema_state(self) -> dict:
+        """The EMA's part of a full checkpoint (nothing without EMA.ENABLE)."""
+        if self.ema is None:
+            return {}
+        return {"ema": self.ema.module.state_dict(), "ema_steps": self.ema_steps, "best_acc_ema": self.best_acc_ema}
 
     def student_state(self, epoch: int, acc: float) -> dict:
         return {"model": self.distiller.student.state_dict(), "epoch": epoch, "acc": acc,
-                "cfg": dump_cfg(self.cfg)}
+                "cfg": dump_cfg(self.cfg), "weights": "raw"}
+
+    def save_ema(self, epoch: int, test_acc_ema: float) -> None:
+        """`student_ema_latest` and, at its best validation accuracy, `student_ema_best`: the EMA's
+        weights in a student file (`"weights": "ema"`); `student_best` keeps the raw student's."""
+        if not self.is_main or self.ema is None:
+            return
+        student = {"model": self.ema.module.state_dict(), "epoch": epoch, "acc": test_acc_ema,
+                   "cfg": dump_cfg(self.cfg), "weights": "ema"}
+        save_checkpoint(student, os.path.join(self.run_dir, "student_ema_latest"))
+        if test_acc_ema >= self.best_acc_ema:
+            save_checkpoint(student, os.path.join(self.run_dir, "student_ema_best"))
 
     def save(self, epoch: int, test_acc: float) -> None:
         if not self.is_main:
@@ -462,6 +547,8 @@ class Trainer:
         if "rng" in state:
             set_rng_state(state["rng"], self.device)
         self.best_acc = float(state.get("best_acc", -1.0))
+        if self.ema is not None:
+            self.load_ema(state)
         self.wandb_id = state.get("wandb_id") or None
         progress = state.get("progress")
         if progress:  # a clean stop mid-epoch: train_epoch continues after its last step
@@ -469,6 +556,17 @@ class Trainer:
             rng = ranks[rank()] if len(ranks) == world_size() else state["rng"]
             self.resume_progress = dict(progress, rng=rng)
         return int(state["epoch"])
+
+    def load_ema(self, state: dict) -> None:
+        """The EMA from a full checkpoint; one saved without EMA restarts it from the student."""
+        if "ema" in state:
+            load_weights(self.ema.module, unwrapped(state["ema"]), "The checkpoint's EMA")
+            self.ema_steps = int(state.get("ema_steps", 0))
+            self.best_acc_ema = float(state.get("best_acc_ema", -1.0))
+            return
+        print("The checkpoint holds no EMA of the student (saved with EMA.ENABLE off): the EMA starts from "
+              "the resumed student.")
+        self.ema.module.load_state_dict(self.distiller.student.state_dict())
 
 
 trainer_dict.register("crd", Trainer)

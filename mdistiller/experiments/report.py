@@ -9,6 +9,7 @@ reports the mean ± sample standard deviation (n - 1) of the runs' best and last
 import os
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
+from mdistiller.experiments.published import published_verified
 from mdistiller.experiments.runs import Group, Run, find_runs
 from mdistiller.experiments.tables import markdown_table, write_csv
 
@@ -118,9 +119,16 @@ SUMMARY_HEADER = ["dataset", "method", "pair", "setting", "runs", "seeds", "best
 RUNS_HEADER = ["dataset", "method", "teacher", "student", "setting", "seed", "epochs", "best_acc", "last_acc", "run"]
 
 
+def published_text(g: Group) -> str:
+    """The published top-1, with "?" when it could not be checked against its paper."""
+    if g.published is None:
+        return "-"
+    return f"{g.published:.2f}" + ("" if published_verified(g.dataset, g.method, g.teacher, g.student) else "?")
+
+
 def summary_rows(groups: Sequence[Group]) -> List[List[Any]]:
     return [[g.dataset, g.method, g.pair, g.setting or "-", len(g.runs), ",".join(map(str, g.seeds)),
-             g.best.text(), g.last.text(), "-" if g.published is None else f"{g.published:.2f}"] for g in groups]
+             g.best.text(), g.last.text(), published_text(g)] for g in groups]
 
 
 def summary_csv_rows(groups: Sequence[Group]) -> List[List[Any]]:
@@ -149,6 +157,9 @@ def write_report(root: str, out_dir: Optional[str] = None, include_unfinished: b
 
     lines = [f"Results of {len(runs)} runs under {root}: test top-1 (%), mean ± std over runs (seeds).", ""]
     lines.append(markdown_table(SUMMARY_HEADER, summary_rows(groups), "llllrlrrr").rstrip("\n"))
+    if any(g.published is not None and not published_verified(g.dataset, g.method, g.teacher, g.student)
+           for g in groups):
+        lines += ["", "Published numbers marked ? could not be checked against their paper (docs/methods/ofa.md)."]
     if skipped:
         lines += ["", f"Left out {len(skipped)} unfinished run(s): "
                   + ", ".join(f"{os.path.relpath(r.path, root)} ({r.epochs}/{r.planned_epochs} epochs)" for r in skipped)]

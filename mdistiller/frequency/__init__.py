@@ -1,7 +1,8 @@
 """Frequency-domain building blocks shared by the distillers: the FFT filters (SFAKD's SFA with its
-Gaussian high-pass mask, FAM-KD's frequency attention), the Haar DWT / IDWT, and FreeKD's frequency
-prompt."""
+Gaussian high-pass mask, FAM-KD's frequency attention), the Haar DWT / IDWT, FreeKD's frequency
+prompt, and the removal of the DC term."""
 
+from mdistiller.frequency.dc import remove_dc
 from mdistiller.frequency.fft_filter import (FrequencyAttention, SmoothedFrequencyAugmentation,
                                              centre_square_highpass_mask, gaussian_highpass_mask)
 from mdistiller.frequency.haar import haar_dwt2, haar_idwt2, haar_wavedec2, haar_waverec2
@@ -23,5 +24,6 @@ __all__ = [
     "haar_waverec2",
     "mask_diversity",
     "prompt_masks",
+    "remove_dc",
     "soft_jaccard_diversity",
 ]

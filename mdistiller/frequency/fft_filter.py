@@ -170,7 +170,10 @@ class FrequencyAttention(nn.Module):
 
         def modulate(spectrum: Tensor, dtype: torch.dtype) -> Tensor:
             kernel = torch.complex(self.real_weight.to(dtype), self.imag_weight.to(dtype))
-            return torch.einsum("bihw,iohw->bohw", spectrum, kernel) * self.spectral_mask.to(dtype)
+            # sum_i X[b, i] K[i, o] at every frequency, as one batched product (h, w, B, C_in) @ (h, w, C_in, C_out)
+            # of contiguous operands: torch.einsum takes a path 10-25x slower for these complex operands.
+            mixed = spectrum.permute(2, 3, 0, 1).contiguous() @ kernel.permute(2, 3, 0, 1).contiguous()
+            return mixed.permute(2, 3, 0, 1) * self.spectral_mask.to(dtype)
 
         return spectral_filter(x, modulate)
 

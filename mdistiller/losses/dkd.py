@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+from mdistiller.losses.targets import class_index
+
 
 def _binary_log_probs(log_probs: torch.Tensor, target_mask: torch.Tensor) -> torch.Tensor:
     """(B, 2) log-probabilities of [target class, all other classes together].
@@ -28,12 +30,13 @@ def dkd_loss(logits_student: torch.Tensor, logits_teacher: torch.Tensor, target:
     student; NCKD the KL between their softmaxes over the non-target classes only. Both are taken
     in log space, so they stay finite for saturated softmaxes and for two-class problems (where
     NCKD is exactly 0). Equal to MDistiller's `dkd_loss` (which masks the target logit with -1000)
-    wherever that one is finite.
+    wherever that one is finite. `target` is (B,) classes or a (B, K) soft target (mixup, label
+    smoothing), whose argmax class then splits target from non-target.
     """
     z_s = logits_student.float() / temperature
     z_t = logits_teacher.float() / temperature
     batch, num_classes = z_s.shape
-    target_mask = F.one_hot(target.reshape(-1), num_classes).bool()
+    target_mask = F.one_hot(class_index(target).reshape(-1), num_classes).bool()
 
     tckd = _kl_from_logs(_binary_log_probs(F.log_softmax(z_s, dim=1), target_mask),
                          _binary_log_probs(F.log_softmax(z_t, dim=1), target_mask))

@@ -1,0 +1,205 @@
+"""Any timm or torchvision classifier behind the library's model contract.
+
+Every model of the zoo returns ``logits, feats = model(x)`` with ``feats["feats"]`` the stage maps
+(N, C, H, W) and ``feats["pooled_feat"]`` the (N, D) vector its classifier sees, and answers
+``get_stage_channels()``. The two adapters here give a model built elsewhere the same contract:
+
+- :class:`TimmFeatureModel` calls timm's ``forward_intermediates`` once (stage maps in NCHW, prefix
+  tokens dropped, Swin's NHWC already permuted by timm) and ``forward_head`` on its final output, for
+  the logits and, with ``pre_logits=True``, the pooled vector: one forward pass gives all three.
+- :class:`HookedFeatureModel` runs the model's own ``forward`` and records the outputs of named
+  modules with forward hooks (torchvision models, or any timm model without
+  ``forward_intermediates``), and the classifier's input with a pre-hook on its last linear layer.
+  A token sequence (N, L, C) becomes a map by dropping the prefix tokens (class, distillation,
+  register) and reshaping the rest row-major to its square grid; an NHWC map is permuted.
+
+What a model of another kind cannot give — pre-activation maps, the BatchNorm before each stage's
+ReLU — raises :class:`~mdistiller.errors.IncompatibleModelError` naming what is missing, so a
+method that needs it refuses at build time in one line.
+"""
+
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from mdistiller.errors import IncompatibleModelError
+
+__all__ = ["TimmFeatureModel", "HookedFeatureModel", "tokens_to_map", "evenly_spaced"]
+
+
+def evenly_spaced(count: int, taps: int = 4) -> List[int]:
+    """Indices of ``taps`` blocks spread evenly over ``count``, the last block always included.
+
+    A ViT or Mixer has one tap per block; four evenly spaced ones stand in for a CNN's four stages
+    (12 blocks: 2, 5, 8, 11).
+    """
+    if count <= taps:
+        return list(range(count))
+    return [math.ceil(count * (i + 1) / taps) - 1 for i in range(taps)]
+
+
+def tokens_to_map(tokens: Tensor, num_prefix_tokens: Optional[int] = None) -> Tensor:
+    """(N, L, C) tokens -> (N, C, H, W): prefix tokens dropped, the rest a row-major square grid.
+
+    ``num_prefix_tokens`` None infers it as what is left over the largest square grid that fits.
+    """
+    n, length, channels = tokens.shape
+    if num_prefix_tokens is None:
+        num_prefix_tokens = length - math.isqrt(length) ** 2
+    side = math.isqrt(length - num_prefix_tokens)
+    if side * side != length - num_prefix_tokens:
+        raise ValueError(
+            f"{length - num_prefix_tokens} patch tokens do not form a square grid; "
+            "name the taps of a non-square model with MODEL.STUDENT_FEATURES / MODEL.TEACHER_FEATURES"
+        )
+    grid = tokens[:, num_prefix_tokens:, :].reshape(n, side, side, channels)
+    return grid.permute(0, 3, 1, 2)
+
+
+class _AdaptedModel(nn.Module):
+    """What both adapters share: the wrapped model, stage channels and the refusals."""
+
+    def __init__(self, model: nn.Module, name: str, kind: str) -> None:
+        super().__init__()
+        self.model = model
+        self.name = name
+        self.kind = kind  # "cnn", or "token" for a transformer / MLP (ViT, DeiT, Swin, Mixer, ResMLP)
+        self.stage_channels: List[int] = []
+
+    def get_stage_channels(self) -> List[int]:
+        return list(self.stage_channels)
+
+    def get_bn_before_relu(self) -> List[nn.Module]:
+        raise IncompatibleModelError(
+            f"{self.name} has no BatchNorm before a ReLU at its stage ends "
+            "(only the CIFAR / ImageNet zoo models expose them)"
+        )
+
+    def probe(self, image_size: int) -> None:
+        """Record the stage channels from one forward pass on a zero image (no gradient)."""
+        was_training = self.training
+        self.eval()
+        with torch.no_grad():
+            _, feats = self(torch.zeros(1, 3, image_size, image_size))
+        self.train(was_training)
+        self.stage_channels = [f.shape[1] for f in feats["feats"]]
+
+
+class TimmFeatureModel(_AdaptedModel):
+    """A timm model with ``forward_intermediates``: stage maps, pooled vector and logits in one pass.
+
+    ``indices`` picks the taps (a list of timm's tap indices). Models with one tap per block (ViT,
+    DeiT, Mixer, ResMLP) default to four evenly spaced blocks; hierarchical models (ResNet,
+    ConvNeXt, Swin, RegNet, EfficientNet) to their last four taps, the four stages (a ResNet's
+    stem tap, which ConvNeXt and Swin do not have, is left out: the same four strides everywhere).
+    """
+
+    def __init__(self, model: nn.Module, name: str, image_size: int,
+                 indices: Optional[Sequence[int]] = None) -> None:
+        token = hasattr(model, "patch_embed") or per_block_model(model)  # ViT / Swin, or Mixer (its "stem")
+        super().__init__(model, name, "token" if token else "cnn")
+        if indices is None:
+            num_taps = len(model.feature_info)
+            indices = evenly_spaced(num_taps) if per_block_model(model) else list(range(num_taps))[-4:]
+        self.indices = list(indices)
+        self.probe(image_size)
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
+        """``feats`` also holds ``"prefix"`` (per tap, the (N, P, C) class / distillation / register
+        tokens) for a model with prefix tokens, and ``"head_logits"`` (class-token head,
+        distillation-token head) for a DeiT distilled model, whose ``logits`` are their average."""
+        with_prefix = getattr(self.model, "num_prefix_tokens", 0) > 0
+        if with_prefix:
+            final, taps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW",
+                                                           return_prefix_tokens=True)
+            maps, prefix = [tap[0] for tap in taps], [tap[1] for tap in taps]
+        else:
+            final, maps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW")
+        pooled = self.model.forward_head(final, pre_logits=True)
+        feats: Dict[str, object] = {"feats": list(maps), "pooled_feat": pooled}
+        if with_prefix:
+            feats["prefix"] = prefix
+        if hasattr(self.model, "head_dist"):  # DeiT distilled: token 0 -> head, token 1 -> head_dist
+            cls_logits = self.model.head(self.model.head_drop(final[:, 0]))
+            dist_logits = self.model.head_dist(self.model.head_drop(final[:, 1]))
+            feats["head_logits"] = (cls_logits, dist_logits)
+            logits = (cls_logits + dist_logits) / 2
+        else:  # timm's head after pre_logits is the classifier alone: apply it once
+            logits = self.model.get_classifier()(pooled)
+        return logits, feats
+
+
+def per_block_model(model: nn.Module) -> bool:
+    """True for a model whose every tap has the same stride (ViT, Mixer): a token model."""
+    infos = getattr(model, "feature_info", [])
+    return len(infos) > 1 and all(info["reduction"] == infos[0]["reduction"] for info in infos)
+
+
+def _last_linear(model: nn.Module) -> Tuple[str, nn.Linear]:
+    linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise IncompatibleModelError("the model has no linear classifier to read its pooled feature from")
+    return linears[-1]
+
+
+class HookedFeatureModel(_AdaptedModel):
+    """Any classifier: its own forward, stage maps from forward hooks on the named modules.
+
+    ``feature_modules`` are module paths (``layer1``, ``features.3``, ``encoder.layers.encoder_layer_5``).
+    ``num_prefix_tokens`` is the count of class / distillation tokens in a token model's sequences
+    (None: inferred from the square grid); ``channels_last_maps`` says the 4-D taps are NHWC
+    (torchvision's Swin). ``kind`` is "cnn" or "token" (a transformer or MLP). The pooled feature
+    is the input of the last linear layer.
+    """
+
+    def __init__(self, model: nn.Module, name: str, image_size: int, feature_modules: Sequence[str],
+                 kind: str = "cnn", num_prefix_tokens: Optional[int] = None,
+                 channels_last_maps: bool = False) -> None:
+        super().__init__(model, name, kind)
+        modules = dict(model.named_modules())
+        missing = [m for m in feature_modules if m not in modules]
+        if missing:
+            raise IncompatibleModelError(
+                f"{name} has no module {', '.join(missing)}; module names look like: "
+                f"{', '.join(list(n for n in modules if n)[:12])}, ..."
+            )
+        self.feature_modules = list(feature_modules)
+        self.classifier_name, _ = _last_linear(model)
+        self.num_prefix_tokens = num_prefix_tokens
+        self.channels_last_maps = channels_last_maps
+        self.probe(image_size)
+
+    def _as_map(self, tap: Tensor) -> Tensor:
+        if tap.dim() == 3:
+            return tokens_to_map(tap, self.num_prefix_tokens)
+        return tap.permute(0, 3, 1, 2) if self.channels_last_maps else tap
+
+    def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
+        """``feats`` also holds ``"prefix"``, each tap's (N, P, C) prefix tokens, for a token model
+        with ``num_prefix_tokens`` set (torchvision's ViT: the class token)."""
+        # Hooks live for one call only: a copy of this module (the fast teacher, EMA) has none to share.
+        recorded: Dict[str, Tensor] = {}
+        pooled: List[Tensor] = []
+
+        def record(path: str):
+            def hook(module: nn.Module, args, output) -> None:
+                recorded[path] = output[0] if isinstance(output, (tuple, list)) else output
+            return hook
+
+        handles = [self.model.get_submodule(path).register_forward_hook(record(path))
+                   for path in self.feature_modules]
+        handles.append(self.model.get_submodule(self.classifier_name).register_forward_pre_hook(
+            lambda module, args: pooled.append(args[0])))
+        try:
+            logits = self.model(x)
+        finally:
+            for handle in handles:
+                handle.remove()
+        taps = [recorded[path] for path in self.feature_modules]
+        feats: Dict[str, object] = {"feats": [self._as_map(tap) for tap in taps],
+                                    "pooled_feat": torch.flatten(pooled[-1], 1)}
+        if self.num_prefix_tokens and all(tap.dim() == 3 for tap in taps):
+            feats["prefix"] = [tap[:, :self.num_prefix_tokens] for tap in taps]
+        return logits, feats
