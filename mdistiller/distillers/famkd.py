@@ -10,7 +10,7 @@ from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.distillers.feature_shapes import feature_shapes, require_preact
 from mdistiller.errors import ConfigError
-from mdistiller.frequency import remove_dc
+from mdistiller.frequency import FrequencyAttention, remove_dc
 from mdistiller.losses.famkd import FUSIONS, FAMFusion, famkd_loss
 
 FAMKD_DEFAULTS = CN()
@@ -80,6 +80,13 @@ class FAMKD(Distiller):
         if section.FUSION == "attention" and any(c % 2 for c in mid_channels):
             raise ConfigError(f"FAMKD.MID_CHANNELS {mid_channels}: the attention fusion needs even widths.")
         self.hierarchy = FAMFusion(in_channels, mid_channels, out_channels, out_shapes, section.FUSION, section.CUTON)
+
+    def get_extra_parameters(self) -> int:
+        """Counted as the authors' class counts them: a complex weight is one parameter. It is held
+        here as a real and an imaginary tensor (a complex parameter breaks the fp16 gradient
+        scaler), so the imaginary parts are not counted again; the state dict holds both."""
+        imaginary = sum(m.imag_weight.numel() for m in self.hierarchy.modules() if isinstance(m, FrequencyAttention))
+        return super().get_extra_parameters() - imaginary
 
     def levels(self, features: dict, key: str) -> List[Tensor]:
         return features[key][-self.num_stages:] + [features["pooled_feat"][:, :, None, None]]
