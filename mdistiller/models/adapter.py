@@ -137,11 +137,17 @@ def per_block_model(model: nn.Module) -> bool:
     return len(infos) > 1 and all(info["reduction"] == infos[0]["reduction"] for info in infos)
 
 
-def _last_linear(model: nn.Module) -> Tuple[str, nn.Linear]:
+def last_linear(model: nn.Module) -> Optional[Tuple[str, nn.Linear]]:
+    """(name, module) of the model's last linear layer, its classifier; None when it has none."""
     linears = [(name, m) for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    if not linears:
+    return linears[-1] if linears else None
+
+
+def _last_linear(model: nn.Module) -> Tuple[str, nn.Linear]:
+    found = last_linear(model)
+    if found is None:
         raise IncompatibleModelError("the model has no linear classifier to read its pooled feature from")
-    return linears[-1]
+    return found
 
 
 class HookedFeatureModel(_AdaptedModel):

@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from mdistiller.errors import CheckpointError
+from mdistiller.models.adapter import last_linear
 
 __all__ = ["TIMM_PRETRAINED", "torchvision_state_dict", "timm_state_dict", "unwrap_state_dict", "load_into"]
 
@@ -97,8 +98,8 @@ def _classifier_names(model: nn.Module) -> List[str]:
     declared = getattr(model, "pretrained_cfg", {}).get("classifier")
     if declared:
         return list(declared) if isinstance(declared, (list, tuple)) else [declared]
-    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
-    return linears[-1:]
+    found = last_linear(model)
+    return [found[0]] if found else []
 
 
 def load_into(model: nn.Module, weights: Dict[str, torch.Tensor], source: str, new_head: bool,
