@@ -64,6 +64,28 @@ def test_contrast_memory_and_nce_by_hand():
     assert memory.params[2].item() == pytest.approx(z1, rel=1e-5)
 
 
+def test_contrast_memory_normalisers_follow_loaded_state():
+    """A resumed bank divides by the Z it was saved with; a state dict saved before the first step
+    (Z unset, -1) loaded into a memory that has already run makes it measure Z again."""
+    torch.manual_seed(0)
+    v = torch.nn.functional.normalize(torch.randn(3, 8), dim=1)
+    index, cidx = torch.tensor([0, 1, 2]), torch.tensor([[0, 3, 4], [1, 4, 5], [2, 5, 6]])
+    fresh = ContrastMemory(8, num_data=10, k=2).state_dict()
+    memory = ContrastMemory(8, num_data=10, k=2)
+    memory.load_state_dict(fresh)
+    memory.params[2:4] = torch.tensor([3.0, 5.0])
+    scores = memory.memory_v2[cidx] @ v.unsqueeze(2)
+    resumed = ContrastMemory(8, num_data=10, k=2)
+    resumed.load_state_dict(memory.state_dict())
+    out_v1, _ = resumed(v, v, index, cidx)
+    torch.testing.assert_close(out_v1, torch.exp(scores.squeeze(2) / 0.07) / 3.0)
+    resumed.load_state_dict(fresh)
+    out_v1, _ = resumed(v, v, index, cidx)
+    expected = torch.exp((fresh["memory_v2"][cidx] @ v.unsqueeze(2)).squeeze(2) / 0.07)
+    torch.testing.assert_close(resumed.params[2], expected.mean() * 10)
+    torch.testing.assert_close(out_v1, expected / (expected.mean() * 10))
+
+
 def test_contrast_memory_draws_negatives_without_contrast_index():
     torch.manual_seed(0)
     memory = ContrastMemory(8, num_data=50, k=6)

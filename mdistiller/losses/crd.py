@@ -68,7 +68,9 @@ class ContrastMemory(nn.Module):
                  momentum: float = 0.5) -> None:
         super().__init__()
         self.num_data = num_data
+        self.k, self.temperature, self.momentum = k, temperature, momentum
         self.register_buffer("params", torch.tensor([k, temperature, -1.0, -1.0, momentum]))
+        self._normalisers_known = False
         stdv = 1.0 / math.sqrt(feat_dim / 3)
         self.register_buffer("memory_v1", torch.rand(num_data, feat_dim).mul_(2 * stdv).add_(-stdv))
         self.register_buffer("memory_v2", torch.rand(num_data, feat_dim).mul_(2 * stdv).add_(-stdv))
@@ -76,24 +78,34 @@ class ContrastMemory(nn.Module):
 
     def forward(self, v1: torch.Tensor, v2: torch.Tensor, index: torch.Tensor,
                 contrast_index: Optional[torch.Tensor] = None) -> Tuple[torch.Tensor, torch.Tensor]:
-        k, temperature, z_v1, z_v2, momentum = self.params.tolist()
         if contrast_index is None:
-            contrast_index = self.sampler.draw(v1.shape[0] * (int(k) + 1)).view(v1.shape[0], -1)
+            contrast_index = self.sampler.draw(v1.shape[0] * (self.k + 1)).view(v1.shape[0], -1)
             contrast_index[:, 0] = index
         with torch.autocast(v1.device.type, enabled=False):
             v1, v2 = v1.float(), v2.float()
-            out_v2 = torch.exp(self._scores(self.memory_v1, contrast_index, v2) / temperature)
-            out_v1 = torch.exp(self._scores(self.memory_v2, contrast_index, v1) / temperature)
+            out_v2 = torch.exp(self._scores(self.memory_v1, contrast_index, v2) / self.temperature)
+            out_v1 = torch.exp(self._scores(self.memory_v2, contrast_index, v1) / self.temperature)
             with torch.no_grad():
-                if z_v1 < 0 or z_v2 < 0:
-                    sums = torch.stack([out_v1.sum(), out_v2.sum(), out_v1.new_tensor(out_v1.numel())])
-                    sums = _sum_over_processes(sums.double())
-                    self.params[2:4] = (sums[:2] / sums[2] * self.num_data).to(self.params.dtype)
-                    z_v1, z_v2 = self.params[2].item(), self.params[3].item()
+                if not self._normalisers_known:
+                    self._set_normalisers(out_v1, out_v2)
                 index, v1, v2 = _gather_from_processes(index, v1.detach(), v2.detach())
-            self._update(self.memory_v1, index, v1, momentum)
-            self._update(self.memory_v2, index, v2, momentum)
-        return out_v1 / z_v1, out_v2 / z_v2
+            self._update(self.memory_v1, index, v1, self.momentum)
+            self._update(self.memory_v2, index, v2, self.momentum)
+        return out_v1 / self.params[2], out_v2 / self.params[3]
+
+    def _set_normalisers(self, out_v1: torch.Tensor, out_v2: torch.Tensor) -> None:
+        """Z from the first batch (over every process) unless the buffer holds them already (a
+        resumed run). The one read of the buffer on the host, once per process and per load: later
+        steps divide by the buffer on the device."""
+        if bool((self.params[2:4] < 0).any()):
+            sums = torch.stack([out_v1.sum(), out_v2.sum(), out_v1.new_tensor(out_v1.numel())])
+            sums = _sum_over_processes(sums.double())
+            self.params[2:4] = (sums[:2] / sums[2] * self.num_data).to(self.params.dtype)
+        self._normalisers_known = True
+
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._normalisers_known = False
 
     @staticmethod
     def _scores(memory: torch.Tensor, contrast_index: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
