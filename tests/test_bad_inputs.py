@@ -1,12 +1,10 @@
 """Bad inputs through the tools, as a user meets them: one `error: ...` line on stderr, exit status
 2, no traceback, nothing in the working tree created or overwritten. The tools run in this process
-(runpy, exactly as `python tools/<tool>.py` runs them) to keep the suite fast; the forms already run
-as subprocesses are in tests/test_tools_e2e.py."""
+(conftest's `run_tool_in_process`: runpy, as `python tools/<tool>.py` runs them) to keep the suite
+fast; the forms run as subprocesses are in tests/test_tools_e2e.py."""
 
 import os
 import pickle
-import runpy
-import sys
 import warnings
 from pathlib import Path
 from typing import Dict
@@ -15,7 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_tool_in_process
 from fake_data import write_fake_tiny_imagenet
 from mdistiller.dataset import build_datasets, build_loaders
 from mdistiller.dataset.base import UnreadableImageWarning
@@ -30,23 +28,17 @@ DIGITS = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
 
 
 @pytest.fixture
-def cli(monkeypatch, capsys, tmp_path):
+def cli(tmp_path):
     """`cli(tool, *args)` -> the one error line, after checking exit 2, a single stderr line and
     that no file under tmp_path was changed or removed, nor created unless `run_started` (an error
     found once the run directory exists: after the data are built, or during training)."""
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.syspath_prepend(TOOLS)
 
     def run(tool: str, *args: str, run_started: bool = False) -> str:
         before = tree(tmp_path)
-        capsys.readouterr()
-        monkeypatch.setattr(sys, "argv", [tool, *args])
-        with pytest.raises(SystemExit) as exit_:
-            runpy.run_path(tool, run_name="__main__")
-        err = capsys.readouterr().err
-        lines = [line for line in err.splitlines() if line.strip()]
-        assert exit_.value.code == 2, err
-        assert len(lines) == 1 and lines[0].startswith("error: "), err
+        result = run_tool_in_process(tool, *args, cwd=str(tmp_path))
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode == 2, result.stderr
+        assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
         after = tree(tmp_path)
         assert {name: after.get(name) for name in before} == before
         assert run_started or after == before

@@ -1,5 +1,8 @@
 """The dense tools as a user runs them, on a tiny generated shapes set: teacher, every shapes config,
-eval_dense, FreeKD stage 1 then 2, resume and checkpoints, one-line errors. Marked `e2e`."""
+eval_dense, FreeKD stage 1 then 2, resume and checkpoints, one-line errors. Marked `e2e`.
+
+Each tool runs once as a subprocess (the teacher's train_dense, eval_dense, train_dense_prompt); the
+other runs call the same script in this process (`tool_in_process`), which saves the imports' start-up."""
 
 import json
 import os
@@ -52,10 +55,10 @@ def teacher(tmp_path_factory):
     shutil.rmtree(tmp / "out", ignore_errors=True)
 
 
-def test_every_shapes_config_trains_and_evaluates(tool, teacher):
+def test_every_shapes_config_trains_and_evaluates(tool, tool_in_process, teacher):
     tmp, weights = teacher
     for method in METHODS:
-        result = tool(TRAIN, "--cfg", os.path.join(SHAPES, f"{method}.yaml"),
+        result = tool_in_process(TRAIN, "--cfg", os.path.join(SHAPES, f"{method}.yaml"),
                       *tiny(tmp, method, "DISTILLER.TEACHER_WEIGHTS", weights))
         assert_ok(result)
         (record,) = records(run_dir_of(result))
@@ -70,7 +73,7 @@ def test_every_shapes_config_trains_and_evaluates(tool, teacher):
     assert ap == pytest.approx(record["test_acc"], abs=0.01)   # the same model on the same images
 
 
-def test_freekd_stage1_then_stage2(tool, teacher):
+def test_freekd_stage1_then_stage2(tool, tool_in_process, teacher):
     tmp, weights = teacher
     cfg = os.path.join(SHAPES, "freekd.yaml")
     opts = tiny(tmp, "freekd", "DISTILLER.TEACHER_WEIGHTS", weights, "FREEKD.PROMPT_EPOCHS", "1", "FREEKD.NUM_STAGES", "3")
@@ -79,7 +82,7 @@ def test_freekd_stage1_then_stage2(tool, teacher):
     path = re.search(r"Saved the prompts to (.*)", stage1.stdout).group(1).strip()
     assert torch.load(path, weights_only=True)["epoch"] == 1
     os.remove(path)
-    stage2 = tool(TRAIN, "--cfg", cfg, *opts)   # no prompt file: the DENSE_PROMPTS stage runs, then stage 2
+    stage2 = tool_in_process(TRAIN, "--cfg", cfg, *opts)   # no prompt file: the DENSE_PROMPTS stage runs, then stage 2
     assert_ok(stage2)
     record = torch.load(path, weights_only=True)
     assert record["feature_indices"] == [2, 3, 4] and record["tokens"] == 6 and record["epoch"] == 1
@@ -90,15 +93,15 @@ def test_freekd_stage1_then_stage2(tool, teacher):
     torch.testing.assert_close(state["model"]["prompts.0.tokens"], record["prompts"]["0.tokens"])  # frozen
 
 
-def test_resume_and_checkpoint_round_trip(tool, teacher):
+def test_resume_and_checkpoint_round_trip(tool_in_process, teacher):
     tmp, weights = teacher
     opts = tiny(tmp, "resumed", "DISTILLER.TEACHER_WEIGHTS", weights)
-    first = tool(TRAIN, "--cfg", os.path.join(SHAPES, "pkd.yaml"), *opts)
+    first = tool_in_process(TRAIN, "--cfg", os.path.join(SHAPES, "pkd.yaml"), *opts)
     assert_ok(first)
     run_dir = run_dir_of(first)
     latest = torch.load(os.path.join(run_dir, "latest"), weights_only=True)
     assert latest["epoch"] == 1 and any(k.startswith("teacher.") for k in latest["model"])
-    resumed = tool(TRAIN, "SOLVER.EPOCHS", "2", "--resume", run_dir)   # no --cfg: the checkpoint's own config
+    resumed = tool_in_process(TRAIN, "SOLVER.EPOCHS", "2", "--resume", run_dir)   # no --cfg: the checkpoint's own config
     assert_ok(resumed)
     assert "Resumed from" in resumed.stdout and [r["epoch"] for r in records(run_dir)] == [1, 2]
     again = torch.load(os.path.join(run_dir, "latest"), weights_only=True)
@@ -111,9 +114,9 @@ def test_resume_and_checkpoint_round_trip(tool, teacher):
     assert changed
 
 
-def test_missing_teacher_and_unknown_model_are_one_line_errors(tool, tmp_path):
-    result = tool(TRAIN, "--cfg", os.path.join(SHAPES, "cwd.yaml"),
+def test_missing_teacher_and_unknown_model_are_one_line_errors(tool_in_process, tmp_path):
+    result = tool_in_process(TRAIN, "--cfg", os.path.join(SHAPES, "cwd.yaml"),
                   *tiny(tmp_path, "x", "DISTILLER.TEACHER_WEIGHTS", str(tmp_path / "none.pth")))
     assert_user_error(result, "none.pth", "not found")
-    result = tool(TRAIN, "--cfg", os.path.join(SHAPES, "student.yaml"), *tiny(tmp_path, "y", "DISTILLER.STUDENT", "fcos_vgg16"))
+    result = tool_in_process(TRAIN, "--cfg", os.path.join(SHAPES, "student.yaml"), *tiny(tmp_path, "y", "DISTILLER.STUDENT", "fcos_vgg16"))
     assert_user_error(result, "Unknown dense model")

@@ -110,10 +110,9 @@ def test_resume_before_the_first_checkpoint_starts_over_on_every_process(tmp_pat
     assert load_checkpoint(str(run / "latest"))["epoch"] == 1
 
 
-def test_resume_with_cfg_and_no_run_yet_starts_over(tmp_path):
+def test_resume_with_cfg_and_no_run_yet_starts_over(tool_in_process, tmp_path):
     args = common_args(tmp_path, "fresh") + ["SOLVER.EPOCHS=1"]
-    proc = subprocess.run([sys.executable, TRAIN, *args, "--resume"], cwd=str(tmp_path), env=process_env(),
-                          capture_output=True, text=True, timeout=300)
+    proc = tool_in_process(TRAIN, *args, "--resume", cwd=str(tmp_path))   # one process: no need for a fresh one
     assert proc.returncode == 0, proc.stderr[-3000:]
     run = tmp_path / "quickstart" / "fresh"
     assert f"No checkpoint at {run / 'latest'} yet: training from the beginning." in proc.stdout

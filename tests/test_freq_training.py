@@ -9,7 +9,7 @@ import os
 import pytest
 import torch
 
-from conftest import REPO_ROOT, run_tool
+from conftest import REPO_ROOT, run_tool_in_process
 from fake_data import write_fake_cifar100
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
 from mdistiller.engine.cfg import build_cfg
@@ -79,11 +79,11 @@ def test_short_digits_run_lowers_the_loss(digits_runs, method):
 def test_eval_tool_on_sfakd_full_checkpoint(digits_runs):
     trainer, _, _ = digits_runs["SFAKD"]
     run = trainer.run_dir
-    result = run_tool(EVAL, "-m", "resnet8", "-c", os.path.join(run, "best"), "-d", "digits", "-bs", "100")
+    result = run_tool_in_process(EVAL, "-m", "resnet8", "-c", os.path.join(run, "best"), "-d", "digits", "-bs", "100")
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"Top-1: {trainer.best_acc:.2f}" in result.stdout, (result.stdout, trainer.best_acc)
 
-    student_only = run_tool(EVAL, "-m", "resnet8", "-c", os.path.join(run, "student_best"), "-d", "digits")
+    student_only = run_tool_in_process(EVAL, "-m", "resnet8", "-c", os.path.join(run, "student_best"), "-d", "digits")
     lines = [line for line in student_only.stderr.splitlines() if line.strip()]
     assert student_only.returncode == 2 and len(lines) == 1, student_only.stderr
     assert "holds only the student" in lines[0] and "'best'" in lines[0]

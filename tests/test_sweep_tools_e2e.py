@@ -1,5 +1,7 @@
 """tools/sweep.py and tools/report.py as a user runs them: a tiny two-seed sweep on the digits,
-resumed after an interruption, then reported."""
+resumed after an interruption, then reported. The first sweep and the report run as subprocesses;
+the resumed sweep calls the same script in this process (`tool_in_process`): its trials are
+subprocesses either way."""
 
 import json
 import os
@@ -35,7 +37,7 @@ def accuracies(run_dir):
         return [json.loads(line)["test_acc"] for line in f]
 
 
-def test_sweep_runs_resumes_and_reports(tool, tmp_path):
+def test_sweep_runs_resumes_and_reports(tool, tool_in_process, tmp_path):
     sweep = write_sweep(tmp_path, "seeds", {"EXPERIMENT.SEED": {"values": [0, 1]}})
     first = tool(SWEEP, sweep, "--workers", "2")
     assert first.returncode == 0, first.stdout + first.stderr
@@ -59,7 +61,7 @@ def test_sweep_runs_resumes_and_reports(tool, tmp_path):
         first_line = f.readline()
     with open(metrics, "w") as f:
         f.write(first_line)
-    second = tool(SWEEP, sweep)
+    second = tool_in_process(SWEEP, sweep)
     assert second.returncode == 0, second.stdout + second.stderr
     assert "[skip] " + os.path.basename(runs[0]) in second.stdout
     assert f"[1/1] finished {os.path.basename(runs[1])}" in second.stdout

@@ -3,6 +3,9 @@
 Marked `e2e`. `make test` runs them in a short form (one to eight epochs; the quick start's accuracies
 checked against thresholds set from three seeds); `make test-full` (MDISTILLER_E2E=full) runs the quick
 start at its real length with its own thresholds.
+
+Each tool runs as a subprocess at least once here (train, eval, the quick start, a one-line error);
+the other runs call the same script in this process (`tool_in_process`), saving the imports' start-up.
 """
 
 import json
@@ -24,11 +27,13 @@ TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
 EVAL = os.path.join(REPO_ROOT, "tools", "eval.py")
 QUICKSTART = os.path.join(REPO_ROOT, "tools", "quickstart.py")
 DIGITS_STUDENT = os.path.join(REPO_ROOT, "configs", "digits", "student.yaml")
+# A quarter of the digits train split (stratified) where a test checks files, resume and evaluation, not accuracy.
+QUARTER = ["DATASET.TRAIN_FRACTION", "0.25"]
 
 
-def test_train_then_eval_on_digits(tool, tmp_path):
+def test_train_then_eval_on_digits(tool, tool_in_process, tmp_path):
     result = tool(TRAIN, "--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", "SOLVER.EPOCHS", "2",
-                  "--EXPERIMENT.NAME=cli", "DATASET.IMAGE_SIZE=8", cwd=str(tmp_path))
+                  "--EXPERIMENT.NAME=cli", "DATASET.IMAGE_SIZE=8", *QUARTER, cwd=str(tmp_path))
     assert_ok(result)
     run = tmp_path / "quickstart" / "cli"
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -38,23 +43,23 @@ def test_train_then_eval_on_digits(tool, tmp_path):
     saved = (run / "cfg.yaml").read_text()
     assert "EPOCHS: 2" in saved and "IMAGE_SIZE: 8" in saved
 
-    for ckpt in ("student_best", "best"):
-        evaluated = tool(EVAL, "-m", "resnet8", "-c", str(run / ckpt), "-d", "digits", "-bs", "100", cwd=str(tmp_path))
+    for ckpt, run_eval in (("student_best", tool), ("best", tool_in_process)):
+        evaluated = run_eval(EVAL, "-m", "resnet8", "-c", str(run / ckpt), "-d", "digits", "-bs", "100", cwd=str(tmp_path))
         assert_ok(evaluated)
         assert f"Top-1: {best:.2f}" in evaluated.stdout, evaluated.stdout
 
 
-def test_resume_from_the_command_line_continues_the_run(tool, tmp_path):
-    common = ["--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", "EXPERIMENT.NAME=r", "DATASET.IMAGE_SIZE=8"]
-    assert_ok(tool(TRAIN, *common, "SOLVER.EPOCHS=1", cwd=str(tmp_path)))
+def test_resume_from_the_command_line_continues_the_run(tool_in_process, tmp_path):
+    common = ["--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", "EXPERIMENT.NAME=r", "DATASET.IMAGE_SIZE=8", *QUARTER]
+    assert_ok(tool_in_process(TRAIN, *common, "SOLVER.EPOCHS=1", cwd=str(tmp_path)))
     run = tmp_path / "quickstart" / "r"
-    resumed = tool(TRAIN, *common, "SOLVER.EPOCHS=2", "--resume", str(run), cwd=str(tmp_path))
+    resumed = tool_in_process(TRAIN, *common, "SOLVER.EPOCHS=2", "--resume", str(run), cwd=str(tmp_path))
     assert_ok(resumed)
     assert "Resumed from" in resumed.stdout and "at epoch 2" in resumed.stdout
     assert torch.load(run / "latest", weights_only=True)["epoch"] == 2
 
 
-def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
+def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tool_in_process, tmp_path):
     """configs/cifar100/kd/res32x4_res8x4.yaml against data/ in torchvision's format and
     download_ckpts/cifar_teachers/resnet32x4_vanilla/ckpt_epoch_240.pth, as MDistiller users lay them out."""
     write_fake_cifar100(tmp_path / "data", num_train=32, num_test=16)
@@ -66,6 +71,7 @@ def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
     env = {SKIP_MD5_ENV: "1", CKPT_ROOT_ENV: str(tmp_path / "download_ckpts")}
 
     config = os.path.join(REPO_ROOT, "configs", "cifar100", "kd", "res32x4_res8x4.yaml")
+    # a fresh process: the teachers' standard place is read from MDISTILLER_CKPT_ROOT when the package is imported
     result = tool(TRAIN, "--cfg", config, "SOLVER.EPOCHS", "1", "SOLVER.BATCH_SIZE", "16", "DATASET.NUM_WORKERS", "0",
                   "LOG.PROGRESS_BAR", "False", cwd=str(tmp_path), env=env)
     assert_ok(result)
@@ -77,7 +83,7 @@ def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
     for key, value in teacher.state_dict().items():  # the teacher was loaded and never changed
         assert torch.equal(full["model"][f"teacher.{key}"], value), key
 
-    evaluated = tool(EVAL, "-m", "resnet8x4", "-c", str(runs[0] / "student_best"), "-d", "cifar100",
+    evaluated = tool_in_process(EVAL, "-m", "resnet8x4", "-c", str(runs[0] / "student_best"), "-d", "cifar100",
                      "DATASET.NUM_WORKERS=0", cwd=str(tmp_path), env=env)
     assert_ok(evaluated)
     assert "Top-1:" in evaluated.stdout
@@ -98,8 +104,9 @@ def test_cifar100_kd_config_with_teacher_in_standard_place(tool, tmp_path):
     ids=["unknown_key", "wrong_type", "missing_dataset", "missing_teacher", "unknown_distiller",
          "unknown_model_before_missing_dataset"],
 )
-def test_train_user_errors_are_one_line(tool, tmp_path, args, fragments):
-    result = tool(TRAIN, "--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", *args, cwd=str(tmp_path))
+def test_train_user_errors_are_one_line(tool, tool_in_process, tmp_path, args, fragments):
+    run = tool if args[0] == "SOLVER.LRR" else tool_in_process   # one case as a real process, stderr and all
+    result = run(TRAIN, "--cfg", DIGITS_STUDENT, f"LOG.PREFIX={tmp_path}", *args, cwd=str(tmp_path))
     assert_user_error(result, *fragments)
 
 
@@ -110,13 +117,13 @@ def test_eval_corrupt_checkpoint_is_one_line(tool, tmp_path):
     assert_user_error(result, "truncated or corrupt")
 
 
-def test_quickstart_writes_results_and_deletes_only_its_own_outputs(tool, tmp_path):
+def test_quickstart_writes_results_and_deletes_only_its_own_outputs(tool_in_process, tmp_path):
     out = tmp_path / "output"
     (out / "my_run").mkdir(parents=True)
     (out / "my_run" / "latest").write_text("a user's run")
     args = [QUICKSTART, "--out", str(out), "--epochs", "1"]
     tiny = ["DATASET.IMAGE_SIZE", "8"]  # KEY VALUE pairs come last: every argument after them is one
-    result = tool(*args, "--methods", "NONE,KD", "--seeds", "0,1", *tiny, cwd=str(tmp_path))
+    result = tool_in_process(*args, "--methods", "NONE,KD", "--seeds", "0,1", *tiny, cwd=str(tmp_path))
     assert_ok(result)
     results = json.loads((out / "results.json").read_text())
     assert set(results["students"]) == {"NONE", "KD"} and results["seeds"] == [0, 1]
@@ -131,7 +138,7 @@ def test_quickstart_writes_results_and_deletes_only_its_own_outputs(tool, tmp_pa
         png = (out / plot).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
-    again = tool(*args, "--methods", "NONE", "--seeds", "0", *tiny, cwd=str(tmp_path))
+    again = tool_in_process(*args, "--methods", "NONE", "--seeds", "0", *tiny, cwd=str(tmp_path))
     assert_ok(again)
     assert sorted(os.listdir(out)) == sorted(["my_run", "teacher", "NONE_seed0", "quickstart_outputs.json",
                                               "results.json", "results.md", "accuracy.png", "accuracy_bars.png"])

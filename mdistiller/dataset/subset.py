@@ -15,7 +15,6 @@ from typing import List
 
 import numpy as np
 import torch
-from sklearn.model_selection import train_test_split
 from torch.utils.data import Dataset
 
 from mdistiller.errors import ConfigError
@@ -39,6 +38,8 @@ def stratified_indices(targets: List[int], fraction: float, seed: int) -> np.nda
         raise ConfigError(f"DATASET.TRAIN_FRACTION {fraction} keeps {round(fraction * len(labels))} of "
                           f"{len(labels)} training images, fewer than the {classes} classes; raise it to at least "
                           f"{classes / len(labels):.4f}.")
+    from sklearn.model_selection import train_test_split   # here, not with the package (see digits_split)
+
     try:
         kept, _ = train_test_split(indices, train_size=fraction, stratify=labels, random_state=seed)
     except ValueError as err:  # e.g. a class with a single image cannot be split
