@@ -21,6 +21,7 @@ from mdistiller.models import cifar_model_dict
 from tests.distiller_step import build, train_step
 
 TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
+pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tiny tensors: one thread is faster on a shared machine
 
 
 def np_pool_channels(x: np.ndarray, channels: int) -> np.ndarray:
