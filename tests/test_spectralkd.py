@@ -15,10 +15,13 @@ import torch
 from scipy.special import log_softmax
 
 from conftest import REPO_ROOT
+from mdistiller.distillers import distiller_dict
+from mdistiller.engine.cfg import build_cfg
 from mdistiller.errors import ConfigError
 from mdistiller.losses.spectralkd import spectralkd_loss
 from mdistiller.models import cifar_model_dict
 from tests.distiller_step import build, train_step
+from tests.tiny_models import tiny
 
 TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
 pytestmark = pytest.mark.usefixtures("torch_single_thread")  # tiny tensors: one thread is faster on a shared machine
@@ -97,6 +100,21 @@ def test_distiller_terms_against_numpy(student, teacher, remove_dc):
     assert losses["loss_kd"].item() == pytest.approx(0.7 * kd, rel=1e-4)
     assert losses["loss_feat"].item() == pytest.approx(2.0 * spectral, rel=1e-4)
     assert distiller.get_extra_parameters() == 0
+
+
+def test_token_student_against_numpy():
+    """A tiny timm ViT student (its 48 x 8 x 8 token grids, the adapter's maps) and the CIFAR resnet8
+    teacher (16 x 32 x 32 ... 64 x 8 x 8) at 32 px: the teacher's larger maps pooled down (4x4, 2x2),
+    the student's 48 channels pooled to 16 and 32, the teacher's 64 to 48 (overlapping windows)."""
+    cfg = build_cfg(None, ["DISTILLER.TYPE=SPECTRALKD", "DATASET.IMAGE_SIZE=32", "SPECTRALKD.REMOVE_DC=True"])
+    torch.manual_seed(0)
+    student, teacher = tiny("vit", 10), cifar_model_dict["resnet8"][0](num_classes=10)
+    distiller = distiller_dict["SPECTRALKD"](student, teacher, cfg, num_data=8, num_classes=10).eval()
+    image, target = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3)), torch.tensor([2, 7])
+    _, losses = distiller.forward_train(image=image, target=target)
+    taps = [-4, -3, -2, -1]
+    spectral = reference_losses(distiller, image, target, taps, taps, remove_dc=True)[2]
+    assert losses["loss_feat"].item() == pytest.approx(0.2 * spectral, rel=1e-4)
 
 
 def test_remove_dc_drops_only_the_zero_frequency_term():
