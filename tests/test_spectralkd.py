@@ -1,7 +1,8 @@
 """SPECTRALKD: the spectral loss against numpy's FFT (rfft2, orthonormal, real and imaginary parts
 stacked), the adaptive channel pooling and the 2x2 spatial pooling written by hand, the DC switch,
-the distiller's three terms (CIFAR models, and a ViT student's token grids), its gradients (student only with the pooling connector, student and
-1x1 convs with CONNECTOR conv), its refusals, and a digits run through tools/train.py."""
+the distiller's three terms (CIFAR models, and a ViT student's token grids), its gradients (student
+only with the pooling connector, student and 1x1 convs with CONNECTOR conv), its refusals, and a
+digits run through tools/train.py."""
 
 import json
 import math
