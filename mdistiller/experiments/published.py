@@ -9,6 +9,7 @@ Heterogeneous pairs (docs/methods/ofa.md, deit.md): OFA-KD's Tables 1 (ImageNet)
 Swin-N / Swin-P students are left out (no timm name). Those tables could not be checked against
 the paper here: their keys are in :data:`UNVERIFIED`, and reports mark them. DeiT: the distilled
 models of the authors' README (RegNetY-16GF teacher, hard distillation, ImageNet-1k, 300 epochs).
+SpectralKD: three ImageNet pairs, unverified (docs/methods/spectralkd.md).
 """
 
 from typing import Dict, Optional, Set, Tuple
@@ -87,6 +88,13 @@ UNVERIFIED.discard(("cifar100", "KD", _T + "convnext_tiny", _T + "deit_tiny_patc
 # DeiT's README (facebookresearch/deit README_deit.md): distilled from RegNetY-16GF, ImageNet-1k.
 for _size, _acc in (("tiny", 74.5), ("small", 81.2), ("base", 83.4)):
     PUBLISHED[("imagenet", "DEIT", _T + "regnety_160", f"{_T}deit_{_size}_distilled_patch16_224")] = _acc
+
+# SpectralKD (docs/methods/spectralkd.md): the Papers-with-Code archive's entries for arXiv 2412.19055,
+# ImageNet-1k; the paper's table was not readable here, so they are unverified.
+for _t, _s, _acc in (("cait_s24_224", "deit_tiny_patch16_224", 77.4), ("cait_s24_224", "deit_small_patch16_224", 82.2),
+                     ("swin_small_patch4_window7_224", "swin_tiny_patch4_window7_224", 82.7)):
+    PUBLISHED[("imagenet", "SPECTRALKD", _T + _t, _T + _s)] = _acc
+    UNVERIFIED.add(("imagenet", "SPECTRALKD", _T + _t, _T + _s))
 
 # A model trained alone (method NONE): the teachers MDistiller distributes.
 PUBLISHED_ALONE: Dict[Tuple[str, str], float] = {
