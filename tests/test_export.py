@@ -4,6 +4,7 @@ timm models (a ViT, a distilled DeiT under DEIT) rebuilt with their kwargs."""
 
 import json
 import os
+import runpy
 
 import pytest
 import torch
@@ -140,7 +141,8 @@ def test_export_tool_writes_and_checks(tool, tmp_path):
     assert "torchscript" in result.stdout and "ok" in result.stdout
 
 
-def test_torchscript_that_cannot_be_traced_is_replaced_by_torch_export(tmp_path, monkeypatch, torch_single_thread):
+def test_torchscript_that_cannot_be_traced_is_replaced_by_torch_export(tmp_path, monkeypatch, capsys,
+                                                                      torch_single_thread):
     cfg, distiller = build("KD")
     path = str(tmp_path / "student_best")
     save_checkpoint({"model": distiller.student.state_dict(), "cfg": dump_cfg(cfg)}, path)
@@ -149,7 +151,13 @@ def test_torchscript_that_cannot_be_traced_is_replaced_by_torch_export(tmp_path,
         raise RuntimeError("Tracer cannot infer type of output")
 
     monkeypatch.setattr(export_module, "export_torchscript", untraceable)
-    results = export_checkpoint(path, str(tmp_path / "out"), ("deploy", "torchscript"), batch_size=3)
+    monkeypatch.syspath_prepend(os.path.dirname(EXPORT))
+    export_tool = runpy.run_path(EXPORT)  # tools/export.py's main, in this process (the patch applies)
+    export_tool["main"](["-c", path, "-o", str(tmp_path / "out"), "--formats", "deploy,torchscript", "-bs", "3"])
+    printed = capsys.readouterr().out
+    assert "torchscript  not written (RuntimeError: Tracer cannot infer type of output); pt2 written instead" in printed
+    assert "student_best.pt2" in printed and "MISMATCH" not in printed
+    results = json.loads((tmp_path / "out" / "student_best.export.json").read_text())
     assert results["torchscript"]["path"] is None and results["torchscript"]["replaced_by"] == "pt2"
     assert "Tracer cannot infer" in results["torchscript"]["error"]
     assert results["pt2"]["ok"] and failed_formats(results) == []
