@@ -53,7 +53,7 @@ from mdistiller.distillers import Distiller
 from mdistiller.distillers.classifier import find_classifier
 from mdistiller.engine.build import build_distiller, build_role_model, predicts_through_distiller
 from mdistiller.engine.cfg import dump_cfg, load_cfg_text
-from mdistiller.engine.checkpoint import (load_checkpoint, load_weights, save_checkpoint, strip_prefix, student_state_dict,
+from mdistiller.engine.checkpoint import (load_checkpoint, load_weights, save_checkpoint, student_state_dict,
                                           unwrapped)
 from mdistiller.errors import CheckpointError, ConfigError
 
@@ -175,12 +175,10 @@ def from_checkpoint(path: str) -> Tuple[nn.Module, Callable[[Tensor], Tensor], C
         return model, model, cfg, num_classes
     weights = _full_weights(state)
     student_only = not any(k.startswith("student.") for k in weights)
-    if student_only:
-        weights = student_state_dict(state)
-    num_classes = checkpoint_num_classes(cfg, strip_prefix(weights, "student.") if not student_only else weights)
+    num_classes = checkpoint_num_classes(cfg, student_state_dict(state))
     distiller = build_distiller(cfg, NUM_DATA_UNUSED, num_classes, teacher_weights=False)
     if student_only:
-        load_weights(distiller.student, weights, f"Checkpoint {path}")
+        load_weights(distiller.student, student_state_dict(state), f"Checkpoint {path}")
     else:
         load_weights(distiller, weights, f"Checkpoint {path}")
     distiller.eval()
@@ -282,8 +280,7 @@ def logits_match(difference: float, reference: Tensor, rtol: float = 1e-4, atol:
 
 FORMATS = ("deploy", "torchscript", "pt2", "onnx")
 SUFFIX = {"deploy": ".deploy.pth", "torchscript": ".torchscript.pt", "pt2": ".pt2", "onnx": ".onnx"}
-PROGRAM_FORMATS = {  # format: (write(model, example, path), read(path) -> predictor)
-    "torchscript": (export_torchscript, load_torchscript),
+PROGRAMS = {  # format: (write(model, example, path), read(path) -> predictor)
     "pt2": (export_program, load_program),
     "onnx": (export_onnx, onnx_predictor),
 }
@@ -317,26 +314,27 @@ def export_checkpoint(path: str, out_dir: str, formats=FORMATS, batch_size: int 
         difference = max_difference(predict, reference, batch)
         return {"path": target, "max_abs_diff": difference, "ok": logits_match(difference, reference)}
 
+    def program(fmt: str) -> Dict[str, object]:
+        write, read = PROGRAMS[fmt]
+        write(model, example, stem + SUFFIX[fmt])
+        return checked(stem + SUFFIX[fmt], read(stem + SUFFIX[fmt]))
+
     results: Dict[str, Dict[str, object]] = {}
     for fmt in formats:
         target = stem + SUFFIX[fmt]
         if fmt == "deploy":
             save_deployable(model, cfg, num_classes, target)
             results[fmt] = checked(target, load_deployable(target))
-            continue
-        write, read = PROGRAM_FORMATS[fmt]
-        if fmt != "torchscript":
-            write(model, example, target)
-            results[fmt] = checked(target, read(target))
-            continue
-        results[fmt] = traced_or_error(model, example, target, checked)
-        if not results[fmt]["ok"]:
-            if os.path.exists(target):
-                os.remove(target)
-            results[fmt].update(path=None, replaced_by="pt2")
-            if "pt2" not in formats:
-                export_program(model, example, stem + SUFFIX["pt2"])
-                results["pt2"] = checked(stem + SUFFIX["pt2"], load_program(stem + SUFFIX["pt2"]))
+        elif fmt == "torchscript":
+            results[fmt] = traced_or_error(model, example, target, checked)
+            if not results[fmt]["ok"]:
+                if os.path.exists(target):
+                    os.remove(target)
+                results[fmt].update(path=None, replaced_by="pt2")
+                if "pt2" not in formats:
+                    results["pt2"] = program("pt2")
+        else:
+            results[fmt] = program(fmt)
     return results
 
 
