@@ -234,3 +234,24 @@ def test_deit_run_deploys_the_fusion_of_its_two_heads(tmp_path, fusion, checkpoi
     with torch.no_grad():
         assert torch.allclose(load_deployable(results["deploy"]["path"])(image), expected, atol=1e-5)
         assert torch.allclose(load_torchscript(results["torchscript"]["path"])(image), expected, atol=1e-5)
+
+
+def test_torchvision_student_exports_through_its_hooked_adapter(tmp_path, torch_single_thread):
+    """A torchvision model (taps by forward hooks, registered inside each forward) traces and
+    deploys: the logits of torchvision's own model with the checkpoint's weights."""
+    from torchvision import models
+
+    cfg = build_cfg(DIGITS_STUDENT, ["DISTILLER.STUDENT=torchvision:mobilenet_v3_small", "DATASET.IMAGE_SIZE=32"])
+    torch.manual_seed(0)
+    student = build_role_model(cfg, "STUDENT", 10).eval()
+    path = str(tmp_path / "student_best")
+    save_checkpoint({"model": student.state_dict(), "cfg": dump_cfg(cfg)}, path)
+    results = export_checkpoint(path, str(tmp_path / "out"), ("deploy", "torchscript"), batch_size=3)
+    assert all(r["ok"] for r in results.values()), results
+    reference = models.mobilenet_v3_small(num_classes=10).eval()
+    reference.load_state_dict({k[len("model."):]: v for k, v in student.state_dict().items()})
+    image = torch.randn(5, 3, 32, 32)
+    with torch.no_grad():
+        expected = reference(image)
+        assert torch.allclose(load_deployable(results["deploy"]["path"])(image), expected, atol=1e-5)
+        assert torch.allclose(load_torchscript(results["torchscript"]["path"])(image), expected, atol=1e-5)
