@@ -11,8 +11,10 @@ floor's median over the same turns.
 Per subject: images/s (batch / median step), median step time, peak memory during its steps (CUDA
 max allocated; on the CPU the process's peak resident set, reset through /proc/self/clear_refs
 before each step, so it includes the process's baseline), FLOPs per image of one training step
-(forward, backward, teacher inference; torch.utils.flop_counter counts matmuls and convolutions)
-and the parameters the method adds.
+(forward, backward, teacher inference; torch.utils.flop_counter counts matmuls, convolutions and
+attention — on the CPU too, whose fused attention kernel the counter does not know by itself: a
+ViT's ``scaled_dot_product_attention`` is counted as its two batched matmuls, as the counter does
+for the CUDA kernels) and the parameters the method adds.
 """
 
 import copy
@@ -25,7 +27,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.flop_counter import FlopCounterMode
+from torch.utils.flop_counter import FlopCounterMode, sdpa_backward_flop_count, sdpa_flop_count
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers import Distiller, distiller_dict
@@ -33,6 +35,7 @@ from mdistiller.engine.build import build_role_model, build_teacher, teacher_che
 from mdistiller.engine.stages import stages_of
 from mdistiller.engine.trainer import trainer_dict
 from mdistiller.engine.utils import resolve_device
+from mdistiller.models.external import is_external_name
 
 __all__ = ["ABLATION", "DATASET_SHAPES", "EAGER_FP32", "PeakMemory", "Subject", "TeacherFloor", "loader_throughput",
            "run_benchmark"]
@@ -99,6 +102,21 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _cpu_attention_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+
+def _cpu_attention_backward_flops(grad_out_shape, query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    return sdpa_backward_flop_count(grad_out_shape, query_shape, key_shape, value_shape)
+
+
+# The CPU's fused attention, absent from torch.utils.flop_counter's registry (it has the CUDA kernels').
+CPU_ATTENTION_FLOPS = {
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu: _cpu_attention_flops,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu_backward: _cpu_attention_backward_flops,
+}
+
+
 class Subject:
     """One measured configuration: a trainer around `distiller` and a fixed batch on its device."""
 
@@ -129,7 +147,7 @@ class Subject:
         for _ in range(steps):
             self.step()
         try:
-            with FlopCounterMode(display=False) as counter:
+            with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
                 self.step()
             self.gflops = counter.get_total_flops() / self.batch_size / 1e9
         except Exception:  # compiled graphs may refuse the counter's dispatch mode; FLOPs are then unknown
@@ -160,7 +178,8 @@ def _teacher_factory(cfg: CN, num_classes: int) -> Callable[[], torch.nn.Module]
     """A function giving a fresh copy of the teacher: trained weights when the file is there,
     else a randomly initialised one (the step's cost does not depend on the weights)."""
     path = teacher_checkpoint_path(cfg)
-    if cfg.DATASET.TYPE == "imagenet" or (path and os.path.isfile(path)):
+    torchvision_weighted = cfg.DATASET.TYPE == "imagenet" and not is_external_name(cfg.DISTILLER.TEACHER)
+    if torchvision_weighted or (path and os.path.isfile(path)):
         teacher = build_teacher(cfg, num_classes)
     else:
         where = f"at {path}" if path else "(DISTILLER.TEACHER_WEIGHTS unset)"

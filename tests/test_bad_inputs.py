@@ -71,6 +71,46 @@ def test_unknown_model_lists_known(cli, tmp_path):
     assert "model 'resnet9' for dataset 'digits'" in line and "resnet8, " in line and "wrn_16_2" in line
 
 
+# A timm teacher too small to cost anything at the 8 px of train_args: 2 px patches, a 4x4 grid, one block.
+TINY_VIT = "timm:vit_tiny_patch16_224"
+TINY_VIT_KWARGS = {"patch_size": 2, "embed_dim": 16, "depth": 1, "num_heads": 2}
+TIMM_TEACHER = ["DISTILLER.TYPE=KD", f"DISTILLER.TEACHER={TINY_VIT}",
+                *[f"MODEL.TEACHER_KWARGS.{k}={v}" for k, v in TINY_VIT_KWARGS.items()]]
+
+
+def test_unknown_timm_name_suggests_timms_own(cli, tmp_path):
+    line = cli(TRAIN, *train_args(tmp_path, "DISTILLER.TYPE=KD", "DISTILLER.TEACHER=timm:vit_tiny_patch16_22"),
+               run_started=True)
+    assert "Unknown model 'timm:vit_tiny_patch16_22'" in line and "Did you mean timm:vit_tiny_patch16_224" in line
+
+
+def test_timm_teacher_with_a_classifier_of_another_size_is_refused_with_the_fix(cli, tmp_path):
+    from mdistiller.models.external import build_external_model
+
+    weights = tmp_path / "vit_1000.pth"
+    torch.save(build_external_model(TINY_VIT, 1000, 8, TINY_VIT_KWARGS).model.state_dict(), weights)
+    line = cli(TRAIN, *train_args(tmp_path, *TIMM_TEACHER, f"DISTILLER.TEACHER_WEIGHTS={weights}"), run_started=True)
+    assert "classifier has 1000 outputs, the dataset 10 classes" in line and "Fine-tune" in line
+
+
+def test_timm_pretrained_offline_names_the_file_and_where_to_place_it(cli, tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    cache = tmp_path / "no_cache"  # an empty cache: what the user's machine has cached plays no part
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(cache))
+    line = cli(TRAIN, *train_args(tmp_path, *TIMM_TEACHER, "DISTILLER.TEACHER_WEIGHTS=timm:pretrained"),
+               run_started=True)
+    assert "Cannot download timm weights for vit_tiny_patch16_224" in line and "offline?" in line
+    assert "https://huggingface.co/timm/vit_tiny_patch16_224" in line and "(model.safetensors)" in line
+    assert f"place the repository in {cache}" in line
+
+
+def test_odd_batch_under_mixup_is_refused_with_the_fix(cli, tmp_path):
+    line = cli(TRAIN, *train_args(tmp_path, "MIXUP.ALPHA=0.8", "SOLVER.BATCH_SIZE=7"), run_started=True)
+    assert "SOLVER.BATCH_SIZE 7 is odd" in line
+
+
 def test_unknown_dataset_lists_known(cli, tmp_path):
     line = cli(TRAIN, *train_args(tmp_path, "DATASET.TYPE=cifar1000", "DATASET.IMAGE_SIZE=0"))
     assert "Unknown dataset 'cifar1000'" in line and "Did you mean cifar100" in line

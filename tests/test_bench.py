@@ -87,3 +87,32 @@ def test_loader_throughput_record():
     assert data["source"] == "random uint8 images" and data["torchvision"]["workers"] == 0
     assert data["speedup"] == pytest.approx(data["fast_aug"]["img_per_s"] / data["torchvision"]["img_per_s"])
     assert data["fast_aug"]["img_per_s"] > 0 and data["torchvision"]["img_per_s"] > 0
+
+
+def vit_forward_flops(size: int, patch: int, width: int, depth: int, classes: int) -> int:
+    """Per image, a timm ViT's forward by hand: patch embedding, and per block the qkv, projection
+    and MLP (4x) matmuls plus attention's two (L x L) products; the classifier."""
+    patches = (size // patch) ** 2
+    tokens = patches + 1  # the class token
+    embed = 2 * patches * 3 * patch * patch * width
+    block = 2 * tokens * width * (3 * width + width + 4 * width + 4 * width) + 2 * 2 * tokens * tokens * width
+    return embed + depth * block + 2 * width * classes
+
+
+def test_bench_on_a_vit_teacher_and_a_cnn_student(tmp_path):
+    """A heterogeneous pair (a timm ViT teacher, resnet8) through tools/bench.py: student alone,
+    floor and two methods timed; the floor adds the ViT's forward FLOPs, attention included."""
+    out = tmp_path / "bench.json"
+    vit = {"patch_size": 2, "embed_dim": 16, "depth": 1, "num_heads": 2}
+    bench.main(["--cfg", KD_DIGITS, "DATASET.IMAGE_SIZE=8", "SOLVER.BATCH_SIZE=8", "DISTILLER.TEACHER_WEIGHTS=",
+                "DISTILLER.TEACHER=timm:vit_tiny_patch16_224", *[f"MODEL.TEACHER_KWARGS.{k}={v}" for k, v in vit.items()],
+                "--methods", "KD,OFA", "--iters", "1", "--warmup", "0", "--json", str(out)])
+    record = json.loads(out.read_text())
+    assert record["teacher"] == "timm:vit_tiny_patch16_224" and record["student"] == "resnet8"
+    assert set(record["methods"]) == {"KD", "OFA"}
+    for method, entry in record["methods"].items():
+        assert "error" not in entry and entry["overhead_vs_floor"] > 0 and entry["overhead_vs_student"] > 0, method
+    assert record["methods"]["KD"]["extra_params"] == 0 < record["methods"]["OFA"]["extra_params"]
+    teacher = vit_forward_flops(8, vit["patch_size"], vit["embed_dim"], vit["depth"], 10)
+    assert (record["floor"]["gflops_per_img"] - record["student_only"]["gflops_per_img"]) * 1e9 == pytest.approx(
+        teacher, rel=1e-6)

@@ -31,6 +31,7 @@ from mdistiller.engine.cfg import CFG
 from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
 from mdistiller.engine.loggers import read_metrics
 from mdistiller.models import cifar_model_dict
+from mdistiller.models.external import build_external_model
 from mdistiller_dense.distillers import dense_distiller_dict
 from mdistiller_dense.evaluation import COCO_STATS
 from helpers import communicate_all, process_env
@@ -47,13 +48,14 @@ REFUSED: dict = {}
 # teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; DOT_AT: DOT's two
 # gradients through feature hooks; dense CWD: a dense distiller, and the AP of the whole validation
 # set; dense segmenter: the mIoU of the whole set. MDISTILLER_E2E=full runs every case.
-SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "dense_CWD", "dense_segmenter"}
+SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "dense_CWD", "dense_segmenter"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
 # DEIT needs a student with a distillation token: a tiny timm distilled DeiT on the 16 px digits.
 EXTRA = {"CRD": ["CRD.NCE.K=64"],
          "DEIT": ["DISTILLER.STUDENT=timm:deit_tiny_distilled_patch16_224", "MODEL.STUDENT_KWARGS.patch_size=4",
                   "MODEL.STUDENT_KWARGS.embed_dim=32", "MODEL.STUDENT_KWARGS.depth=2",
                   "MODEL.STUDENT_KWARGS.num_heads=2"]}
+TINY_VIT_KWARGS = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}  # 16 px digits: a 4x4 grid
 
 
 def selected(cases, full: bool):
@@ -79,6 +81,14 @@ def classification_cases(tmp_path):
     for method in ("KD", "AT"):
         cases.append({"name": f"DOT_{method}", "tool": "train", "stage1": "",
                       "args": ["--cfg", os.path.join(DIGITS, f"{method.lower()}.yaml"), *common, "SOLVER.TRAINER=dot"]})
+    vit_file = tmp_path / "digits_vit_teacher.pth"
+    vit = build_external_model("timm:vit_tiny_patch16_224", 10, 16, TINY_VIT_KWARGS)
+    save_checkpoint({"model": vit.state_dict()}, str(vit_file))
+    vit_kwargs = [f"MODEL.TEACHER_KWARGS.{k}={v}" for k, v in TINY_VIT_KWARGS.items()]
+    cases.append({"name": "OFA_vit_teacher", "tool": "train", "stage1": "",
+                  "args": ["--cfg", os.path.join(DIGITS, "student.yaml"), *common, "DISTILLER.TYPE=OFA",
+                           "DISTILLER.TEACHER=timm:vit_tiny_patch16_224", f"DISTILLER.TEACHER_WEIGHTS={vit_file}",
+                           *vit_kwargs]})
     return cases
 
 

@@ -202,3 +202,61 @@ def test_inference_teacher_with_channels_last():
         expected = teacher(x)
     for e, g in zip(flat(expected), flat((logits, feats))):
         torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5)
+
+
+def test_timm_resnet_teacher_is_folded_and_gives_the_same_outputs():
+    """timm's ResNet has BatchNorm after every conv: the fast copy folds them (channels_last too)."""
+    from tiny_models import tiny
+
+    torch.manual_seed(0)
+    teacher = randomise_bn(tiny("resnet", 10))
+    runner = InferenceTeacher(teacher, channels_last=True)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    logits, feats = runner(x)
+    bns = sum(isinstance(m, nn.BatchNorm2d) for m in teacher.modules())
+    left = sum(isinstance(m, nn.BatchNorm2d) for m in runner.model.modules())
+    assert runner.folded_pairs > 0 and left == bns - runner.folded_pairs
+    with torch.no_grad():
+        expected_logits, expected_feats = teacher(x)
+    for e, g in zip([expected_logits, expected_feats["pooled_feat"], *expected_feats["feats"]],
+                    [logits, feats["pooled_feat"], *feats["feats"]]):
+        torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-5 * max(e.abs().max().item(), 1.0))
+
+
+def test_timm_vit_teacher_goes_through_unchanged_with_sdpa_attention(monkeypatch):
+    """No BatchNorm in a ViT: the copy folds nothing and gives the teacher's outputs bit for bit;
+    every block's attention is one F.scaled_dot_product_attention call (timm's fused_attn)."""
+    from tiny_models import TINY_VIT, tiny
+
+    torch.manual_seed(0)
+    teacher = tiny("vit", 10).eval()
+    runner = InferenceTeacher(teacher)
+    x = torch.randn(2, 3, 32, 32)
+    runner(x)  # builds the copy
+    assert runner.folded_pairs == 0
+    assert [type(m) for m in runner.model.modules()] == [type(m) for m in teacher.modules()]
+    calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(F, "scaled_dot_product_attention", lambda *a, **k: calls.append(a[0].shape) or sdpa(*a, **k))
+    logits, feats = runner(x)
+    heads, width = TINY_VIT["num_heads"], TINY_VIT["embed_dim"]
+    assert calls == [torch.Size([2, heads, 1 + 8 * 8, width // heads])] * TINY_VIT["depth"]
+    with torch.no_grad():
+        expected_logits, expected_feats = teacher(x)
+    assert torch.equal(logits, expected_logits) and torch.equal(feats["pooled_feat"], expected_feats["pooled_feat"])
+    assert all(torch.equal(g, e) for g, e in zip(feats["feats"], expected_feats["feats"]))
+
+
+def test_a_timm_teacher_gets_the_fast_path_in_a_distiller():
+    from tiny_models import tiny
+
+    torch.manual_seed(0)
+    cfg = build_cfg(None, ["DISTILLER.TYPE=KD"])
+    teacher = randomise_bn(tiny("resnet", 10))
+    distiller = distiller_dict["KD"](cifar_model_dict["resnet8"][0](num_classes=10), teacher, cfg,
+                                     num_data=10, num_classes=10)
+    distiller = prepare_distiller(distiller, cfg.SOLVER, torch.device("cpu"), channels_last=False)
+    distiller.train()
+    logits, _ = distiller.teacher_forward(torch.randn(2, 3, 32, 32))
+    assert distiller.inference_teacher is not None and distiller.inference_teacher.folded_pairs > 0
+    assert not logits.requires_grad

@@ -158,9 +158,17 @@ def test_ema_is_validated_logged_and_saved_beside_the_raw_student(tmp_path, caps
     assert '"test_acc_ema"' in lines
 
 
+# A heterogeneous pair at the 8 px of these runs: the CNN teacher into a timm ViT (2 px patches, a
+# 4x4 token grid, one block), with its class token and dropout-free blocks.
+VIT_STUDENT = ("DISTILLER.STUDENT=timm:vit_tiny_patch16_224", "MODEL.STUDENT_KWARGS.patch_size=2",
+               "MODEL.STUDENT_KWARGS.embed_dim=16", "MODEL.STUDENT_KWARGS.depth=1", "MODEL.STUDENT_KWARGS.num_heads=2")
+
+
 @pytest.mark.slow
-def test_resume_with_ema_and_mixup_equals_straight_run(tmp_path):
-    opts = ("DATASET.FAST_AUG=True", "EMA.ENABLE=True", "EMA.DECAY=0.9", "MIXUP.ALPHA=0.8", "MIXUP.CUTMIX=1.0")
+@pytest.mark.parametrize("pair", [(), VIT_STUDENT], ids=["cnn_to_cnn", "cnn_to_vit"])
+def test_resume_with_ema_and_mixup_equals_straight_run(tmp_path, pair):
+    opts = ("DATASET.FAST_AUG=True", "EMA.ENABLE=True", "EMA.DECAY=0.9", "MIXUP.ALPHA=0.8", "MIXUP.CUTMIX=1.0",
+            *pair)
     straight = kd_trainer(tmp_path, "straight", 2, opts)
     straight.train()
     steps = len(straight.train_loader)

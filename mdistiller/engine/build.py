@@ -89,9 +89,12 @@ def build_student(cfg: CN, num_classes: int) -> nn.Module:
 
 
 def teacher_checkpoint_path(cfg: CN) -> Optional[str]:
-    """DISTILLER.TEACHER_WEIGHTS when set, else the standard path of the model dict."""
+    """DISTILLER.TEACHER_WEIGHTS when set, else the standard path of the model dict (None for a
+    timm: / torchvision: teacher, whose weights only TEACHER_WEIGHTS names)."""
     if cfg.DISTILLER.TEACHER_WEIGHTS:
         return cfg.DISTILLER.TEACHER_WEIGHTS
+    if is_external_name(cfg.DISTILLER.TEACHER):
+        return None
     return models_for(cfg.DATASET.TYPE).checkpoint(cfg.DISTILLER.TEACHER)
 
 
