@@ -49,8 +49,11 @@ def check_external_name(name: str) -> None:
     if name.startswith(TIMM_PREFIX):
         import timm
 
-        if not timm.is_model(name[len(TIMM_PREFIX):]):
-            raise _unknown(TIMM_PREFIX, name[len(TIMM_PREFIX):], timm.list_models())
+        bare = name[len(TIMM_PREFIX):]
+        if not timm.is_model(bare):
+            raise _unknown(TIMM_PREFIX, bare, timm.list_models())
+        if "." in bare and bare not in timm.list_pretrained(bare):  # a pretrained tag timm does not have
+            raise _unknown(TIMM_PREFIX, bare, timm.list_pretrained(bare.split(".")[0] + ".*"))
     elif name.startswith(TORCHVISION_PREFIX):
         from torchvision import models
 
