@@ -216,6 +216,16 @@ def stand_in_hetero_weights(cfg, hub, num_classes: int) -> None:
 
 
 @pytest.fixture
+def work_dir(tmp_path):
+    """The directory a heterogeneous run starts in, holding its stand-in weights (Mixer-B's 240 MB,
+    RegNetY-16GF's 330 MB), deleted when the test ends."""
+    path = tmp_path / "work"
+    path.mkdir()
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
 def log_prefix(tmp_path):
     """The run's LOG.PREFIX, deleted when the test ends: the checkpoints of one run reach 1.9 GB
     (FAM-KD's spectral weights with their momentum), the whole short selection 20 GB."""
@@ -225,7 +235,7 @@ def log_prefix(tmp_path):
 
 
 @pytest.mark.parametrize("path", SELECTED, ids=lambda p: os.path.relpath(p, CONFIG_ROOT))
-def test_config_trains_one_epoch(path, data_root, log_prefix, tmp_path, monkeypatch):
+def test_config_trains_one_epoch(path, data_root, log_prefix, work_dir, monkeypatch):
     monkeypatch.setenv(SKIP_MD5_ENV, "1")
     monkeypatch.setenv("TORCH_HOME", str(data_root / "torch_home"))
     cfg = build_cfg(path)
@@ -234,9 +244,9 @@ def test_config_trains_one_epoch(path, data_root, log_prefix, tmp_path, monkeypa
             f"SOLVER.BATCH_SIZE={BATCH[dataset]}", "DATASET.NUM_WORKERS=0", "DATASET.TEST.BATCH_SIZE=4",
             "LOG.PROGRESS_BAR=False", "LOG.WANDB=False"]
     if is_hetero(path):
-        monkeypatch.chdir(tmp_path)   # relative paths (a CIFAR pair's teacher) resolve in the test's directory
+        monkeypatch.chdir(work_dir)   # relative paths (a CIFAR pair's teacher) resolve in the test's directory
         opts += hetero_overrides(cfg)
-        hub = offline_hub(monkeypatch, tmp_path / "hub")
+        hub = offline_hub(monkeypatch, work_dir / "hub")
         num_classes = NUM_CLASSES.get(dataset, len(IMAGENET_WNIDS))
         stand_in_hetero_weights(build_cfg(path, opts), hub, num_classes)
     elif method != "NONE":
