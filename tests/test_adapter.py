@@ -195,6 +195,7 @@ def test_what_a_foreign_model_cannot_give_is_refused_by_name():
     assert "preact_feats" not in feats
 
 
+@pytest.mark.usefixtures("torch_single_thread")
 def test_a_timm_mixer_follows_the_image_size():
     """timm's MLP-Mixer family names its patch embedding `stem` and fixes its token count at
     construction: built for 224 px, it is rebuilt for the data's size (gMLP-Ti/16 at 32 px: 2x2 tokens)."""

@@ -207,6 +207,7 @@ def test_deit_hard_distillation_from_regnety_16gf(student):
            (0.8, 1.0, 0.25, 0.1)
 
 
+@pytest.mark.slow
 def test_hetero_models_exist_and_take_their_arguments():
     """Every timm name (pretrained tags included) is timm's, and each distinct (architecture,
     arguments) builds: on the meta device, so without memory or time for weights."""
