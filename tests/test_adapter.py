@@ -193,3 +193,13 @@ def test_what_a_foreign_model_cannot_give_is_refused_by_name():
         model.get_bn_before_relu()
     _, feats = model(torch.randn(2, 3, 32, 32))
     assert "preact_feats" not in feats
+
+
+@pytest.mark.usefixtures("torch_single_thread")
+def test_a_timm_mixer_follows_the_image_size():
+    """timm's MLP-Mixer family names its patch embedding `stem` and fixes its token count at
+    construction: built for 224 px, it is rebuilt for the data's size (gMLP-Ti/16 at 32 px: 2x2 tokens)."""
+    model = build_external_model("timm:gmlp_ti16_224", 10, 32)
+    logits, feats = model(torch.randn(2, 3, 32, 32))
+    assert logits.shape == (2, 10) and model.model.stem.img_size == (32, 32)
+    assert [tuple(f.shape) for f in feats["feats"]] == [(2, 128, 2, 2)] * 4

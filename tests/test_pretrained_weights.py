@@ -64,3 +64,26 @@ def test_a_file_of_another_architecture_names_the_keys():
 def test_unknown_torchvision_weights_name_the_form():
     with pytest.raises(CheckpointError, match="torchvision:ResNet18_Weights.IMAGENET1K_V1"):
         torchvision_state_dict("torchvision:ResNet18_Weights.NOPE")
+
+
+def test_timm_pretrained_loads_the_tag_the_name_carries(tmp_path, monkeypatch):
+    from fake_hub import offline_hub, place_timm_weights
+    from mdistiller.models.pretrained import timm_state_dict
+
+    cache = offline_hub(monkeypatch, tmp_path)
+    place_timm_weights(cache, "resnet18", {"fc.bias": torch.full((3,), 1.0)})   # the default tag, a1_in1k
+    place_timm_weights(cache, "resnet18.tv_in1k", {"fc.bias": torch.full((3,), 2.0)})
+    assert torch.equal(timm_state_dict("resnet18")["fc.bias"], torch.full((3,), 1.0))
+    assert torch.equal(timm_state_dict("resnet18.a1_in1k")["fc.bias"], torch.full((3,), 1.0))
+    assert torch.equal(timm_state_dict("resnet18.tv_in1k")["fc.bias"], torch.full((3,), 2.0))
+    with pytest.raises(CheckpointError, match="Cannot download timm weights for resnet18.gluon_in1k"):
+        timm_state_dict("resnet18.gluon_in1k")   # not in the cache, offline
+
+
+def test_an_unknown_pretrained_tag_names_the_known_ones():
+    from mdistiller.errors import UnknownNameError
+    from mdistiller.models.external import check_external_name
+
+    check_external_name("timm:convnext_tiny.fb_in1k")
+    with pytest.raises(UnknownNameError, match="Did you mean timm:convnext_tiny.fb_in1k"):
+        check_external_name("timm:convnext_tiny.fb_in1kk")

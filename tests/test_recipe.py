@@ -264,3 +264,31 @@ def test_prompt_stage_trains_without_the_students_recipe():
     assert (stage.EMA.ENABLE, stage.MIXUP.ALPHA, stage.MIXUP.CUTMIX, stage.SOLVER.LABEL_SMOOTHING,
             stage.SOLVER.GRAD_CLIP) == (False, 0.0, 0.0, 0.0, 0.0)
     assert cfg.EMA.ENABLE and cfg.MIXUP.ALPHA == 0.8  # the run's own config is untouched
+
+
+def test_cifar100_takes_rand_augment_and_random_erasing_through_the_dataloader(tmp_path, monkeypatch):
+    from timm.data.auto_augment import RandAugment
+    from timm.data.random_erasing import RandomErasing
+    from torch.utils.data import DataLoader
+    from torchvision import transforms
+
+    from fake_data import write_fake_cifar100
+    from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
+    from mdistiller.dataset.fast_aug import InMemoryLoader
+
+    monkeypatch.setenv(SKIP_MD5_ENV, "1")
+    write_fake_cifar100(tmp_path, num_train=4, num_test=2)
+    plain = build_cfg(None, [f"DATASET.ROOT={tmp_path}", "DATASET.IMAGE_SIZE=64", "SOLVER.BATCH_SIZE=2",
+                             "DATASET.NUM_WORKERS=0"])
+    recipe = build_cfg(None, [f"DATASET.ROOT={tmp_path}", "DATASET.IMAGE_SIZE=64", "SOLVER.BATCH_SIZE=2",
+                              "DATASET.NUM_WORKERS=0", "DATASET.RAND_AUGMENT=rand-m9-mstd0.5-inc1",
+                              "DATASET.RANDOM_ERASING=0.25"])
+    train_set = build_datasets(recipe)[0]
+    steps = train_set.dataset.transform.transforms
+    assert [type(s) for s in steps] == [transforms.RandomCrop, transforms.RandomHorizontalFlip, transforms.Resize,
+                                        RandAugment, transforms.ToTensor, transforms.Normalize, RandomErasing]
+    assert steps[-1].probability == 0.25
+    assert isinstance(build_loaders(plain, *build_datasets(plain)[:2])[0], InMemoryLoader)
+    loader = build_loaders(recipe, *build_datasets(recipe)[:2])[0]
+    assert isinstance(loader, DataLoader)
+    assert next(iter(loader))[0].shape == (2, 3, 64, 64)

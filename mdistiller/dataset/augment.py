@@ -1,4 +1,4 @@
-"""The transformer recipe's augmentation for ImageFolder sets (ImageNet, Tiny-ImageNet), from timm.
+"""The transformer recipe's augmentation for ImageFolder sets (ImageNet, Tiny-ImageNet) and CIFAR-100, from timm.
 
 DeiT-style training adds to a dataset's geometric steps timm's RandAugment
 (``DATASET.RAND_AUGMENT``, a timm string such as ``rand-m9-mstd0.5-inc1``: 2 operations of mean

@@ -5,6 +5,9 @@ Augmentation and normalisation follow MDistiller: ``RandomCrop(32, padding=4)``,
 converts and normalises. At another ``DATASET.IMAGE_SIZE`` (224 for ImageNet-pretrained teachers)
 both end their geometric steps with ``Resize`` to that size (``DATASET.INTERPOLATION``, bilinear
 or bicubic): the 32 px crop is upsampled, which the in-memory fast augmentation does on the device.
+``DATASET.RAND_AUGMENT`` and ``DATASET.RANDOM_ERASING`` (the transformer recipe) add timm's
+RandAugment after the resize and its RandomErasing after the normalisation; the training set then
+goes through the ordinary DataLoader (the fast augmentation batches crop / flip / resize only).
 
 ``DATASET.DOWNLOAD True`` lets torchvision download and extract the archive into ``DATASET.ROOT``.
 
@@ -22,7 +25,7 @@ from typing import Callable, List, Optional, Union
 from torchvision import datasets, transforms
 from yacs.config import CfgNode
 
-from mdistiller.dataset.augment import interpolation_mode
+from mdistiller.dataset.augment import interpolation_mode, train_transform
 from mdistiller.dataset.base import InstanceDataset, dataset_registry, dataset_root, image_size
 from mdistiller.errors import DatasetNotFoundError
 
@@ -109,17 +112,12 @@ def resize_to(size: int, interpolation: str) -> List[transforms.Resize]:
     return [transforms.Resize((size, size), interpolation=transforms.InterpolationMode(interpolation))]
 
 
-def cifar100_train_transform(size: int = 32, interpolation: str = "bilinear") -> transforms.Compose:
-    """MDistiller's CIFAR-100 training augmentation, its crop resized to `size`."""
-    return transforms.Compose(
-        [
-            transforms.RandomCrop(32, padding=4),
-            transforms.RandomHorizontalFlip(),
-            *resize_to(size, interpolation),
-            transforms.ToTensor(),
-            transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD),
-        ]
-    )
+def cifar100_train_transform(size: int = 32, interpolation: str = "bilinear",
+                             cfg: Optional[CfgNode] = None) -> transforms.Compose:
+    """MDistiller's CIFAR-100 training augmentation, its crop resized to `size`; with `cfg`, also
+    the RandAugment and random erasing its DATASET section asks for (:mod:`mdistiller.dataset.augment`)."""
+    geometric = [transforms.RandomCrop(32, padding=4), transforms.RandomHorizontalFlip(), *resize_to(size, interpolation)]
+    return train_transform(geometric, cfg, size, CIFAR100_MEAN, CIFAR100_STD)
 
 
 def cifar100_val_transform(size: int = 32, interpolation: str = "bilinear") -> transforms.Compose:
@@ -135,6 +133,7 @@ def build_cifar100(cfg: CfgNode):
     root = dataset_root(cfg)
     download = bool(cfg.DATASET.DOWNLOAD)
     size, interpolation = image_size(cfg), interpolation_mode(cfg).value
-    train_set = CIFAR100(root, train=True, transform=cifar100_train_transform(size, interpolation), download=download)
+    train_set = CIFAR100(root, train=True, transform=cifar100_train_transform(size, interpolation, cfg),
+                         download=download)
     val_set = CIFAR100(root, train=False, transform=cifar100_val_transform(size, interpolation))
     return InstanceDataset(train_set), val_set, 100

@@ -74,8 +74,8 @@ CFG.DATASET.IMAGE_SIZE = 0  # 0: the dataset's standard size (cifar100 32, image
 CFG.DATASET.NUM_WORKERS = 2
 CFG.DATASET.FAST_AUG = True
 CFG.DATASET.INTERPOLATION = "bilinear"  # bilinear or bicubic resizing: ImageFolder sets, CIFAR-100 above 32 px
-CFG.DATASET.RAND_AUGMENT = ""  # ImageFolder sets: timm's RandAugment string, e.g. rand-m9-mstd0.5-inc1; "" = off
-CFG.DATASET.RANDOM_ERASING = 0.0  # ImageFolder sets: probability of timm's RandomErasing (per-pixel noise); 0 = off
+CFG.DATASET.RAND_AUGMENT = ""  # ImageFolder sets and CIFAR-100: timm's RandAugment string, e.g. rand-m9-mstd0.5-inc1; "" = off
+CFG.DATASET.RANDOM_ERASING = 0.0  # ImageFolder sets and CIFAR-100: probability of timm's RandomErasing (per-pixel noise); 0 = off
 CFG.DATASET.PIN_MEMORY = "auto"
 CFG.DATASET.PERSISTENT_WORKERS = True
 # Below 1: train on a stratified fraction of the training split, drawn with EXPERIMENT.SEED (the
@@ -105,6 +105,7 @@ CFG.SOLVER.BATCH_SIZE = 64
 CFG.SOLVER.EPOCHS = 240
 CFG.SOLVER.LR = 0.05
 CFG.SOLVER.LR_SCHEDULER = "step"
+CFG.SOLVER.MIN_LR = 0.0  # where the cosine schedule ends (timm's min_lr)
 CFG.SOLVER.LR_DECAY_STAGES = [150, 180, 210]
 CFG.SOLVER.LR_DECAY_RATE = 0.1
 CFG.SOLVER.WARMUP_EPOCHS = 0

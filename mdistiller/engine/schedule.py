@@ -13,7 +13,7 @@ def learning_rate(epoch: int, solver: CN) -> float:
     """LR for `epoch`: MDistiller's step decay or cosine, after an optional linear warm-up.
 
     Step: `LR * LR_DECAY_RATE ** (number of LR_DECAY_STAGES below epoch)`. Cosine: from LR at the
-    end of warm-up down to 0 at EPOCHS. Warm-up: `LR * epoch / WARMUP_EPOCHS` for the first epochs.
+    end of warm-up down to MIN_LR at EPOCHS, `MIN_LR + (LR - MIN_LR) * (1 + cos(pi * progress)) / 2`. Warm-up: `LR * epoch / WARMUP_EPOCHS` for the first epochs.
     """
     if solver.WARMUP_EPOCHS > 0 and epoch <= solver.WARMUP_EPOCHS:
         return solver.LR * epoch / solver.WARMUP_EPOCHS
@@ -23,7 +23,8 @@ def learning_rate(epoch: int, solver: CN) -> float:
     if solver.LR_SCHEDULER == "cosine":
         span = max(solver.EPOCHS - solver.WARMUP_EPOCHS, 1)
         progress = (epoch - 1 - solver.WARMUP_EPOCHS) / span
-        return 0.5 * solver.LR * (1.0 + math.cos(math.pi * progress))
+        min_lr = solver.get("MIN_LR", 0.0)
+        return min_lr + 0.5 * (solver.LR - min_lr) * (1.0 + math.cos(math.pi * progress))
     raise ConfigError(f"SOLVER.LR_SCHEDULER must be one of {', '.join(SCHEDULERS)}, got '{solver.LR_SCHEDULER}'.")
 
 

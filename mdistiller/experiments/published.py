@@ -129,15 +129,23 @@ UNVERIFIED_ALONE -= {("cifar100", _T + "resnet18"), ("cifar100", _T + "swin_tiny
                      ("cifar100", _T + "vit_small_patch16_224")}
 
 
+def architecture(name: str) -> str:
+    """A model name without the pretrained tag a timm name may carry (``timm:convnext_tiny.fb_in1k``
+    -> ``timm:convnext_tiny``): the tables are keyed by architecture."""
+    return name.split(".")[0] if name.startswith(_T) else name
+
+
 def published_top1(dataset: str, method: str, teacher: Optional[str], student: str) -> Optional[float]:
     """The published top-1 of `method` distilling `teacher` into `student` (NONE: the model alone)."""
+    teacher, student = architecture(teacher or ""), architecture(student)
     if method == "NONE":
         return PUBLISHED_ALONE.get((dataset, student))
-    return PUBLISHED.get((dataset, method, teacher or "", student))
+    return PUBLISHED.get((dataset, method, teacher, student))
 
 
 def published_verified(dataset: str, method: str, teacher: Optional[str], student: str) -> bool:
     """False for a published number that could not be checked against its paper."""
+    teacher, student = architecture(teacher or ""), architecture(student)
     if method == "NONE":
         return (dataset, student) not in UNVERIFIED_ALONE
-    return (dataset, method, teacher or "", student) not in UNVERIFIED
+    return (dataset, method, teacher, student) not in UNVERIFIED

@@ -49,8 +49,11 @@ def check_external_name(name: str) -> None:
     if name.startswith(TIMM_PREFIX):
         import timm
 
-        if not timm.is_model(name[len(TIMM_PREFIX):]):
-            raise _unknown(TIMM_PREFIX, name[len(TIMM_PREFIX):], timm.list_models())
+        bare = name[len(TIMM_PREFIX):]
+        if not timm.is_model(bare):
+            raise _unknown(TIMM_PREFIX, bare, timm.list_models())
+        if "." in bare and bare not in timm.list_pretrained(bare):  # a pretrained tag timm does not have
+            raise _unknown(TIMM_PREFIX, bare, timm.list_pretrained(bare.split(".")[0] + ".*"))
     elif name.startswith(TORCHVISION_PREFIX):
         from torchvision import models
 
@@ -85,10 +88,13 @@ def build_external_model(name: str, num_classes: int, image_size: int,
 def _build_timm(name: str, num_classes: int, image_size: int, kwargs: Dict[str, Any],
                 feature_modules: Sequence[str]) -> nn.Module:
     import timm
+    from timm.layers import PatchEmbed
 
     check_external_name(TIMM_PREFIX + name)
     model = timm.create_model(name, pretrained=False, num_classes=num_classes, **kwargs)
     patch_embed = getattr(model, "patch_embed", None)
+    if patch_embed is None and isinstance(getattr(model, "stem", None), PatchEmbed):
+        patch_embed = model.stem   # MLP-Mixer, ResMLP, gMLP name their patch embedding `stem`
     fixed_size = getattr(patch_embed, "img_size", None)
     if fixed_size is not None and tuple(fixed_size) != (image_size, image_size) and "img_size" not in kwargs:
         # a ViT / Swin / Mixer built for 224 px: its position grid follows the data's image size

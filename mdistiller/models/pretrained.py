@@ -53,12 +53,12 @@ def torchvision_state_dict(spec: str) -> Dict[str, torch.Tensor]:
 
 
 def timm_state_dict(model_name: str) -> Dict[str, torch.Tensor]:
-    """The default pretrained weights of timm model ``model_name``, through timm's own download."""
+    """The pretrained weights of timm model ``model_name`` (its default tag, or the tag the name
+    carries: ``convnext_tiny.fb_in1k``), through timm's own download."""
     import timm
     from timm.models import load_state_dict_from_hf
 
-    config = timm.models.get_pretrained_cfg(model_name) if "." not in model_name else None
-    config = config or timm.models.get_pretrained_cfg(model_name.split(".")[0])
+    config = timm.models.get_pretrained_cfg(model_name)  # a tagged name (resnet50.a1_in1k) gives that tag
     hub_id = getattr(config, "hf_hub_id", None)
     if not hub_id:
         raise CheckpointError(f"timm has no pretrained weights for {model_name}: give a weights file instead.")
