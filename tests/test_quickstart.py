@@ -12,7 +12,7 @@ import yaml
 
 from conftest import REPO_ROOT
 from mdistiller.engine.cfg import build_cfg
-from mdistiller.errors import OutputDirError
+from mdistiller.errors import ConfigError, OutputDirError
 from mdistiller.experiments.runs import Summary
 
 sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
@@ -123,3 +123,25 @@ def test_hetero_demo_writes_a_table_per_direction_and_its_plots(tmp_path, torch_
             written.add(plot)
     assert set(os.listdir(out)) == written
     assert set(json.loads((out / quickstart.MANIFEST).read_text())) == written - {quickstart.MANIFEST}
+
+
+def test_hetero_methods_narrow_each_direction_and_an_unplanned_one_is_refused(tmp_path):
+    plan = tmp_path / "demo.yaml"
+    plan.write_text(yaml.safe_dump({"seeds": [3, 4], "directions": [
+        {"name": "cnn_vit", "title": "a", "teacher": "../teacher.yaml", "methods": ["NONE", "KD", "DEIT"]},
+        {"name": "vit_cnn", "title": "b", "teacher": "vit_teacher.yaml", "methods": ["NONE", "KD"]}]}))
+    seeds, directions = quickstart.load_hetero_plan(str(plan), None)
+    assert seeds == [3, 4] and [d.methods for d in directions] == [["NONE", "KD", "DEIT"], ["NONE", "KD"]]
+    assert directions[0].teacher_config == str(tmp_path.parent / "teacher.yaml")
+    assert directions[1].config_dir == str(tmp_path / "vit_cnn")
+    assert directions[1].run_name("KD", 4) == "vit_cnn_KD_seed4"
+    assert directions[1].plot_files() == ["accuracy_vit_cnn.png", "accuracy_bars_vit_cnn.png"]
+    _, directions = quickstart.load_hetero_plan(str(plan), "DEIT,NONE")
+    assert [(d.name, d.methods) for d in directions] == [("cnn_vit", ["NONE", "DEIT"]), ("vit_cnn", ["NONE"])]
+    _, directions = quickstart.load_hetero_plan(str(plan), "DEIT")
+    assert [(d.name, d.methods) for d in directions] == [("cnn_vit", ["DEIT"])]
+    with pytest.raises(ConfigError, match="--methods OFD is in no direction"):
+        quickstart.load_hetero_plan(str(plan), "KD,OFD")
+    with pytest.raises(ConfigError, match="--all is for the default demo"):
+        quickstart.main(["--hetero", "--all", "--out", str(tmp_path / "out")])
+    assert not (tmp_path / "out").exists()
