@@ -1,6 +1,7 @@
-# Quick start: `make demo` (train on the bundled digits data), `make demo-dense` (detection on generated
-# shapes), `make test` (the whole suite) and `make test-fast` (the unit tests of the math and the parts,
-# without the `slow` and `e2e` markers: about a minute on 2 CPU cores).
+# Quick start: `make demo` (train on the bundled digits data), `make demo-hetero` (the same across
+# architectures: CNN -> ViT, ViT -> CNN), `make demo-dense` (detection on generated shapes), `make test`
+# (the whole suite) and `make test-fast` (the unit tests of the math and the parts, without the `slow`
+# and `e2e` markers: about a minute on 2 CPU cores).
 # Each target creates the virtualenv .venv inside the clone on first use.
 
 PYTHON ?= python3
@@ -8,7 +9,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo demo-dense test test-fast test-full clean
+.PHONY: install demo demo-hetero demo-dense test test-fast test-full clean
 
 install: $(STAMP)
 
@@ -19,6 +20,9 @@ $(STAMP): requirements.txt requirements-test.txt
 
 demo: $(STAMP)
 	$(PY) tools/quickstart.py
+
+demo-hetero: $(STAMP)
+	$(PY) tools/quickstart.py --hetero
 
 demo-dense: $(STAMP)
 	$(PY) tools/quickstart_dense.py
@@ -34,4 +38,4 @@ test-full: $(STAMP)
 	MDISTILLER_E2E=full $(PY) -m pytest -q -m e2e
 
 clean:
-	rm -rf output/quickstart output/quickstart_dense .pytest_cache
+	rm -rf output/quickstart output/quickstart_hetero output/quickstart_dense .pytest_cache
