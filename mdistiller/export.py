@@ -175,10 +175,11 @@ def from_checkpoint(path: str) -> Tuple[nn.Module, Callable[[Tensor], Tensor], C
         return model, model, cfg, num_classes
     weights = _full_weights(state)
     student_only = not any(k.startswith("student.") for k in weights)
-    num_classes = checkpoint_num_classes(cfg, student_state_dict(state))
+    student_weights = student_state_dict(state)
+    num_classes = checkpoint_num_classes(cfg, student_weights)
     distiller = build_distiller(cfg, NUM_DATA_UNUSED, num_classes, teacher_weights=False)
     if student_only:
-        load_weights(distiller.student, student_state_dict(state), f"Checkpoint {path}")
+        load_weights(distiller.student, student_weights, f"Checkpoint {path}")
     else:
         load_weights(distiller, weights, f"Checkpoint {path}")
     distiller.eval()
