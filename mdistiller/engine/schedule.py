@@ -13,7 +13,8 @@ def learning_rate(epoch: int, solver: CN) -> float:
     """LR for `epoch`: MDistiller's step decay or cosine, after an optional linear warm-up.
 
     Step: `LR * LR_DECAY_RATE ** (number of LR_DECAY_STAGES below epoch)`. Cosine: from LR at the
-    end of warm-up down to MIN_LR at EPOCHS, `MIN_LR + (LR - MIN_LR) * (1 + cos(pi * progress)) / 2`. Warm-up: `LR * epoch / WARMUP_EPOCHS` for the first epochs.
+    end of warm-up down to MIN_LR at EPOCHS, `MIN_LR + (LR - MIN_LR) * (1 + cos(pi * progress)) / 2`.
+    Warm-up: `LR * epoch / WARMUP_EPOCHS` for the first epochs.
     """
     if solver.WARMUP_EPOCHS > 0 and epoch <= solver.WARMUP_EPOCHS:
         return solver.LR * epoch / solver.WARMUP_EPOCHS
