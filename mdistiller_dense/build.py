@@ -15,7 +15,7 @@ def build_dense_teacher(cfg: CN, num_classes: int, weights: bool = True):
     """The teacher (BatchNorm frozen in detectors) with DISTILLER.TEACHER_WEIGHTS loaded."""
     name = cfg.DISTILLER.TEACHER
     detector = parse_model_name(name)[0] in DETECTORS
-    teacher = build_dense_model(name, num_classes, cfg.MODEL, frozen_bn=True if detector else None)
+    teacher = build_dense_model(name, num_classes, cfg.MODEL, frozen_bn=True if detector else None, teacher=True)
     if weights:
         load_model_weights(teacher, cfg.DISTILLER.TEACHER_WEIGHTS, f"Teacher {name}")
     return teacher

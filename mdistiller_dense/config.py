@@ -67,6 +67,12 @@ DENSE_CFG.MODEL.TRAINABLE_BACKBONE_LAYERS = 3
 DENSE_CFG.MODEL.DETECTIONS_PER_IMAGE = 100
 DENSE_CFG.MODEL.AUX_LOSS = False          # segmenters: FCN head on layer3, weight AUX_WEIGHT
 DENSE_CFG.MODEL.AUX_WEIGHT = 0.4
+DENSE_CFG.MODEL.DCN_STAGES = []           # deformable 3x3 convs in these stages (2..5 = c2..c5) of the student /
+#                                           a model trained alone: [3, 4, 5] = mmdetection's dconv_c3-c5
+DENSE_CFG.MODEL.TEACHER_DCN_STAGES = []   # the same for the teacher (FreeKD / CanKD: X101-DCN teacher, plain R50)
+DENSE_CFG.MODEL.DEEP_STEM = False         # mmsegmentation's ResNetV1c stem (three 3x3 convs), teacher and student
+DENSE_CFG.MODEL.FPN_EXTRA = "output"      # FCOS / RetinaNet P6 from P5 (output: torchvision v1, mmdet FCOS)
+#                                           or from C5 (input: mmdetection's RetinaNet, torchvision v2)
 
 DENSE_CFG.DISTILLER = CN()
 DENSE_CFG.DISTILLER.TYPE = "NONE"
