@@ -26,8 +26,8 @@ def shapes(tmp_path_factory):
 
 
 def test_model_names():
-    assert parse_model_name("retinanet_resnet101_fpn") == ("retinanet", 101)
-    assert parse_model_name("deeplabv3_resnet18") == ("deeplabv3", 18)
+    assert parse_model_name("retinanet_resnet101_fpn") == ("retinanet", "resnet101")
+    assert parse_model_name("deeplabv3_resnet18") == ("deeplabv3", "resnet18")
     for bad in ("fcos_resnet152_fpn", "fcn_resnet50_fpn", "fcos_resnet50", "yolo_resnet18_fpn"):
         with pytest.raises(UnknownNameError):
             parse_model_name(bad)
