@@ -74,6 +74,14 @@ def test_detection_distiller_step(tmp_path, method):
     assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
 
 
+@pytest.mark.parametrize("method", ["CWD", "PKD"])
+def test_frequency_domain_step(tmp_path, method):
+    distiller, images, targets = _distiller(tmp_path, method, extra=[f"{method}.DOMAIN", "frequency",
+                                                                     f"{method}.DWT_LEVELS", "2"])
+    assert distiller.frequency
+    _check_step(distiller, images, targets)
+
+
 def test_both_backbones_see_the_students_transformed_batch(tmp_path):
     distiller, images, targets = _distiller(tmp_path, "PKD", extra=["MODEL.MIN_SIZE", "96", "MODEL.MAX_SIZE", "96"])
     seen = {}
