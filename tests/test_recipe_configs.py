@@ -85,7 +85,7 @@ def _load(path: str):
 
 
 def test_every_recipe_is_found_and_pending_ones_exist():
-    assert len(FILES) == 21 + 5 + 8 + 8 + 2  # + this change: 8 COCO (RepPoints, CanKD 2-GPU), 2 Cityscapes PSPNet
+    assert len(FILES) == 21 + 5 + 8 + 9 + 2 + 1  # + this change: 9 COCO (RepPoints, CanKD 2-GPU, AFPKD), 2 Cityscapes, shapes AFPKD
     assert PENDING <= {rel(p) for p in FILES}
 
 
