@@ -30,6 +30,8 @@ DENSE_CFG.SOLVER.FAST_TEACHER = False    # the teacher's backbone runs under hoo
 DENSE_CFG.SOLVER.GRAD_CLIP = 0.0         # max gradient norm; 0 = off (CanKD's detection recipe: 35)
 DENSE_CFG.SOLVER.WARMUP_ITERS = 0        # linear warm-up over the first iterations (mmdetection: 500)
 DENSE_CFG.SOLVER.WARMUP_RATIO = 0.001    # the warm-up's starting LR multiplier (mmdetection's warmup_ratio)
+DENSE_CFG.SOLVER.ITERS = 0               # > 0: a run of ITERS iterations (EPOCHS unused; mmsegmentation's 80k)
+DENSE_CFG.SOLVER.VAL_INTERVAL = 8000     # ITERS runs: validate and checkpoint every VAL_INTERVAL iterations
 DENSE_CFG.LOG.SAVE_CHECKPOINT_FREQ = 1000
 
 DENSE_CFG.DATASET = CN()

@@ -34,10 +34,11 @@ def save_teacher(cfg, num_classes: int = 4, seed: int = 0) -> torch.nn.Module:
     return teacher
 
 
-def save_initial_prompts(cfg, teacher: torch.nn.Module, channels: Sequence[int], indices: Sequence[int]) -> str:
-    """Stage 1's starting prompts written where stage 2 looks (stage 2 costs the same with them)."""
-    prompts = build_prompts(list(channels), cfg.FREEKD)
-    path = prompt_path(cfg, "FREEKD")
+def save_initial_prompts(cfg, teacher: torch.nn.Module, channels: Sequence[int], indices: Sequence[int],
+                         name: str = "FREEKD") -> str:
+    """Stage 1's starting prompts of method `name` written where stage 2 looks (stage 2 costs the same)."""
+    prompts = build_prompts(list(channels), cfg[name])
+    path = prompt_path(cfg, name)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_checkpoint(prompt_record(prompts, teacher, cfg, "FREEKD", list(indices)), path)
+    save_checkpoint(prompt_record(prompts, teacher, cfg, name, list(indices)), path)
     return path

@@ -11,7 +11,7 @@ from mdistiller_dense.distillers import DenseDistiller, dense_distiller_dict
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]
 
-DETECTION_METHODS = ["CWD", "PKD", "MGD", "FGD", "CANKD", "FREEKD"]
+DETECTION_METHODS = ["CWD", "PKD", "MGD", "FGD", "CANKD", "FREEKD", "AFPKD"]
 LEVELS_AT_64 = ["CANKD.LEVELS", "3"]  # 64 px images: the 4th FPN level is 1x1, below the 2x2 pool
 
 
@@ -28,11 +28,11 @@ def _distiller(tmp_path, method, student="fcos_resnet18_fpn", teacher="fcos_resn
     detection = student.endswith("_fpn")
     images, targets, num_classes = _batch(cfg, detection)
     saved = save_teacher(cfg, num_classes)
-    if method == "FREEKD":
+    if method in ("FREEKD", "AFPKD"):
         probe = build_dense_distiller(dense_cfg(tmp_path, "CWD", student, teacher, extra), num_classes)
-        n = cfg.FREEKD.NUM_STAGES
+        n = cfg[method].NUM_STAGES
         indices = list(range(len(probe.t_channels) - n, len(probe.t_channels)))
-        save_initial_prompts(cfg, saved, [probe.t_channels[i] for i in indices], indices)
+        save_initial_prompts(cfg, saved, [probe.t_channels[i] for i in indices], indices, method)
     torch.manual_seed(0)
     return build_dense_distiller(cfg, num_classes), images, targets
 
@@ -67,11 +67,30 @@ def test_detection_distiller_step(tmp_path, method):
     assert {"loss_classification", "loss_bbox_regression", "loss_bbox_ctrness"} <= set(losses)
     if method == "FREEKD":
         assert {"loss_feat", "loss_reg"} <= set(losses)
+    if method in ("FREEKD", "AFPKD"):       # stage 2: the prompts are frozen
         assert all(not p.requires_grad and p.grad is None for p in distiller.prompts.parameters())
     distiller.eval()
     with torch.no_grad():
         detections = distiller(image=images)
     assert len(detections) == 2 and set(detections[0]) == {"boxes", "scores", "labels"}
+
+
+@pytest.mark.parametrize("method", ["CWD", "PKD"])
+def test_frequency_domain_step(tmp_path, method):
+    distiller, images, targets = _distiller(tmp_path, method, extra=[f"{method}.DOMAIN", "frequency",
+                                                                     f"{method}.DWT_LEVELS", "2"])
+    assert distiller.frequency
+    _check_step(distiller, images, targets)
+
+
+def test_afpkd_fuses_the_fpn_levels_and_trains_exactly_student_and_its_modules(tmp_path):
+    distiller, images, targets = _distiller(tmp_path, "AFPKD", extra=LEVELS_AT_64)
+    assert len(distiller.abfs) == 5 and distiller.relation_t is not None
+    _check_step(distiller, images, targets)
+    learnable = {id(p) for p in distiller.get_learnable_parameters()}
+    own = {id(p) for m in (distiller.abfs, distiller.relation_t, distiller.relation_s) for p in m.parameters()}
+    student = {id(p) for p in distiller.student.parameters() if p.requires_grad}
+    assert learnable == student | own
 
 
 def test_both_backbones_see_the_students_transformed_batch(tmp_path):

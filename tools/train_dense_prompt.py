@@ -1,9 +1,10 @@
-"""Stage 1 of FreeKD on a detector / segmenter: learn the frequency prompts in the frozen teacher.
+"""Stage 1 of FreeKD (or AFPKD) on a detector / segmenter: learn the frequency prompts in the frozen teacher.
 
     python tools/train_dense_prompt.py --cfg configs/shapes/freekd.yaml [KEY VALUE ...]
     python tools/train_dense.py        --cfg configs/shapes/freekd.yaml [the same KEY VALUE ...]
 
-The prompts go to FREEKD.PROMPT_PATH (by default under <LOG.PREFIX>/<EXPERIMENT.PROJECT>/prompts/),
+The method is DISTILLER.TYPE when it is a prompt method (FREEKD, AFPKD), else FREEKD. The prompts go to
+<METHOD>.PROMPT_PATH (by default under <LOG.PREFIX>/<EXPERIMENT.PROJECT>/prompts/),
 where stage 2 finds them.
 """
 
@@ -16,6 +17,7 @@ import _path  # noqa: F401
 
 from mdistiller.cli import run_tool
 from mdistiller_dense.config import build_dense_cfg
+from mdistiller_dense.distillers import dense_distiller_dict
 from mdistiller_dense.prompt_learning import learn_dense_prompts
 
 
@@ -24,7 +26,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--cfg", type=str, default="", help="YAML config file of the stage-2 run")
     args, opts = parser.parse_known_args(list(sys.argv[1:] if argv is None else argv))
     cfg = build_dense_cfg(args.cfg, opts)
-    path = learn_dense_prompts(cfg, "FREEKD")
+    method = dense_distiller_dict[cfg.DISTILLER.TYPE]
+    path = learn_dense_prompts(cfg, cfg.DISTILLER.TYPE if "DENSE_PROMPTS" in method.stages else "FREEKD")
     print(f"Saved the prompts to {path}")
     print("Stage 2: " + " ".join(shlex.quote(a) for a in ["python", "tools/train_dense.py", "--cfg", args.cfg, *opts]))
 

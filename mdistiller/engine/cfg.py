@@ -106,6 +106,8 @@ CFG.SOLVER.EPOCHS = 240
 CFG.SOLVER.LR = 0.05
 CFG.SOLVER.LR_SCHEDULER = "step"
 CFG.SOLVER.MIN_LR = 0.0  # where the cosine schedule ends (timm's min_lr)
+CFG.SOLVER.POLY_POWER = 0.9  # LR_SCHEDULER poly: (LR - POLY_MIN_LR) * (1 - progress) ** POLY_POWER + POLY_MIN_LR
+CFG.SOLVER.POLY_MIN_LR = 0.0001  # mmsegmentation's schedules (min_lr=1e-4)
 CFG.SOLVER.LR_DECAY_STAGES = [150, 180, 210]
 CFG.SOLVER.LR_DECAY_RATE = 0.1
 CFG.SOLVER.WARMUP_EPOCHS = 0

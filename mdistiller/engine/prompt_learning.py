@@ -117,6 +117,8 @@ def prompt_learning_cfg(cfg: CN, name: str) -> CN:
     stage = cfg.clone()
     stage.defrost()
     stage.SOLVER.EPOCHS = section.PROMPT_EPOCHS
+    if "ITERS" in stage.SOLVER:  # the dense trainer's iteration-based runs: stage 1 counts epochs
+        stage.SOLVER.ITERS = 0
     stage.SOLVER.TYPE = "AdamW"
     stage.SOLVER.LR = section.PROMPT_LR
     stage.SOLVER.WEIGHT_DECAY = 0.0

@@ -121,7 +121,7 @@ class Trainer:
 
     # -- the loop -----------------------------------------------------------------------------
     def train(self, resume: Union[bool, str] = False) -> float:
-        """Train to SOLVER.EPOCHS; `resume` is True (this run's `latest`) or a checkpoint path.
+        """Train to SOLVER.EPOCHS (:attr:`num_epochs`); `resume` is True (this run's `latest`) or a checkpoint path.
 
         Raises TrainingStopped after saving `latest` when SIGINT or SIGTERM arrives.
         """
@@ -150,7 +150,7 @@ class Trainer:
             self.wandb_id = wandb_log.run_id
         try:
             with StopSignals(announce=self.is_main) as self.stop:
-                while epoch <= self.cfg.SOLVER.EPOCHS:
+                while epoch <= self.num_epochs:
                     signum = int(max_over_processes(self.stop.received or 0))  # one during validation or saving
                     if signum:
                         raise self.stopped(signum, epoch, 0)
@@ -191,19 +191,35 @@ class Trainer:
                                   "file system every machine sees.")
         return found
 
-    def train_epoch(self, epoch: int) -> Tuple[float, "OrderedDict[str, float]"]:
+    @property
+    def num_epochs(self) -> int:
+        """The epochs :meth:`train` runs (the dense trainer's ITERS runs: validation intervals)."""
+        return self.cfg.SOLVER.EPOCHS
+
+    def steps_in_epoch(self, epoch: int) -> int:
+        return len(self.train_loader)
+
+    def epoch_batches(self, epoch: int) -> Iterator:
+        """The batches of `epoch`, drawn from the RNG seeded for it (the sampler's epoch set)."""
         seed_everything(self.cfg.EXPERIMENT.SEED * 100_003 + epoch + 1_000_003 * rank())
         set_sampler_epoch(self.train_loader, epoch)
-        lr = learning_rate(epoch, self.cfg.SOLVER) * self.lr_scale
+        return iter(self.train_loader)
+
+    def epoch_learning_rate(self, epoch: int) -> float:
+        """The LR set at the start of `epoch` (and logged for it)."""
+        return learning_rate(epoch, self.cfg.SOLVER) * self.lr_scale
+
+    def train_epoch(self, epoch: int) -> Tuple[float, "OrderedDict[str, float]"]:
+        batches = self.epoch_batches(epoch)
+        lr = self.epoch_learning_rate(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         meters = self.new_meters()
         term_meters: Meters = {}
         self.skipped_steps = 0
         self.distiller.train()
-        batches = iter(self.train_loader)
         first_step = self.restore_progress(batches, meters, term_meters)
-        bar = tqdm(total=len(self.train_loader), initial=first_step, desc=f"Epoch {epoch}/{self.cfg.SOLVER.EPOCHS}",
+        bar = tqdm(total=self.steps_in_epoch(epoch), initial=first_step, desc=f"Epoch {epoch}/{self.num_epochs}",
                    disable=not self.cfg.LOG.PROGRESS_BAR or not self.is_main, dynamic_ncols=True, leave=False)
         images_seen, start = 0, time.perf_counter()
         for step, batch in enumerate(batches, start=first_step):
@@ -327,7 +343,7 @@ class Trainer:
         name = signal.Signals(signum).name
         if not os.path.isfile(os.path.join(self.run_dir, "latest")):
             return TrainingStopped(f"Stopped by {name} before the first checkpoint; nothing to resume.", 128 + signum)
-        where = f"epoch {epoch} step {step}/{len(self.train_loader)}" if step else f"the end of epoch {epoch - 1}"
+        where = f"epoch {epoch} step {step}/{self.steps_in_epoch(epoch)}" if step else f"the end of epoch {epoch - 1}"
         command = f"python tools/train.py --resume {self.run_dir}"
         if world_size() > 1:
             command = f"tools/train.py --resume {self.run_dir} under the same torchrun command"
@@ -463,7 +479,7 @@ class Trainer:
         kept = (f"'latest' in {self.run_dir} holds the last good state" if os.path.isfile(latest)
                 else "no checkpoint was written")
         raise NonFiniteLossError(
-            f"Non-finite loss {terms} at epoch {epoch} step {step + 1}/{len(self.train_loader)}; {kept}. "
+            f"Non-finite loss {terms} at epoch {epoch} step {step + 1}/{self.steps_in_epoch(epoch)}; {kept}. "
             "Lower SOLVER.LR or the loss weights, or turn off SOLVER.AMP, then resume with --resume; "
             "or set SOLVER.SKIP_NONFINITE True to skip such batches."
         )

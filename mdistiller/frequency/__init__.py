@@ -5,7 +5,7 @@ prompt, and the removal of the DC term."""
 from mdistiller.frequency.dc import remove_dc
 from mdistiller.frequency.fft_filter import (FrequencyAttention, SmoothedFrequencyAugmentation,
                                              centre_square_highpass_mask, gaussian_highpass_mask)
-from mdistiller.frequency.haar import haar_dwt2, haar_idwt2, haar_wavedec2, haar_waverec2
+from mdistiller.frequency.haar import haar_detail_channels, haar_dwt2, haar_idwt2, haar_wavedec2, haar_waverec2
 from mdistiller.frequency.prompt import (FrequencyBands, FrequencyPrompt, apply_masks, dice_diversity,
                                          mask_diversity, prompt_masks, soft_jaccard_diversity)
 
@@ -18,6 +18,7 @@ __all__ = [
     "centre_square_highpass_mask",
     "dice_diversity",
     "gaussian_highpass_mask",
+    "haar_detail_channels",
     "haar_dwt2",
     "haar_idwt2",
     "haar_wavedec2",

@@ -30,7 +30,8 @@ from torch import Tensor
 
 from mdistiller.frequency._layout import memory_format_of
 
-__all__ = ["Details", "haar_dwt2", "haar_idwt2", "haar_wavedec2", "haar_waverec2", "transform_dtype"]
+__all__ = ["Details", "haar_detail_channels", "haar_dwt2", "haar_idwt2", "haar_wavedec2", "haar_waverec2",
+           "transform_dtype"]
 
 Details = Tuple[Tensor, Tensor, Tensor]
 """(cH, cV, cD) of one level, each (..., h, w)."""
@@ -134,3 +135,14 @@ def haar_waverec2(coeffs: Sequence[Union[Tensor, Details]], size: Optional[Tuple
     if size is not None:
         approx = approx[..., : size[0], : size[1]]
     return approx
+
+
+def haar_detail_channels(x: Tensor, levels: int = 1) -> List[Tensor]:
+    """The high-frequency (detail) bands of an L-level DWT of a (B, C, H, W) map as channel maps.
+
+    Per level j = 1..L (finest first) one (B, 3C, h_j, w_j) map whose channel ``3c + o`` is
+    orientation o (cH, cV, cD, PyWavelets' order) of channel c: the form in which a channel-wise
+    method (CWD, PKD) runs on the high bands (FreeKD supplement B); the approximation is left out.
+    """
+    coeffs = haar_wavedec2(x, levels)
+    return [torch.stack(detail, dim=2).flatten(1, 2) for detail in reversed(coeffs[1:])]

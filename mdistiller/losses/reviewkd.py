@@ -64,19 +64,23 @@ class FusionHierarchy(nn.ModuleList):
     level, the only one without a deeper map) and is called ``child(x, residual, out_size)`` ->
     ``(output, fused)``, `residual` being the deeper child's fused map (None for child 0).
 
-    `forward(features)` takes the maps shallow level first and returns the outputs in the same order.
+    `forward(features)` takes the maps shallow level first and returns the outputs in the same order,
+    at the built `out_shapes` or, when given, at this call's `out_shapes` (dense maps, whose sizes
+    follow each batch's padded size).
     """
 
     def __init__(self, levels: Sequence[nn.Module], out_shapes: Sequence[Size]) -> None:
         super().__init__(levels)
         self.out_shapes = [_pair(s) for s in out_shapes]
 
-    def forward(self, features: Sequence[torch.Tensor]) -> List[torch.Tensor]:
+    def forward(self, features: Sequence[torch.Tensor], out_shapes: Optional[Sequence[Size]] = None
+                ) -> List[torch.Tensor]:
         if len(features) != len(self):
             raise ValueError(f"{type(self).__name__} built for {len(self)} levels got {len(features)} maps")
         outputs: List[torch.Tensor] = []
         residual = None
-        for level, feature, size in zip(self, reversed(features), reversed(self.out_shapes)):
+        shapes = self.out_shapes if out_shapes is None else [_pair(s) for s in out_shapes]
+        for level, feature, size in zip(self, reversed(features), reversed(shapes)):
             out, residual = level(feature, residual, size)
             outputs.insert(0, out)
         return outputs

@@ -15,7 +15,8 @@ from mdistiller_dense.hooks import FeatureCapture, as_levels, default_feature_mo
 from mdistiller_dense.models import DETECTORS, parse_model_name
 
 __all__ = ["DenseBatch", "DenseDistiller", "dense_distiller_dict", "dense_method_defaults",
-           "register_dense_distiller", "level_channels", "level_shapes", "align_convs", "select_levels"]
+           "register_dense_distiller", "level_channels", "level_shapes", "align_convs", "select_levels",
+           "DOMAINS", "check_domain"]
 
 dense_distiller_dict = Registry("dense distiller")
 dense_method_defaults: Dict[str, CN] = {}
@@ -69,6 +70,18 @@ def align_convs(s_channels: Sequence[int], t_channels: Sequence[int], bias: bool
     return nn.ModuleList(
         nn.Conv2d(cs, ct, kernel_size=1, bias=bias) if always or cs != ct else nn.Identity()
         for cs, ct in zip(s_channels, t_channels))
+
+
+DOMAINS = ("spatial", "frequency")
+
+
+def check_domain(section: CN, name: str) -> bool:
+    """Whether ``<name>.DOMAIN`` asks for the frequency domain; ConfigError unless it is one of DOMAINS."""
+    if section.DOMAIN not in DOMAINS:
+        raise ConfigError(f"{name}.DOMAIN must be one of {', '.join(DOMAINS)}, got '{section.DOMAIN}'.")
+    if section.DOMAIN == "frequency" and section.DWT_LEVELS < 1:
+        raise ConfigError(f"{name}.DWT_LEVELS must be at least 1 with DOMAIN frequency, got {section.DWT_LEVELS}.")
+    return section.DOMAIN == "frequency"
 
 
 class DenseDistiller(Distiller):
