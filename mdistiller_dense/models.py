@@ -4,7 +4,7 @@ Names: ``fcos_resnet{18,34,50,101}_fpn``, ``retinanet_resnet..._fpn``, ``fasterr
 (ResNet-FPN built as torchvision's ``*_resnet50_fpn`` builders do, so parameter names equal
 torchvision's and its COCO weights load), ``fcn_resnet...`` and ``deeplabv3_resnet...`` (output
 stride 8: the last two stages dilated 2 and 4, also for the BasicBlock depths 18 / 34 as in
-mmsegmentation's ResNetV1c-18 recipes).
+mmsegmentation's ResNetV1c-18 recipes), ``pspnet_resnet...`` (mdistiller_dense/pspnet.py).
 
 Weights are given as a string: ``""`` (random init), a checkpoint file path (a plain state dict,
 or a dict whose ``"model"`` entry is one: mdistiller's own files), or ``torchvision:<Enum>.<NAME>``
@@ -28,14 +28,16 @@ from torchvision.models.segmentation.deeplabv3 import DeepLabHead, DeepLabV3
 from torchvision.models.segmentation.fcn import FCN, FCNHead
 
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
-from mdistiller.errors import CheckpointError, UnknownNameError
+from mdistiller.errors import CheckpointError, ConfigError, UnknownNameError
 from mdistiller.models.pretrained import torchvision_state_dict
+from mdistiller_dense import pspnet
 
-__all__ = ["DETECTORS", "SEGMENTERS", "DEPTHS", "parse_model_name", "task_of", "build_detector", "build_segmenter",
+__all__ = ["DETECTORS", "SEGMENTERS", "HEAD_LAYOUTS", "DEPTHS", "parse_model_name", "task_of", "build_detector", "build_segmenter",
            "build_dense_model", "load_model_weights", "resnet_weights"]
 
 DETECTORS = ("fcos", "retinanet", "fasterrcnn")
-SEGMENTERS = ("fcn", "deeplabv3")
+SEGMENTERS = ("fcn", "deeplabv3", "pspnet")
+HEAD_LAYOUTS = ("torchvision", "mmseg")
 DEPTHS = {18: resnet.resnet18, 34: resnet.resnet34, 50: resnet.resnet50, 101: resnet.resnet101}
 NAME = re.compile(r"^(?P<kind>[a-z0-9]+)_resnet(?P<depth>\d+)(?P<fpn>_fpn)?$")
 TORCHVISION = "torchvision:"
@@ -139,11 +141,18 @@ def _dilate_basic_blocks(layer: nn.Sequential, dilation: int) -> None:
             block.downsample[0].stride = (1, 1)
 
 
-def build_segmenter(name: str, num_classes: int, backbone_weights: str = "", aux_loss: bool = False) -> nn.Module:
-    """torchvision FCN / DeepLabV3 on a dilated ResNet-``depth`` (output stride 8)."""
+def build_segmenter(name: str, num_classes: int, backbone_weights: str = "", aux_loss: bool = False,
+                    head_layout: str = "torchvision") -> nn.Module:
+    """torchvision FCN / DeepLabV3 or PSPNet on a dilated ResNet-``depth`` (output stride 8).
+
+    ``head_layout`` ``"mmseg"`` gives FCN / DeepLabV3 mmsegmentation's heads (mdistiller_dense/pspnet.py)
+    in place of torchvision's; PSPNet always has mmsegmentation's.
+    """
     kind, depth = parse_model_name(name)
     if kind not in SEGMENTERS:
         raise UnknownNameError(f"'{name}' is a detector, not a segmenter.")
+    if head_layout not in HEAD_LAYOUTS:
+        raise ConfigError(f"MODEL.SEG_HEAD_LAYOUT '{head_layout}' is unknown; use one of {', '.join(HEAD_LAYOUTS)}.")
     bottleneck = depth >= 50
     kwargs = {"replace_stride_with_dilation": [False, True, True]} if bottleneck else {}
     backbone = _resnet(depth, False, backbone_weights, **kwargs)
@@ -153,6 +162,13 @@ def build_segmenter(name: str, num_classes: int, backbone_weights: str = "", aux
     channels = 2048 if bottleneck else 512
     return_layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
     body = IntermediateLayerGetter(backbone, return_layers=return_layers)
+    if kind == "pspnet" or head_layout == "mmseg":
+        width, aux_width = pspnet.decode_channels(bottleneck)
+        aux = pspnet.FCNHead(channels // 2, aux_width, num_classes, num_convs=1, concat_input=False) if aux_loss else None
+        if kind == "pspnet":
+            return pspnet.PSPNet(body, pspnet.PSPHead(channels, width, num_classes), aux)
+        head = pspnet.FCNHead(channels, width, num_classes) if kind == "fcn" else pspnet.ASPPHead(channels, width, num_classes)
+        return (FCN if kind == "fcn" else DeepLabV3)(body, head, aux)
     aux = FCNHead(channels // 2, num_classes) if aux_loss else None
     if kind == "fcn":
         return FCN(body, FCNHead(channels, num_classes), aux)
@@ -166,4 +182,4 @@ def build_dense_model(name: str, num_classes: int, model_cfg, backbone_weights: 
         return build_detector(name, num_classes, model_cfg.MIN_SIZE, model_cfg.MAX_SIZE, backbone_weights,
                               model_cfg.TRAINABLE_BACKBONE_LAYERS, frozen_bn,
                               detections_per_img=model_cfg.DETECTIONS_PER_IMAGE)
-    return build_segmenter(name, num_classes, backbone_weights, model_cfg.AUX_LOSS)
+    return build_segmenter(name, num_classes, backbone_weights, model_cfg.AUX_LOSS, model_cfg.SEG_HEAD_LAYOUT)
