@@ -75,6 +75,7 @@ DENSE_CFG.MODEL.TEACHER_DCN_STAGES = []   # the same for the teacher (FreeKD / C
 DENSE_CFG.MODEL.DEEP_STEM = False         # mmsegmentation's ResNetV1c stem (three 3x3 convs), teacher and student
 DENSE_CFG.MODEL.FPN_EXTRA = "output"      # FCOS / RetinaNet P6 from P5 (output: torchvision v1, mmdet FCOS)
 #                                           or from C5 (input: mmdetection's RetinaNet, torchvision v2)
+DENSE_CFG.MODEL.SEG_HEAD_LAYOUT = "torchvision"  # or mmseg: fcn / deeplabv3 with mmsegmentation's FCNHead / ASPPHead
 
 DENSE_CFG.DISTILLER = CN()
 DENSE_CFG.DISTILLER.TYPE = "NONE"

@@ -4,10 +4,10 @@ Names: ``<kind>_<backbone>_fpn`` for the detectors ``fcos``, ``retinanet``, ``fa
 (ResNet-FPN built as torchvision's ``*_resnet50_fpn`` builders do, so parameter names equal
 torchvision's and its COCO weights load) and ``<kind>_<backbone>`` for the segmenters ``fcn``,
 ``deeplabv3`` (output stride 8: the last two stages dilated 2 and 4, also for the BasicBlock depths
-18 / 34 as in mmsegmentation's ResNetV1c-18 recipes). Backbones: ``resnet{18,34,50,101}``,
-``resnext101_32x4d``, ``resnext101_64x4d`` (mdistiller_dense.backbones), deformable in
-``MODEL.DCN_STAGES`` / ``MODEL.TEACHER_DCN_STAGES``, with mmsegmentation's deep stem under
-``MODEL.DEEP_STEM``.
+18 / 34 as in mmsegmentation's ResNetV1c-18 recipes) and ``pspnet`` (mdistiller_dense/pspnet.py).
+Backbones: ``resnet{18,34,50,101}``, ``resnext101_32x4d``, ``resnext101_64x4d``
+(mdistiller_dense.backbones), deformable in ``MODEL.DCN_STAGES`` / ``MODEL.TEACHER_DCN_STAGES``,
+with mmsegmentation's deep stem under ``MODEL.DEEP_STEM``.
 
 Weights are given as a string: ``""`` (random init), a checkpoint file path (a plain state dict,
 a dict whose ``"model"`` entry is one: mdistiller's own files, or an mmdetection / mmsegmentation
@@ -32,15 +32,17 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
 from mdistiller.errors import CheckpointError, ConfigError, UnknownNameError
 from mdistiller.models.pretrained import torchvision_state_dict
+from mdistiller_dense import pspnet
 from mdistiller_dense.convert import convert_mm_state_dict, is_mm_checkpoint
 from mdistiller_dense.backbones import (BACKBONES, TORCHVISION, backbone_of, build_resnet_backbone, is_bottleneck,
                                         resnet_weights)
 
-__all__ = ["DETECTORS", "SEGMENTERS", "BACKBONES", "parse_model_name", "task_of", "build_detector",
+__all__ = ["DETECTORS", "SEGMENTERS", "BACKBONES", "HEAD_LAYOUTS", "parse_model_name", "task_of", "build_detector",
            "build_segmenter", "build_dense_model", "load_model_weights", "resnet_weights"]
 
 DETECTORS = ("fcos", "retinanet", "fasterrcnn")
-SEGMENTERS = ("fcn", "deeplabv3")
+SEGMENTERS = ("fcn", "deeplabv3", "pspnet")
+HEAD_LAYOUTS = ("torchvision", "mmseg")
 FPN_EXTRA = ("output", "input")
 
 
@@ -142,11 +144,18 @@ def _dilate_basic_blocks(layer: nn.Sequential, dilation: int) -> None:
 
 
 def build_segmenter(name: str, num_classes: int, backbone_weights: str = "", aux_loss: bool = False,
-                    dcn_stages: Sequence[int] = (), deep_stem: bool = False) -> nn.Module:
-    """torchvision FCN / DeepLabV3 on a dilated ResNet / ResNeXt (output stride 8)."""
+                    dcn_stages: Sequence[int] = (), deep_stem: bool = False,
+                    head_layout: str = "torchvision") -> nn.Module:
+    """torchvision FCN / DeepLabV3 or PSPNet on a dilated ResNet / ResNeXt (output stride 8).
+
+    ``head_layout`` ``"mmseg"`` gives FCN / DeepLabV3 mmsegmentation's heads (mdistiller_dense/pspnet.py)
+    in place of torchvision's; PSPNet always has mmsegmentation's.
+    """
     kind, backbone_name = parse_model_name(name)
     if kind not in SEGMENTERS:
         raise UnknownNameError(f"'{name}' is a detector, not a segmenter.")
+    if head_layout not in HEAD_LAYOUTS:
+        raise ConfigError(f"MODEL.SEG_HEAD_LAYOUT '{head_layout}' is unknown; use one of {', '.join(HEAD_LAYOUTS)}.")
     bottleneck = is_bottleneck(backbone_name)
     kwargs = {"replace_stride_with_dilation": [False, True, True]} if bottleneck else {}
     backbone = _resnet(backbone_name, False, backbone_weights, dcn_stages, deep_stem, **kwargs)
@@ -156,6 +165,13 @@ def build_segmenter(name: str, num_classes: int, backbone_weights: str = "", aux
     channels = 2048 if bottleneck else 512
     return_layers = {"layer4": "out", "layer3": "aux"} if aux_loss else {"layer4": "out"}
     body = IntermediateLayerGetter(backbone, return_layers=return_layers)
+    if kind == "pspnet" or head_layout == "mmseg":
+        width, aux_width = pspnet.decode_channels(bottleneck)
+        aux = pspnet.FCNHead(channels // 2, aux_width, num_classes, num_convs=1, concat_input=False) if aux_loss else None
+        if kind == "pspnet":
+            return pspnet.PSPNet(body, pspnet.PSPHead(channels, width, num_classes), aux)
+        head = pspnet.FCNHead(channels, width, num_classes) if kind == "fcn" else pspnet.ASPPHead(channels, width, num_classes)
+        return (FCN if kind == "fcn" else DeepLabV3)(body, head, aux)
     aux = FCNHead(channels // 2, num_classes) if aux_loss else None
     if kind == "fcn":
         return FCN(body, FCNHead(channels, num_classes), aux)
@@ -171,4 +187,5 @@ def build_dense_model(name: str, num_classes: int, model_cfg, backbone_weights: 
         return build_detector(name, num_classes, model_cfg.MIN_SIZE, model_cfg.MAX_SIZE, backbone_weights,
                               model_cfg.TRAINABLE_BACKBONE_LAYERS, frozen_bn, dcn_stages, model_cfg.DEEP_STEM,
                               model_cfg.FPN_EXTRA, detections_per_img=model_cfg.DETECTIONS_PER_IMAGE)
-    return build_segmenter(name, num_classes, backbone_weights, model_cfg.AUX_LOSS, dcn_stages, model_cfg.DEEP_STEM)
+    return build_segmenter(name, num_classes, backbone_weights, model_cfg.AUX_LOSS, dcn_stages, model_cfg.DEEP_STEM,
+                           model_cfg.SEG_HEAD_LAYOUT)

@@ -137,3 +137,13 @@ def test_fgd_refuses_segmenters_and_registry_is_complete(tmp_path):
 
     with pytest.raises(ConfigError, match="detector"):
         _distiller(tmp_path, "FGD", "fcn_resnet18", "fcn_resnet18")
+
+
+@pytest.mark.parametrize("method,teacher_depth", [("FREEKD", 50), ("CWD", 50), ("CANKD", 34), ("MGD", 34)])
+def test_pspnet_pair_distiller_step(tmp_path, method, teacher_depth):
+    """The methods tap the decode input (backbone.layer4) of a PSPNet pair as of DeepLabV3; the aux loss stays."""
+    extra = ["FREEKD.NUM_STAGES", "1", "CANKD.LEVELS", "1", "MODEL.AUX_LOSS", "True"]
+    distiller, images, targets = _distiller(tmp_path, method, "pspnet_resnet18", f"pspnet_resnet{teacher_depth}", extra)
+    assert distiller.s_channels == [512] and distiller.t_channels == [2048 if teacher_depth == 50 else 512]
+    losses = _check_step(distiller, images, targets)
+    assert {"loss_seg", "loss_aux"} <= set(losses)
