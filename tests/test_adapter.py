@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from mdistiller.errors import IncompatibleModelError, UnknownNameError
-from mdistiller.models.adapter import evenly_spaced, tokens_to_map
+from mdistiller.models.adapter import evenly_spaced, is_channels_last, tokens_to_map
 from mdistiller.models.external import build_external_model, is_external_name
 
 TINY_VIT = dict(patch_size=4, embed_dim=48, depth=4, num_heads=3)
@@ -52,7 +52,7 @@ def test_tokens_to_map_drops_prefix_and_reads_row_major(prefix):
 
 
 def test_tokens_to_map_refuses_a_non_square_grid():
-    with pytest.raises(ValueError, match="square grid"):
+    with pytest.raises(IncompatibleModelError, match="square grid"):
         tokens_to_map(torch.randn(1, 1 + 12, 4), 1)
 
 
@@ -203,3 +203,50 @@ def test_a_timm_mixer_follows_the_image_size():
     logits, feats = model(torch.randn(2, 3, 32, 32))
     assert logits.shape == (2, 10) and model.model.stem.img_size == (32, 32)
     assert [tuple(f.shape) for f in feats["feats"]] == [(2, 128, 2, 2)] * 4
+
+
+def test_channels_last_is_read_from_a_square_grid_and_the_hint_only_where_ambiguous():
+    assert is_channels_last((2, 8, 8, 24)) and not is_channels_last((2, 24, 8, 8))
+    assert is_channels_last((2, 1, 1, 64), hint=False) and not is_channels_last((2, 64, 1, 1), hint=True)
+    assert is_channels_last((2, 8, 8, 8), hint=True) and not is_channels_last((2, 8, 8, 8), hint=False)
+
+
+SWIN_KWARGS = dict(window_size=2, embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1))
+
+
+def test_named_swin_taps_are_detected_as_channels_last():
+    """timm's Swin stages give (N, H, W, C); hooked by name they come out NCHW with Swin's widths."""
+    model = build_external_model("timm:swin_tiny_patch4_window7_224", 10, 32, SWIN_KWARGS,
+                                 feature_modules=[f"layers.{i}" for i in range(4)])
+    assert model.get_stage_channels() == [8, 16, 32, 64]
+    image = torch.randn(2, 3, 32, 32)
+    _, feats = model(image)
+    with torch.no_grad():
+        x = model.model.patch_embed(image)
+        x = model.model.layers[0](x)
+    torch.testing.assert_close(feats["feats"][0], x.permute(0, 3, 1, 2))
+    assert [tuple(f.shape[2:]) for f in feats["feats"]] == [(8, 8), (4, 4), (2, 2), (1, 1)]
+
+
+@pytest.mark.parametrize("name,kwargs,size,shapes", [
+    ("timm:cait_xxs24_224", dict(patch_size=4, embed_dim=16, depth=2, depth_token_only=1, num_heads=2), 32,
+     [(16, 8, 8), (16, 8, 8)]),
+    ("timm:xcit_nano_12_p16_224", dict(patch_size=8, embed_dim=16, depth=2, num_heads=2, cls_attn_layers=1), 32,
+     [(16, 4, 4), (16, 4, 4)]),
+    ("timm:levit_128s", dict(embed_dim=(16, 24, 32), key_dim=8, num_heads=(1, 1, 1), depth=(1, 1, 1)), 64,
+     [(16, 4, 4), (24, 2, 2), (32, 1, 1)]),
+])
+def test_cait_xcit_and_levit_give_maps_and_logits(name, kwargs, size, shapes):
+    """CaiT / XCiT join their class token after the tapped blocks (no prefix taps); LeViT's attention
+    biases follow img_size and its distilled heads are averaged on the pooled vector."""
+    model = build_external_model(name, 10, size, kwargs)
+    logits, feats = model(torch.randn(2, 3, size, size))
+    assert [tuple(f.shape[1:]) for f in feats["feats"]] == shapes
+    assert logits.shape == (2, 10) and "prefix" not in feats
+
+
+def test_a_model_that_cannot_run_at_the_size_is_refused_in_one_line():
+    with pytest.raises(IncompatibleModelError, match="does not run at 64 px.*DATASET.IMAGE_SIZE to 224") as refused:
+        build_external_model("timm:efficientformer_l1", 10, 64,
+                             dict(depths=(1, 1, 1, 1), embed_dims=(8, 16, 24, 32), num_vit=1))
+    assert "\n" not in str(refused.value)

@@ -303,3 +303,36 @@ def test_imagenet_configs_load(path, method, teacher, student):
     else:
         assert (cfg.SOLVER.BATCH_SIZE, cfg.SOLVER.LR) == (512, 0.2)
     assert not math.isnan(cfg.SOLVER.LR)
+
+
+@pytest.mark.parametrize("s_hw,t_hw", [((2, 2), (8, 8)), ((4, 8), (8, 4))])
+def test_fitnet_pools_a_pair_its_regressor_cannot_bridge(s_hw, t_hw):
+    """A student map 4x smaller than the teacher's, or larger on one side and smaller on the other:
+    both maps average-pooled to the common (smaller) size, then the regressor (a 1x1 conv) and MSE."""
+    from mdistiller.distillers.fitnet import FitNet
+    from mdistiller.engine.cfg import build_cfg
+
+    class Maps(torch.nn.Module):
+        def __init__(self, channels, hw):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, channels, 1)
+            self.hw = hw
+            self.fc = torch.nn.Linear(channels, 10)
+
+        def forward(self, x):
+            f = torch.nn.functional.adaptive_avg_pool2d(self.conv(x), self.hw)
+            return self.fc(f.mean((2, 3))), {"feats": [f, f, f], "pooled_feat": f.mean((2, 3))}
+
+    torch.manual_seed(0)
+    student, teacher = Maps(4, s_hw), Maps(6, t_hw)
+    cfg = build_cfg(None, ["DISTILLER.TYPE=FITNET", "DATASET.IMAGE_SIZE=16"])
+    distiller = FitNet(student, teacher, cfg)
+    size = (min(s_hw[0], t_hw[0]), min(s_hw[1], t_hw[1]))
+    assert distiller.conv_reg.conv.kernel_size == (1, 1)
+    image = torch.randn(2, 3, 16, 16)
+    _, losses = distiller(image=image, target=torch.tensor([0, 1]))
+    with torch.no_grad():
+        f_s = torch.nn.functional.adaptive_avg_pool2d(student(image)[1]["feats"][2], size)
+        f_t = torch.nn.functional.adaptive_avg_pool2d(teacher(image)[1]["feats"][2], size)
+        expected = ((distiller.conv_reg(f_s) - f_t) ** 2).mean() * cfg.FITNET.LOSS.FEAT_WEIGHT
+    torch.testing.assert_close(losses["loss_kd"], expected)

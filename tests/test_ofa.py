@@ -139,7 +139,8 @@ def test_cifar_resnet_student_branches_downsample_to_the_last_stage():
 
 def test_token_branch_reads_the_class_token_and_merges_only_patch_tokens():
     torch.manual_seed(0)
-    branch = TokenBranch(stage=2, in_channels=8, side=8, width=8, num_classes=5, final_grid=4, num_heads=2).eval()
+    sizes = dict(stage=2, in_channels=8, side=8, width=8, num_classes=5, final_grid=4, num_heads=2)
+    branch = TokenBranch(**sizes, with_prefix=True).eval()
     feature, prefix = torch.randn(2, 8, 8, 8), torch.randn(2, 2, 8)  # class + distillation tokens
     out = branch(feature, prefix)
     assert out.shape == (2, 5)
@@ -147,9 +148,34 @@ def test_token_branch_reads_the_class_token_and_merges_only_patch_tokens():
     changed_cls[:, 0] += 1.0
     assert not torch.allclose(branch(feature, changed_cls), out)
     # without prefix tokens the readout is the mean over the blocks' output tokens
+    branch = TokenBranch(**sizes).eval()
     tokens = branch.merge(feature.permute(0, 2, 3, 1)).flatten(1, 2)
     expected = branch.fc(branch.blocks(tokens).mean(dim=1))
     assert torch.allclose(branch(feature), expected)
+
+
+def vit_block_parameters(d: int) -> int:
+    """timm's ViT Block at mlp_ratio 4, no qkv bias: two LayerNorms (4d), qkv (3d^2), proj (d^2 + d),
+    fc1 (4d^2 + 4d), fc2 (4d^2 + d)."""
+    return 12 * d * d + 10 * d
+
+
+def test_swin_student_branches_have_no_idle_parameter_and_the_counted_size():
+    """A Swin student has no prefix tokens: every branch parameter must get a gradient (DDP with
+    find_unused_parameters=False waits for any that does not). Tiny Swin at 32 px, FINAL_GRID 7:
+    stages (24, 8x8), (48, 4x4), (96, 2x2), (192, 1x1), D_s = 192; no stage is over 7 on a side twice,
+    so no merging: a linear map widens stages 1-3 to 192, stage 4 is as wide already; 3, 2, 1, 1
+    blocks; a 192 -> 10 classifier each."""
+    student, teacher = tiny("swin", 10), cifar_model_dict["resnet8"][0](num_classes=10)
+    distiller = build_ofa(student, teacher)
+    image, target = torch.randn(2, 3, SIZE, SIZE), torch.tensor([1, 7])
+    train_step(distiller, {"image": image, "target": target})
+    idle = [name for name, p in distiller.named_parameters() if p.requires_grad and p.grad is None]
+    assert idle == []
+    d = 192
+    widen = sum(c * d + d for c in (24, 48, 96))
+    expected = widen + (3 + 2 + 1 + 1) * vit_block_parameters(d) + 4 * (d * 10 + 10)
+    assert sum(p.numel() for p in distiller.branches.parameters()) == expected
 
 
 def test_patch_merging_concatenates_each_two_by_two_cell():
@@ -198,3 +224,33 @@ def test_bad_settings_are_refused_with_the_fix(opts, match):
     student, teacher = cifar_model_dict["resnet8"][0](num_classes=10), cifar_model_dict["resnet8"][0](num_classes=10)
     with pytest.raises(ConfigError, match=match):
         build_ofa(student, teacher, *opts)
+
+
+def test_swin_p_branches_at_224_are_as_large_as_the_authors():
+    """configs/cifar100/hetero/convnext_t_swin_p/ofa.yaml, built on the meta device: the branches
+    the authors' distillers/ofa.py builds for Swin-P (stages (48, 56x56), (96, 28x28), (192, 14x14),
+    (384, 7x7), D_s = 384, 100 classes), counted from their layers: patch mergings of
+    LayerNorm(4c) + a bias-free 4c -> 384 linear, 3 / 2 / 1 / 1 blocks, a classifier each."""
+    from mdistiller.models.external import build_external_model
+
+    cfg = build_cfg("configs/cifar100/hetero/convnext_t_swin_p/ofa.yaml")
+    kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.MODEL.STUDENT_KWARGS.items()}
+    with torch.device("meta"):
+        student = build_external_model(cfg.DISTILLER.STUDENT, 100, cfg.DATASET.IMAGE_SIZE, kwargs)
+        teacher = build_external_model(cfg.DISTILLER.TEACHER, 100, cfg.DATASET.IMAGE_SIZE)
+        distiller = distiller_dict["OFA"](student, teacher, cfg, num_classes=100, num_data=8)
+    d = 384
+
+    def merging(c: int) -> int:
+        return 2 * 4 * c + 4 * c * d
+
+    fc = d * 100 + 100
+    expected = {
+        "1": merging(48) + 2 * merging(d) + 3 * vit_block_parameters(d) + fc,
+        "2": merging(96) + merging(d) + 2 * vit_block_parameters(d) + fc,
+        "3": merging(192) + vit_block_parameters(d) + fc,
+        "4": vit_block_parameters(d) + fc,
+    }
+    counted = {stage: sum(p.numel() for p in branch.parameters()) for stage, branch in distiller.branches.items()}
+    assert counted == expected
+    assert sum(counted.values()) == 14_864_656  # docs/methods/ofa.md

@@ -8,6 +8,7 @@ from mdistiller.distillers._feature import FeatureDistiller, loss_weights
 from mdistiller.distillers.feature_shapes import feature_shapes, probe_image_size
 from mdistiller.errors import ConfigError
 from mdistiller.losses.fitnet import ConvReg
+from mdistiller.losses.spatial import common_size, pool_to_size
 
 FITNET_DEFAULTS = CN()
 FITNET_DEFAULTS.HINT_LAYER = 2  # an index into feats: 0 (stem) .. the last stage
@@ -21,6 +22,9 @@ class FitNet(FeatureDistiller):
 
     `conv_reg` (a :class:`~mdistiller.losses.fitnet.ConvReg`) is sized from a probe forward at
     DATASET.IMAGE_SIZE; FITNET.INPUT_SIZE is MDistiller's key for that size, kept for its YAML files.
+    A pair ConvReg cannot bridge (the student's map smaller than the teacher's by more than 2x, or
+    larger in one side and smaller in the other) has both maps average-pooled to their common size
+    first, the larger one down (heterogeneous pairs; the zoo's pairs are bridged as MDistiller does).
     """
 
     cfg_section = "FITNET"
@@ -36,8 +40,21 @@ class FitNet(FeatureDistiller):
                 f"FITNET.HINT_LAYER {self.hint_layer} is out of range: {cfg.DISTILLER.STUDENT} has "
                 f"{len(s_shapes)} feature maps, {cfg.DISTILLER.TEACHER} {len(t_shapes)} (0 is the stem)."
             )
-        self.conv_reg = ConvReg(s_shapes[self.hint_layer], t_shapes[self.hint_layer])
+        s_shape, t_shape = list(s_shapes[self.hint_layer]), list(t_shapes[self.hint_layer])
+        self.pool_size = None if bridgeable(s_shape, t_shape) else common_size(s_shape, t_shape)
+        if self.pool_size is not None:
+            s_shape[-2:] = t_shape[-2:] = self.pool_size
+        self.conv_reg = ConvReg(s_shape, t_shape)
 
     def feature_loss(self, feature_student, feature_teacher):
-        f_s = self.conv_reg(feature_student["feats"][self.hint_layer])
-        return F.mse_loss(f_s, feature_teacher["feats"][self.hint_layer])
+        f_s, f_t = feature_student["feats"][self.hint_layer], feature_teacher["feats"][self.hint_layer]
+        if self.pool_size is not None:
+            f_s, f_t = pool_to_size(f_s, self.pool_size), pool_to_size(f_t, self.pool_size)
+        return F.mse_loss(self.conv_reg(f_s), f_t)
+
+
+def bridgeable(s_shape, t_shape) -> bool:
+    """Whether ConvReg maps the student's (h, w) exactly onto the teacher's: twice or half in both
+    sides, or at least as large in both."""
+    (s_h, s_w), (t_h, t_w) = s_shape[-2:], t_shape[-2:]
+    return (s_h, s_w) == (2 * t_h, 2 * t_w) or (2 * s_h, 2 * s_w) == (t_h, t_w) or (s_h >= t_h and s_w >= t_w)

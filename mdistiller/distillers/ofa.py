@@ -115,12 +115,15 @@ class TokenBranch(nn.Module):
     to a linear classifier.
 
     Prefix tokens (class, distillation, register) bypass the merging and rejoin the patch tokens
-    before the blocks (the authors' code merged them with the patches and crashed on DeiT). Where no
-    merging happens and the stage is narrower than ``width``, a linear map widens the tokens.
+    before the blocks (the authors' code merged them with the patches and crashed on DeiT); with
+    ``with_prefix`` (the student has them) a linear map widens them when the stage is narrower than
+    ``width``. Without prefix tokens no such map is built: a parameter no loss reaches would stop
+    DDP (``find_unused_parameters=False``) at its second step. Where no merging happens and the stage
+    is narrower than ``width``, a linear map widens the patch tokens.
     """
 
     def __init__(self, stage: int, in_channels: int, side: int, width: int, num_classes: int,
-                 final_grid: int, num_heads: int) -> None:
+                 final_grid: int, num_heads: int, with_prefix: bool = False) -> None:
         super().__init__()
         merges = max(int(math.floor(math.log2(side / final_grid))), 0) if side > final_grid else 0
         if merges:
@@ -131,7 +134,9 @@ class TokenBranch(nn.Module):
             ])
         else:
             self.merge = nn.Linear(in_channels, width) if in_channels != width else nn.Identity()
-        self.prefix_proj = nn.Linear(in_channels, width) if in_channels != width else nn.Identity()
+        self.with_prefix = with_prefix
+        if with_prefix:
+            self.prefix_proj = nn.Linear(in_channels, width) if in_channels != width else nn.Identity()
         from timm.models.vision_transformer import Block  # timm loads only when a token branch is built
 
         self.blocks = nn.Sequential(*[Block(dim=width, num_heads=num_heads)
@@ -141,10 +146,10 @@ class TokenBranch(nn.Module):
     def forward(self, feature: Tensor, prefix: Optional[Tensor] = None) -> Tensor:
         grid = feature.permute(0, 2, 3, 1)  # (N, H, W, C), row-major like the token sequence
         tokens = self.merge(grid).flatten(1, 2)
-        if prefix is not None:
+        if self.with_prefix:
             tokens = torch.cat([self.prefix_proj(prefix), tokens], dim=1)
         tokens = self.blocks(tokens)
-        readout = tokens[:, 0] if prefix is not None else tokens.mean(dim=1)
+        readout = tokens[:, 0] if self.with_prefix else tokens.mean(dim=1)
         return self.fc(readout)
 
 
@@ -233,10 +238,11 @@ class OFA(Distiller):
                 "pick a divisor of it."
             )
         branches = {}
-        for stage, (feature, _) in zip(self.stages, stage_taps(s_feats, self.stages)):
+        for stage, (feature, prefix) in zip(self.stages, stage_taps(s_feats, self.stages)):
             if token:
                 branches[str(stage)] = TokenBranch(stage, feature.shape[1], feature.shape[2], d_s, num_classes,
-                                                   section.TOKEN.FINAL_GRID, section.TOKEN.NUM_HEADS)
+                                                   section.TOKEN.FINAL_GRID, section.TOKEN.NUM_HEADS,
+                                                   with_prefix=prefix is not None)
             else:
                 branches[str(stage)] = ConvBranch(stage, feature.shape[1], max(d_s, d_t), num_classes)
         self.branches = nn.ModuleDict(branches)

@@ -7,17 +7,20 @@ Every model of the zoo returns ``logits, feats = model(x)`` with ``feats["feats"
 - :class:`TimmFeatureModel` calls timm's ``forward_intermediates`` once (stage maps in NCHW, prefix
   tokens dropped, Swin's NHWC already permuted by timm) and ``forward_head`` on its final output, for
   the logits and, with ``pre_logits=True``, the pooled vector: one forward pass gives all three.
+  CaiT and XCiT add their class token after the tapped blocks: their taps have no prefix tokens.
 - :class:`HookedFeatureModel` runs the model's own ``forward`` and records the outputs of named
   modules with forward hooks (torchvision models, or any timm model without
   ``forward_intermediates``), and the classifier's input with a pre-hook on its last linear layer.
   A token sequence (N, L, C) becomes a map by dropping the prefix tokens (class, distillation,
-  register) and reshaping the rest row-major to its square grid; an NHWC map is permuted.
+  register) and reshaping the rest row-major to its square grid; an NHWC map (timm's and
+  torchvision's Swin) is detected from the probe's shapes and permuted.
 
 What a model of another kind cannot give — pre-activation maps, the BatchNorm before each stage's
 ReLU — raises :class:`~mdistiller.errors.IncompatibleModelError` naming what is missing, so a
 method that needs it refuses at build time in one line.
 """
 
+import inspect
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -26,7 +29,7 @@ from torch import Tensor, nn
 
 from mdistiller.errors import IncompatibleModelError
 
-__all__ = ["TimmFeatureModel", "HookedFeatureModel", "tokens_to_map", "evenly_spaced"]
+__all__ = ["TimmFeatureModel", "HookedFeatureModel", "tokens_to_map", "evenly_spaced", "is_channels_last"]
 
 
 def evenly_spaced(count: int, taps: int = 4) -> List[int]:
@@ -50,12 +53,24 @@ def tokens_to_map(tokens: Tensor, num_prefix_tokens: Optional[int] = None) -> Te
         num_prefix_tokens = length - math.isqrt(length) ** 2
     side = math.isqrt(length - num_prefix_tokens)
     if side * side != length - num_prefix_tokens:
-        raise ValueError(
+        raise IncompatibleModelError(
             f"{length - num_prefix_tokens} patch tokens do not form a square grid; "
             "name the taps of a non-square model with MODEL.STUDENT_FEATURES / MODEL.TEACHER_FEATURES"
         )
     grid = tokens[:, num_prefix_tokens:, :].reshape(n, side, side, channels)
     return grid.permute(0, 3, 1, 2)
+
+
+def is_channels_last(shape: Sequence[int], hint: bool = False) -> bool:
+    """Whether a 4-D tap of ``shape`` is (N, H, W, C), from a square image's square grid: (N, A, A, C)
+    with C != A is channels-last, (N, C, A, A) with C != A channels-first; where both read the same
+    (C == A, or no two sizes equal) ``hint`` decides (timm's ``output_fmt``, torchvision's Swin)."""
+    _, a, b, c = shape
+    if a == b != c:
+        return True
+    if b == c != a:
+        return False
+    return hint
 
 
 class _AdaptedModel(nn.Module):
@@ -81,9 +96,17 @@ class _AdaptedModel(nn.Module):
         """Record the stage channels from one forward pass on a zero image (no gradient)."""
         was_training = self.training
         self.eval()
-        with torch.no_grad():
-            _, feats = self(torch.zeros(1, 3, image_size, image_size))
-        self.train(was_training)
+        try:
+            with torch.no_grad():
+                _, feats = self(torch.zeros(1, 3, image_size, image_size))
+        except RuntimeError as err:  # sizes fixed at construction (EfficientFormer's 7x7 attention biases)
+            default = getattr(self.model, "pretrained_cfg", {}).get("input_size", (0, "its own"))[-1]
+            raise IncompatibleModelError(
+                f"{self.name} does not run at {image_size} px ({str(err).splitlines()[0]}): set "
+                f"DATASET.IMAGE_SIZE to {default}, or pick a model that takes this size"
+            ) from err
+        finally:
+            self.train(was_training)
         self.stage_channels = [f.shape[1] for f in feats["feats"]]
 
 
@@ -104,13 +127,16 @@ class TimmFeatureModel(_AdaptedModel):
             num_taps = len(model.feature_info)
             indices = evenly_spaced(num_taps) if per_block_model(model) else list(range(num_taps))[-4:]
         self.indices = list(indices)
+        # CaiT / XCiT: class token joined after the tapped blocks, forward_intermediates cannot return it
+        self.prefix_taps = getattr(model, "num_prefix_tokens", 0) > 0 and \
+            "return_prefix_tokens" in inspect.signature(model.forward_intermediates).parameters
         self.probe(image_size)
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
         """``feats`` also holds ``"prefix"`` (per tap, the (N, P, C) class / distillation / register
         tokens) for a model with prefix tokens, and ``"head_logits"`` (class-token head,
         distillation-token head) for a DeiT distilled model, whose ``logits`` are their average."""
-        with_prefix = getattr(self.model, "num_prefix_tokens", 0) > 0
+        with_prefix = self.prefix_taps
         if with_prefix:
             final, taps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW",
                                                            return_prefix_tokens=True)
@@ -121,11 +147,13 @@ class TimmFeatureModel(_AdaptedModel):
         feats: Dict[str, object] = {"feats": list(maps), "pooled_feat": pooled}
         if with_prefix:
             feats["prefix"] = prefix
-        if hasattr(self.model, "head_dist"):  # DeiT distilled: token 0 -> head, token 1 -> head_dist
+        if hasattr(self.model, "dist_token"):  # DeiT distilled: token 0 -> head, token 1 -> head_dist
             cls_logits = self.model.head(self.model.head_drop(final[:, 0]))
             dist_logits = self.model.head_dist(self.model.head_drop(final[:, 1]))
             feats["head_logits"] = (cls_logits, dist_logits)
             logits = (cls_logits + dist_logits) / 2
+        elif hasattr(self.model, "head_dist"):  # LeViT distilled: both heads on the pooled vector, averaged
+            logits = (self.model.head(pooled) + self.model.head_dist(pooled)) / 2
         else:  # timm's head after pre_logits is the classifier alone: apply it once
             logits = self.model.get_classifier()(pooled)
         return logits, feats
@@ -155,14 +183,15 @@ class HookedFeatureModel(_AdaptedModel):
 
     ``feature_modules`` are module paths (``layer1``, ``features.3``, ``encoder.layers.encoder_layer_5``).
     ``num_prefix_tokens`` is the count of class / distillation tokens in a token model's sequences
-    (None: inferred from the square grid); ``channels_last_maps`` says the 4-D taps are NHWC
-    (torchvision's Swin). ``kind`` is "cnn" or "token" (a transformer or MLP). The pooled feature
-    is the input of the last linear layer.
+    (None: inferred from the square grid). Whether a 4-D tap is NHWC is detected per tap from the
+    probe's shape (:func:`is_channels_last`); ``channels_last_maps`` (torchvision's Swin, a timm model
+    whose ``output_fmt`` is NHWC) decides only where the shape cannot. ``kind`` is "cnn" or "token"
+    (a transformer or MLP). The pooled feature is the input of the last linear layer.
     """
 
     def __init__(self, model: nn.Module, name: str, image_size: int, feature_modules: Sequence[str],
                  kind: str = "cnn", num_prefix_tokens: Optional[int] = None,
-                 channels_last_maps: bool = False) -> None:
+                 channels_last_maps: Optional[bool] = None) -> None:
         super().__init__(model, name, kind)
         modules = dict(model.named_modules())
         missing = [m for m in feature_modules if m not in modules]
@@ -174,13 +203,23 @@ class HookedFeatureModel(_AdaptedModel):
         self.feature_modules = list(feature_modules)
         self.classifier_name, _ = _last_linear(model)
         self.num_prefix_tokens = num_prefix_tokens
+        if channels_last_maps is None:
+            channels_last_maps = getattr(model, "output_fmt", "NCHW") == "NHWC"
         self.channels_last_maps = channels_last_maps
+        self.channels_last: Dict[str, bool] = {}  # per 4-D tap, decided on the probe's shapes
         self.probe(image_size)
 
-    def _as_map(self, tap: Tensor) -> Tensor:
+    def _as_map(self, path: str, tap: Tensor) -> Tensor:
         if tap.dim() == 3:
             return tokens_to_map(tap, self.num_prefix_tokens)
-        return tap.permute(0, 3, 1, 2) if self.channels_last_maps else tap
+        if tap.dim() != 4:
+            raise IncompatibleModelError(
+                f"{self.name}'s module {path} gives a {tap.dim()}-D output {tuple(tap.shape)}, not a map "
+                "or a token sequence: name another module in MODEL.STUDENT_FEATURES / MODEL.TEACHER_FEATURES"
+            )
+        if path not in self.channels_last:
+            self.channels_last[path] = is_channels_last(tap.shape, self.channels_last_maps)
+        return tap.permute(0, 3, 1, 2) if self.channels_last[path] else tap
 
     def forward(self, x: Tensor) -> Tuple[Tensor, Dict[str, object]]:
         """``feats`` also holds ``"prefix"``, each tap's (N, P, C) prefix tokens, for a token model
@@ -204,7 +243,7 @@ class HookedFeatureModel(_AdaptedModel):
             for handle in handles:
                 handle.remove()
         taps = [recorded[path] for path in self.feature_modules]
-        feats: Dict[str, object] = {"feats": [self._as_map(tap) for tap in taps],
+        feats: Dict[str, object] = {"feats": [self._as_map(path, tap) for path, tap in zip(self.feature_modules, taps)],
                                     "pooled_feat": torch.flatten(pooled[-1], 1)}
         if self.num_prefix_tokens and all(tap.dim() == 3 for tap in taps):
             feats["prefix"] = [tap[:, :self.num_prefix_tokens] for tap in taps]

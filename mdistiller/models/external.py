@@ -16,7 +16,8 @@ Where the taps are, unless ``feature_modules`` names them:
 """
 
 import difflib
-from typing import Any, Dict, List, Optional, Sequence
+import inspect
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import torch
 from torch import nn
@@ -95,9 +96,10 @@ def _build_timm(name: str, num_classes: int, image_size: int, kwargs: Dict[str, 
     patch_embed = getattr(model, "patch_embed", None)
     if patch_embed is None and isinstance(getattr(model, "stem", None), PatchEmbed):
         patch_embed = model.stem   # MLP-Mixer, ResMLP, gMLP name their patch embedding `stem`
-    fixed_size = getattr(patch_embed, "img_size", None)
-    if fixed_size is not None and tuple(fixed_size) != (image_size, image_size) and "img_size" not in kwargs:
-        # a ViT / Swin / Mixer built for 224 px: its position grid follows the data's image size
+    fixed_size = built_size(model, patch_embed)
+    if fixed_size not in (None, (image_size, image_size)) and "img_size" not in kwargs:
+        # a ViT / Swin / Mixer / LeViT / MaxViT built for 224 px: its position grid, attention biases or
+        # windows follow the data's image size
         model = timm.create_model(name, pretrained=False, num_classes=num_classes, img_size=image_size,
                                   **kwargs)
     full_name = TIMM_PREFIX + name
@@ -111,6 +113,18 @@ def _build_timm(name: str, num_classes: int, image_size: int, kwargs: Dict[str, 
             "MODEL.STUDENT_FEATURES / MODEL.TEACHER_FEATURES"
         )
     return TimmFeatureModel(model, full_name, image_size)
+
+
+def built_size(model: nn.Module, patch_embed: Optional[nn.Module]) -> Optional[Tuple[int, int]]:
+    """The (h, w) a timm model fixed at construction, or None when its class takes no ``img_size``
+    (a CNN runs at any size): its patch embedding's, else its default configuration's input size."""
+    classes = type(model).__mro__[:type(model).__mro__.index(nn.Module)]  # LevitDistilled's is Levit's
+    if not any("img_size" in inspect.signature(cls.__init__).parameters for cls in classes):
+        return None
+    fixed = getattr(patch_embed, "img_size", None)
+    if fixed is None:
+        fixed = model.pretrained_cfg.get("input_size", (3, 224, 224))[-2:]
+    return tuple(fixed) if isinstance(fixed, (tuple, list)) else (fixed, fixed)
 
 
 def _build_torchvision(name: str, num_classes: int, image_size: int, kwargs: Dict[str, Any],
