@@ -13,13 +13,11 @@ CIFAR-100 has its own checksums (MDISTILLER_SKIP_CIFAR_MD5).
 import os
 import re
 import shlex
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from conftest import REPO_ROOT
+from conftest import REPO_ROOT, run_tool, run_tool_in_process
 from fake_data import write_fake_cifar100, write_fake_imagenet
 from mdistiller.dataset.cifar100 import SKIP_MD5_ENV
 from mdistiller.engine.checkpoint import load_checkpoint
@@ -28,7 +26,7 @@ from mdistiller.models.checkpoint_dir import CKPT_ROOT_ENV
 from mdistiller.models.imagenet import resnet as imagenet_resnet
 from mdistiller.models.imagenet._weights import torchvision_weights_path
 
-pytestmark = [pytest.mark.e2e, pytest.mark.slow]
+pytestmark = [pytest.mark.e2e, pytest.mark.slow, pytest.mark.usefixtures("torch_single_thread")]
 
 README_CIFAR_TRAIN = "python3 tools/train.py --cfg configs/cifar100/sfakd/res32x4_res8x4.yaml"
 README_CIFAR_TRAIN_OVERRIDES = ("python3 tools/train.py --cfg configs/cifar100/sfakd/res32x4_res8x4.yaml "
@@ -48,27 +46,34 @@ def readme_dir(tmp_path, monkeypatch):
     for name in ("tools", "configs"):
         os.symlink(os.path.join(REPO_ROOT, name), tmp_path / name)
     write_fake_cifar100(tmp_path / "data", num_train=16, num_test=12)
-    write_fake_imagenet(tmp_path / "data", train_per_class=2, val_per_class=2)
+    write_fake_imagenet(tmp_path / "data", train_per_class=2, val_per_class=2)  # 3 classes
     torch.manual_seed(0)
     teacher = tmp_path / "ckpts" / "cifar_teachers" / "resnet32x4_vanilla" / "ckpt_epoch_240.pth"
     teacher.parent.mkdir(parents=True)
     torch.save({"model": cifar_model_dict["resnet32x4"][0](num_classes=100).state_dict()}, teacher)
+    return tmp_path
+
+
+def place_torchvision_teachers() -> None:
+    """Random ResNet34 / ResNet50 where torchvision keeps their ImageNet weights (under TORCH_HOME)."""
     for name in ("ResNet34", "ResNet50"):
         path = torchvision_weights_path(getattr(imagenet_resnet, f"{name}_Weights").IMAGENET1K_V1)
         path.parent.mkdir(parents=True, exist_ok=True)
         torch.save(imagenet_model_dict[name](pretrained=False).state_dict(), path)
-    return tmp_path
 
 
-def run(command: str, cwd, status: int = 0) -> str:
-    """`command` (a README line, `python3` being this interpreter) in `cwd`; its stdout (its stderr
-    when it is to end with `status` other than 0)."""
+def run(command: str, cwd, status: int = 0, subprocess: bool = False) -> str:
+    """`command` (a README line) in `cwd`, as `python3` runs it: in this process (conftest's
+    `run_tool_in_process`) or, with `subprocess`, in its own (where the teachers' directory, read
+    at import, is to come from MDISTILLER_CKPT_ROOT); its stdout (its stderr when it is to end with
+    `status` other than 0)."""
     argv = shlex.split(command)
     assert argv[0] == "python3"
-    env = dict(os.environ, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1", **{
-        CKPT_ROOT_ENV: str(cwd / "ckpts"), "TORCH_HOME": str(torch_home(cwd)), SKIP_MD5_ENV: "1"})
-    result = subprocess.run([sys.executable, *argv[1:]], cwd=cwd, env=env, capture_output=True, text=True,
-                            timeout=300)
+    env = {CKPT_ROOT_ENV: str(cwd / "ckpts"), "TORCH_HOME": str(torch_home(cwd)), SKIP_MD5_ENV: "1"}
+    if subprocess:
+        result = run_tool(*argv[1:], cwd=str(cwd), env=dict(env, PYTHONPATH=REPO_ROOT, OMP_NUM_THREADS="1"))
+    else:
+        result = run_tool_in_process(*argv[1:], cwd=str(cwd), env=env)
     assert result.returncode == status, result.stderr[-2000:]
     return result.stdout if status == 0 else result.stderr
 
@@ -82,7 +87,7 @@ def eval_top1(stdout: str) -> str:
 
 
 def test_the_cifar_commands_train_where_the_readme_evaluates(readme_dir):
-    run(README_CIFAR_TRAIN + " SOLVER.EPOCHS 2", readme_dir)
+    run(README_CIFAR_TRAIN + " SOLVER.EPOCHS 2", readme_dir, subprocess=True)
     run_dir = readme_dir / "output" / "sfakd_res32x4_res8x4"
     best = load_checkpoint(str(run_dir / "student_best"))
     assert not (run_dir / "student_best.pth").exists()  # the name is accepted, no second copy
@@ -94,6 +99,7 @@ def test_the_cifar_commands_train_where_the_readme_evaluates(readme_dir):
 
 
 def test_the_imagenet_commands_with_d_imagenet(readme_dir):
+    place_torchvision_teachers()
     out = run(README_IMAGENET_TRAIN + IMAGENET_TINY, readme_dir)
     assert "Best accuracy" in out and (readme_dir / "output" / "sfakd_res34_res18" / "best").is_file()
     run(IMAGENET_R50_MV1_TRAIN + IMAGENET_TINY, readme_dir)
