@@ -4,6 +4,7 @@
     python tools/train.py --cfg ... --resume [RUN_DIR | CHECKPOINT]
     python tools/train.py --resume RUN_DIR | CHECKPOINT [KEY VALUE ...]   # the config saved in the checkpoint
     python tools/train.py --cfg my.yaml --plugin my_pkg.my_method          # methods / models of one's own
+    python tools/train.py --cfg configs/imagenet/r34_r18/sfakd.yaml -d imagenet   # MDistiller's -d
 
 `--resume` continues in the run directory (the checkpoint's directory), so a run can be extended
 with more epochs (SOLVER.EPOCHS) where it is. Without --cfg the checkpoint's own config is used,
@@ -31,10 +32,15 @@ def main(argv: Optional[List[str]] = None) -> None:
     argv, resume = split_resume(list(sys.argv[1:] if argv is None else argv))
     parser = argparse.ArgumentParser(description="Knowledge-distillation training.")
     parser.add_argument("--cfg", type=str, default="", help="YAML config file")
+    parser.add_argument("-d", "--dataset", default="", metavar="TYPE",
+                        help="the dataset, e.g. cifar100 or imagenet: the override DATASET.TYPE TYPE, so it wins "
+                             "over the config file's DATASET.TYPE and over a DATASET.TYPE on the command line")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="import MODULE first (its methods, models, datasets); repeatable; "
                              "kept in EXPERIMENT.PLUGINS")
     args, opts = parser.parse_known_args(argv)
+    if args.dataset:
+        opts += ["DATASET.TYPE", args.dataset]
     run_dir, resume = resume_target(resume)
     cfg = run_cfg(args.cfg, opts, resume, args.plugin)
     try:

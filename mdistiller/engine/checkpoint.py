@@ -60,8 +60,21 @@ def corrupt_checkpoint(path: str, why: str) -> CheckpointError:
     )
 
 
+def checkpoint_path(path: str) -> str:
+    """`path`, or, when only the file without its ``.pth`` ending exists, that file: runs keep
+    MDistiller's names (``student_best``), which documents copied from other code bases write with
+    ``.pth`` (the SFAKD README's ``output/sfakd_res32x4_res8x4/student_best.pth``). The name is
+    accepted rather than a second copy written: a full ImageNet checkpoint holds the teacher too."""
+    stem, ending = os.path.splitext(path)
+    if not os.path.isfile(path) and ending == ".pth" and os.path.isfile(stem):
+        return stem
+    return path
+
+
 def load_checkpoint(path: str) -> Dict[str, Any]:
-    """Read a checkpoint on the CPU with weights-only unpickling; CheckpointError on any problem."""
+    """Read a checkpoint on the CPU with weights-only unpickling; CheckpointError on any problem.
+    `path` may end in ``.pth`` where the file does not (:func:`checkpoint_path`)."""
+    path = checkpoint_path(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"Checkpoint not found: {path}. Check the path (runs keep theirs in output/<project>/<name>/).")
     try:

@@ -88,7 +88,7 @@ class WandbLog:
             import wandb
 
             self.run = wandb.init(
-                project=cfg.EXPERIMENT.PROJECT,
+                project=cfg.EXPERIMENT.PROJECT or "distill",  # "" = runs straight under LOG.PREFIX
                 name=name,
                 tags=tags,
                 config=_to_dict(cfg),

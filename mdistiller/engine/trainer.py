@@ -54,6 +54,17 @@ def ensure_writable_dir(path: str) -> None:
         ) from None
 
 
+@contextlib.contextmanager
+def student_swapped(distiller: nn.Module, student: nn.Module) -> Iterator[None]:
+    """`distiller` with `student` in place of its own student for the duration (then put back)."""
+    own = distiller.student
+    distiller.student = student
+    try:
+        yield
+    finally:
+        distiller.student = own
+
+
 @trainer_dict.register("base")
 class Trainer:
     """Trains `distiller` on `train_loader`, validating on `val_loader` after every epoch.
@@ -493,9 +504,14 @@ class Trainer:
         return top1, top5, loss
 
     def validate_ema(self) -> Tuple[float, float, float]:
-        """:meth:`validate` for the student's EMA (rank 0's normalisation statistics on every process)."""
+        """:meth:`validate` for the student's EMA (rank 0's normalisation statistics on every process),
+        through the method's own prediction path: the distiller's `forward_test` with the EMA in the
+        student's place (SFAKD's projector and the teacher's classifier, DEIT's head fusion); the
+        modules beside the student are the current ones (the EMA averages the student alone)."""
         broadcast_buffers(self.ema.module)
-        results = evaluate(lambda image: self.ema.module(image)[0], self.val_loader, self.device, self.autocast)
+        self.distiller.eval()
+        with student_swapped(self.distiller, self.ema.module):
+            results = evaluate(self.distiller.forward_test, self.val_loader, self.device, self.autocast)
         top1, top5, loss = mean_over_processes(results, self.val_loader)
         return top1, top5, loss
 
