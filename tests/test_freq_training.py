@@ -5,6 +5,7 @@ it trained, and one epoch runs through train_run on fake CIFAR-100."""
 import copy
 import math
 import os
+import shutil
 
 import pytest
 import torch
@@ -83,7 +84,14 @@ def test_eval_tool_on_sfakd_full_checkpoint(digits_runs):
     assert result.returncode == 0, result.stderr[-2000:]
     assert f"Top-1: {trainer.best_acc:.2f}" in result.stdout, (result.stdout, trainer.best_acc)
 
-    student_only = run_tool_in_process(EVAL, "-m", "resnet8", "-c", os.path.join(run, "student_best"), "-d", "digits")
+    beside = run_tool_in_process(EVAL, "-m", "resnet8", "-c", os.path.join(run, "student_best.pth"), "-d", "digits",
+                                 "-bs", "100")  # read with 'best' beside it, as the SFAKD README evaluates
+    assert beside.returncode == 0 and f"Top-1: {trainer.best_acc:.2f}" in beside.stdout, beside.stderr[-2000:]
+
+    alone = os.path.join(os.path.dirname(run), "sfakd_student_alone")
+    os.makedirs(alone, exist_ok=True)
+    shutil.copy(os.path.join(run, "student_best"), alone)
+    student_only = run_tool_in_process(EVAL, "-m", "resnet8", "-c", os.path.join(alone, "student_best"), "-d", "digits")
     lines = [line for line in student_only.stderr.splitlines() if line.strip()]
     assert student_only.returncode == 2 and len(lines) == 1, student_only.stderr
     assert "holds only the student" in lines[0] and "'best'" in lines[0]
