@@ -226,31 +226,37 @@ def test_bad_settings_are_refused_with_the_fix(opts, match):
         build_ofa(student, teacher, *opts)
 
 
-def test_swin_p_branches_at_224_are_as_large_as_the_authors():
-    """configs/cifar100/hetero/convnext_t_swin_p/ofa.yaml, built on the meta device: the branches
-    the authors' distillers/ofa.py builds for Swin-P (stages (48, 56x56), (96, 28x28), (192, 14x14),
-    (384, 7x7), D_s = 384, 100 classes), counted from their layers: patch mergings of
-    LayerNorm(4c) + a bias-free 4c -> 384 linear, 3 / 2 / 1 / 1 blocks, a classifier each."""
+@pytest.mark.parametrize("config,num_classes,width,authors_total", [
+    ("configs/cifar100/hetero/convnext_t_swin_p/ofa.yaml", 100, 48, 14_864_656),
+    ("configs/imagenet/hetero/resnet50_swin_n/ofa.yaml", 1000, 64, 28_187_040),
+])
+def test_swin_p_and_n_branches_at_224_are_as_large_as_the_authors(config, num_classes, width, authors_total):
+    """The paper's Swin-P (CIFAR-100) and Swin-N (ImageNet) students, built on the meta device: the
+    branches the authors' distillers/ofa.py builds for them (stages (w, 56x56), (2w, 28x28),
+    (4w, 14x14), (8w, 7x7), D_s = 8w; w 48 for Swin-P, 64 for Swin-N), counted from their layers:
+    patch mergings of LayerNorm(4c) + a bias-free 4c -> D_s linear, 3 / 2 / 1 / 1 blocks, a
+    classifier each. ``authors_total``: their code's projectors on these shapes (counted outside
+    the repository from github.com/Hao840/OFAKD's distillers/ofa.py and its Swin stage_info)."""
     from mdistiller.models.external import build_external_model
 
-    cfg = build_cfg("configs/cifar100/hetero/convnext_t_swin_p/ofa.yaml")
+    cfg = build_cfg(config)
     kwargs = {k: tuple(v) if isinstance(v, list) else v for k, v in cfg.MODEL.STUDENT_KWARGS.items()}
     with torch.device("meta"):
-        student = build_external_model(cfg.DISTILLER.STUDENT, 100, cfg.DATASET.IMAGE_SIZE, kwargs)
-        teacher = build_external_model(cfg.DISTILLER.TEACHER, 100, cfg.DATASET.IMAGE_SIZE)
-        distiller = distiller_dict["OFA"](student, teacher, cfg, num_classes=100, num_data=8)
-    d = 384
+        student = build_external_model(cfg.DISTILLER.STUDENT, num_classes, cfg.DATASET.IMAGE_SIZE, kwargs)
+        teacher = build_external_model(cfg.DISTILLER.TEACHER, num_classes, cfg.DATASET.IMAGE_SIZE)
+        distiller = distiller_dict["OFA"](student, teacher, cfg, num_classes=num_classes, num_data=8)
+    d = 8 * width
 
     def merging(c: int) -> int:
         return 2 * 4 * c + 4 * c * d
 
-    fc = d * 100 + 100
+    fc = d * num_classes + num_classes
     expected = {
-        "1": merging(48) + 2 * merging(d) + 3 * vit_block_parameters(d) + fc,
-        "2": merging(96) + merging(d) + 2 * vit_block_parameters(d) + fc,
-        "3": merging(192) + vit_block_parameters(d) + fc,
+        "1": merging(width) + 2 * merging(d) + 3 * vit_block_parameters(d) + fc,
+        "2": merging(2 * width) + merging(d) + 2 * vit_block_parameters(d) + fc,
+        "3": merging(4 * width) + vit_block_parameters(d) + fc,
         "4": vit_block_parameters(d) + fc,
     }
     counted = {stage: sum(p.numel() for p in branch.parameters()) for stage, branch in distiller.branches.items()}
     assert counted == expected
-    assert sum(counted.values()) == 14_864_656  # docs/methods/ofa.md
+    assert sum(counted.values()) == authors_total  # docs/methods/ofa.md
