@@ -45,10 +45,13 @@ SHAPES = os.path.join(REPO_ROOT, "configs", "shapes")
 REFUSED: dict = {}
 # The short form (the default suite): one case per multi-process concern. SFAKD: a student
 # parameter no loss reaches (frozen); CRD: memory banks updated from every process; OFD: the
-# teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; DOT_AT: DOT's two
+# teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; OFA_swin_student: a
+# token student without prefix tokens, whose branches must hold no parameter that no loss reaches
+# (find_unused_parameters is False for OFA); DOT_AT: DOT's two
 # gradients through feature hooks; dense CWD: a dense distiller, and the AP of the whole validation
 # set; dense segmenter: the mIoU of the whole set. MDISTILLER_E2E=full runs every case.
-SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "dense_CWD", "dense_segmenter"}
+SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "OFA_swin_student", "dense_CWD",
+         "dense_segmenter"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
 # DEIT needs a student with a distillation token: a tiny timm distilled DeiT on the 16 px digits.
 EXTRA = {"CRD": ["CRD.NCE.K=64"],
@@ -56,6 +59,8 @@ EXTRA = {"CRD": ["CRD.NCE.K=64"],
                   "MODEL.STUDENT_KWARGS.embed_dim=32", "MODEL.STUDENT_KWARGS.depth=2",
                   "MODEL.STUDENT_KWARGS.num_heads=2"]}
 TINY_VIT_KWARGS = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}  # 16 px digits: a 4x4 grid
+# 16 px digits: stages of 8x8, 4x4, 2x2, 1x1 tokens, 16 to 128 wide
+TINY_SWIN_KWARGS = {"patch_size": 2, "window_size": 2, "embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2)}
 
 
 def selected(cases, full: bool):
@@ -89,6 +94,11 @@ def classification_cases(tmp_path):
                   "args": ["--cfg", os.path.join(DIGITS, "student.yaml"), *common, "DISTILLER.TYPE=OFA",
                            "DISTILLER.TEACHER=timm:vit_tiny_patch16_224", f"DISTILLER.TEACHER_WEIGHTS={vit_file}",
                            *vit_kwargs]})
+    swin_kwargs = [f"MODEL.STUDENT_KWARGS.{k}={v}".replace(" ", "") for k, v in TINY_SWIN_KWARGS.items()]
+    cases.append({"name": "OFA_swin_student", "tool": "train", "stage1": "",
+                  "args": ["--cfg", os.path.join(DIGITS, "student.yaml"), *common, "DISTILLER.TYPE=OFA",
+                           "DISTILLER.STUDENT=timm:swin_tiny_patch4_window7_224", "SOLVER.TYPE=AdamW",
+                           "SOLVER.LR=0.001", *swin_kwargs]})
     return cases
 
 
