@@ -63,22 +63,7 @@ def incompatibility(method: str, teacher: str, student: str):
         return "globally average-pooled map"  # ViT/DeiT read a class token; Swin, Mixer pool tokens; ConvNeXt normalises
     if method == "DEIT" and student != "deit":
         return "distillation token"
-    if method == "SFAKD" and teacher in ("vit", "swin"):
-        return "SFAKD.TEACHER_CLASSIFIER False"  # its default reuses the teacher's classifier on a pooled map
     return None
-
-
-def idle_parameters(method: str, student: str) -> set:
-    """Student parameters a method declares idle: SFAKD predicts with the teacher's classifier, so a
-    token student's final norm, which feeds only its own (frozen) classifier, gets no gradient
-    (SFAKD sets ddp_find_unused_parameters for it), and so does a distilled DeiT's class-token head
-    (SFAKD freezes the last linear layer, its distillation head)."""
-    idle = set()
-    if method == "SFAKD" and student in ("vit", "deit", "mixer"):
-        idle |= {"student.model.norm.weight", "student.model.norm.bias"}
-    if method == "SFAKD" and student == "deit":
-        idle |= {"student.model.head.weight", "student.model.head.bias"}
-    return idle
 
 
 def batch_for(method: str, cfg) -> dict:
@@ -112,13 +97,13 @@ def check_method_on_pair(method: str, teacher_key: str, student_key: str, models
         assert value.dim() == 0 and torch.isfinite(value), name
     sum(losses.values()).backward()
 
-    # Exactly the learnable parameters get a gradient; a method's declared exceptions (a frozen
-    # student classifier: SFAKD, CAT-KD) have requires_grad off. The teacher gets none and is unchanged.
+    # Exactly the learnable parameters get a gradient; a method's declared exceptions (the student's
+    # own head under SFAKD's teacher head, CAT-KD's frozen classifier) have requires_grad off. The teacher gets none and is unchanged.
     learnable = {id(p) for p in distiller.get_learnable_parameters() if p.requires_grad}
     assert {id(p) for p in student.parameters() if p.requires_grad} <= learnable
     named = dict(distiller.named_parameters())
     with_grad = {name for name, p in named.items() if p.grad is not None}
-    expected = {name for name, p in named.items() if id(p) in learnable} - idle_parameters(method, student_key)
+    expected = {name for name, p in named.items() if id(p) in learnable}
     assert with_grad == expected, (sorted(expected - with_grad)[:5], sorted(with_grad - expected)[:5])
     assert all(torch.isfinite(named[name].grad).all() for name in with_grad)
     assert not any(name.startswith("teacher.") for name in with_grad)

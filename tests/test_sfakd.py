@@ -151,3 +151,82 @@ def test_bf16_autocast_step(small):
     assert torch.isfinite(losses["loss_feat"]) and losses["loss_feat"].dtype == torch.float32
     losses["loss_feat"].backward()
     assert torch.isfinite(distiller.sfa.real_weight.grad).all()
+
+
+TIMM_TEACHERS = {  # tiny timm teachers at 32 px: where each head pools, and what it does after pooling
+    "convnext": ("timm:convnext_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1))),  # pool, LayerNorm, fc
+    "vit_token": ("timm:vit_tiny_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=3)),  # class token
+    "vit_avg": ("timm:vit_tiny_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=3,
+                                                  global_pool="avg", fc_norm=True)),  # patch mean, fc_norm, fc
+    "swin": ("timm:swin_tiny_patch4_window7_224", dict(window_size=2, embed_dim=24, depths=(1, 1, 1, 1),
+                                                       num_heads=(1, 1, 2, 2))),  # NHWC mean, fc
+    "deit_distilled": ("timm:deit_tiny_distilled_patch16_224", dict(patch_size=4, embed_dim=48, depth=2,
+                                                                    num_heads=3)),  # two tokens, two heads
+}
+
+
+def pooled_by_hand(family: str, final: torch.Tensor) -> torch.Tensor:
+    """What each model's head pools from its final features (timm's forward_features output)."""
+    if family == "convnext":
+        return final.mean(dim=(2, 3))
+    if family == "swin":
+        return final.mean(dim=(1, 2))
+    if family == "vit_avg":
+        return final[:, 1:].mean(dim=1)
+    return final[:, 0]  # the class token (DeiT: equal to the distillation token in this check)
+
+
+@pytest.mark.parametrize("family", sorted(TIMM_TEACHERS))
+def test_teacher_head_on_the_teachers_own_pooled_vector_gives_its_logits(family):
+    """SFAKD's default prediction is the teacher's whole head after pooling: on the vector the
+    teacher pools from its own final features, it must give timm's own logits (ConvNeXt's head
+    LayerNorm included; a ViT's class token or fc_norm'd patch mean). DeiT distilled: both its
+    tokens set to one vector, so its logits are the mean of the two heads on that vector."""
+    from mdistiller.models.external import build_external_model
+
+    name, kwargs = TIMM_TEACHERS[family]
+    torch.manual_seed(0)
+    teacher = build_external_model(name, 10, 32, kwargs)
+    student = cifar_model_dict["resnet8"][0](num_classes=10)
+    cfg = build_cfg(None, ["DISTILLER.TYPE=SFAKD", "DATASET.IMAGE_SIZE=32"])
+    distiller = distiller_dict["SFAKD"](student, teacher, cfg, num_classes=10, num_data=8)
+    image = torch.randn(3, 3, 32, 32)
+    timm_model = teacher.model
+    with torch.no_grad():
+        final = timm_model.forward_features(image)
+        if family == "deit_distilled":
+            pooled = final[:, 0]
+            expected = (timm_model.head(pooled) + timm_model.head_dist(pooled)) / 2
+        else:
+            pooled = pooled_by_hand(family, final)
+            expected = timm_model(image)
+        got = distiller.teacher_logits(pooled)
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("student_name,kwargs", [
+    ("timm:convnext_atto", dict(dims=(16, 32, 64, 128), depths=(1, 1, 1, 1))),  # its head LayerNorm
+    ("timm:vit_tiny_patch16_224", dict(patch_size=4, embed_dim=48, depth=2, num_heads=3)),  # its final norm
+])
+def test_students_own_head_is_frozen_so_every_trainable_parameter_learns(student_name, kwargs):
+    """With the teacher's head, the student's own head is on no path: its parameters are frozen, and
+    every parameter still trainable gets a gradient in one step, which DistributedDataParallel with
+    find_unused_parameters False (SFAKD's setting) needs."""
+    from mdistiller.models.external import build_external_model
+
+    torch.manual_seed(0)
+    student = build_external_model(student_name, 10, 32, kwargs)
+    teacher = cifar_model_dict["resnet8"][0](num_classes=10)
+    cfg = build_cfg(None, ["DISTILLER.TYPE=SFAKD", "DATASET.IMAGE_SIZE=32"])
+    distiller = distiller_dict["SFAKD"](student, teacher, cfg, num_classes=10, num_data=8)
+    assert not distiller.ddp_find_unused_parameters
+    frozen = {name for name, p in student.named_parameters() if not p.requires_grad}
+    own_head = {"model.head.fc.weight", "model.head.fc.bias", "model.head.norm.weight", "model.head.norm.bias"} \
+        if "convnext" in student_name else {"model.head.weight", "model.head.bias", "model.norm.weight", "model.norm.bias"}
+    assert frozen == own_head
+    distiller.train()
+    _, losses = distiller(image=torch.randn(2, 3, 32, 32), target=torch.tensor([1, 2]))
+    sum(losses.values()).backward()
+    idle = [name for name, p in distiller.named_parameters()
+            if p.requires_grad and p.grad is None and not name.startswith("teacher.")]
+    assert idle == []

@@ -143,20 +143,64 @@ class TimmFeatureModel(_AdaptedModel):
             maps, prefix = [tap[0] for tap in taps], [tap[1] for tap in taps]
         else:
             final, maps = self.model.forward_intermediates(x, indices=self.indices, output_fmt="NCHW")
-        pooled = self.model.forward_head(final, pre_logits=True)
+        logits, pooled, head_logits = self.head(final)
         feats: Dict[str, object] = {"feats": list(maps), "pooled_feat": pooled}
         if with_prefix:
             feats["prefix"] = prefix
+        if head_logits is not None:
+            feats["head_logits"] = head_logits
+        return logits, feats
+
+    def head(self, final: Tensor) -> Tuple[Tensor, Tensor, Optional[Tuple[Tensor, Tensor]]]:
+        """(logits, pre-logit vector, a DeiT distilled model's two heads' logits or None) of the
+        model's ``forward_head`` on its final features ``final``."""
+        pooled = self.model.forward_head(final, pre_logits=True)
         if hasattr(self.model, "dist_token"):  # DeiT distilled: token 0 -> head, token 1 -> head_dist
             cls_logits = self.model.head(self.model.head_drop(final[:, 0]))
             dist_logits = self.model.head_dist(self.model.head_drop(final[:, 1]))
-            feats["head_logits"] = (cls_logits, dist_logits)
-            logits = (cls_logits + dist_logits) / 2
-        elif hasattr(self.model, "head_dist"):  # LeViT distilled: both heads on the pooled vector, averaged
-            logits = (self.model.head(pooled) + self.model.head_dist(pooled)) / 2
-        else:  # timm's head after pre_logits is the classifier alone: apply it once
-            logits = self.model.get_classifier()(pooled)
-        return logits, feats
+            return (cls_logits + dist_logits) / 2, pooled, (cls_logits, dist_logits)
+        if hasattr(self.model, "head_dist"):  # LeViT distilled: both heads on the pooled vector, averaged
+            return (self.model.head(pooled) + self.model.head_dist(pooled)) / 2, pooled, None
+        # timm's head after pre_logits is the classifier alone: apply it once
+        return self.model.get_classifier()(pooled), pooled, None
+
+    @torch.no_grad()
+    def final_shape(self, image_size: int) -> Tuple[int, ...]:
+        """The shape of one image's final features (what ``forward_head`` takes): (L, C) tokens,
+        (C, H, W) or, for a channels-last model (Swin), (H, W, C); one probe forward in eval mode."""
+        param = next(self.model.parameters())
+        was_training = self.training
+        self.eval()
+        try:
+            image = torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype)
+            final, _ = self.model.forward_intermediates(image, indices=self.indices[-1:], output_fmt="NCHW")
+        finally:
+            self.train(was_training)
+        return tuple(final.shape[1:])
+
+    def head_from_pooled(self, pooled: Tensor, final_shape: Sequence[int]) -> Tensor:
+        """The logits of the model's head after its global pooling, norms included (ConvNeXt's
+        LayerNorm, a ViT's ``fc_norm``, DeiT's two heads), on a pooled (N, C) vector: ``forward_head``
+        on the vector spread over every position of features shaped ``final_shape``
+        (:meth:`final_shape`), so that whatever the model pools (class token, mean of the patch
+        tokens, a map's mean) is the vector itself. C must be the final features' channel count."""
+        n, c = pooled.shape
+        if len(final_shape) == 2:  # (L, C) tokens
+            final = pooled[:, None, :].expand(n, final_shape[0], c)
+        elif self._final_channels_last(final_shape):
+            final = pooled[:, None, None, :].expand(n, final_shape[0], final_shape[1], c)
+        else:
+            final = pooled[:, :, None, None].expand(n, c, final_shape[1], final_shape[2])
+        return self.head(final)[0]
+
+    def final_channels(self, final_shape: Sequence[int]) -> int:
+        """The channel count of final features shaped ``final_shape`` (:meth:`final_shape`)."""
+        if len(final_shape) == 2 or self._final_channels_last(final_shape):
+            return final_shape[-1]
+        return final_shape[0]
+
+    def _final_channels_last(self, final_shape: Sequence[int]) -> bool:
+        return is_channels_last((1, *final_shape), getattr(self.model, "output_fmt", "NCHW") == "NHWC")
 
 
 def per_block_model(model: nn.Module) -> bool:
