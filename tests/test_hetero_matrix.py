@@ -153,3 +153,27 @@ def test_freekd_pools_the_larger_map_down_unless_told_to_upsample(upsample, mode
         torch.testing.assert_close(student_maps[0], aligned[0])
     torch.testing.assert_close(teacher_maps[1], feats_t["feats"][3])
     torch.testing.assert_close(student_maps[1], aligned[1])
+
+
+def test_freekd_pools_a_level_more_than_twice_apart_instead_of_upsampling(tmp_path):
+    """resnet8 -> tiny Swin: the teacher's last two maps are 16x16 and 8x8, the Swin student's 2x2
+    and 1x1 (8x apart). Even with UPSAMPLE_STUDENT True (the default) nothing is upsampled: each
+    teacher map is average-pooled to the student's size (8x8 blocks, by hand) and the student's
+    aligned map is left as it is."""
+    teacher, student = build_model("resnet8"), build_model("swin")
+    cfg = build_cfg(None, ["DISTILLER.TYPE=FREEKD", f"DATASET.IMAGE_SIZE={SIZE}", f"LOG.PREFIX={tmp_path}"])
+    assert cfg.FREEKD.UPSAMPLE_STUDENT
+    write_prompt_file(cfg, teacher)
+    distiller = distiller_dict["FREEKD"](student, teacher, cfg, num_classes=NUM_CLASSES, num_data=64)
+    image = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        _, feats_t = teacher(image)
+        _, feats_s = student(image)
+        teacher_maps, student_maps = distiller.aligned_maps(feats_t, feats_s)
+        aligned = [align(feats_s["feats"][i]) for align, i in zip(distiller.align, [2, 3])]
+    for level, (t, side) in enumerate(zip(feats_t["feats"][2:], (2, 1))):
+        n, c, h, _ = t.shape
+        block = h // side
+        by_hand = t.reshape(n, c, side, block, side, block).mean(dim=(3, 5))
+        torch.testing.assert_close(teacher_maps[level], by_hand)
+        torch.testing.assert_close(student_maps[level], aligned[level])

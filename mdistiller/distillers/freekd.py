@@ -7,7 +7,7 @@ from yacs.config import CfgNode as CN
 from mdistiller.distillers._base import register_distiller
 from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
 from mdistiller.frequency import remove_dc
-from mdistiller.losses.spatial import common_size, pool_to_size, resize_to
+from mdistiller.losses.spatial import common_size, pool_to_size, resize_to, upsampled_at_most
 
 FREEKD_DEFAULTS = prompt_defaults(num_stages=2, low_band=False, relation=False)
 FREEKD_DEFAULTS.REMOVE_DC = False
@@ -15,6 +15,8 @@ FREEKD_DEFAULTS.UPSAMPLE_STUDENT = True  # authors' code; False: pool the larger
 FREEKD_DEFAULTS.LOSS = CN()
 FREEKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 FREEKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
+
+MAX_UPSAMPLING = 2  # UPSAMPLE_STUDENT upsamples a student map at most this many times per side
 
 
 @register_distiller("FREEKD", FREEKD_DEFAULTS)
@@ -37,7 +39,11 @@ class FreeKD(PromptDistiller):
     ``UPSAMPLE_STUDENT False`` never upsamples: the larger of the two maps is average-pooled to the
     other's size, teacher included (the masks then come from the pooled teacher's bands). Use it
     where a student map is smaller than the teacher's (a ViT's grid against a CNN's earlier stage):
-    interpolation adds no high-frequency content, so its bands would be empty.
+    interpolation adds no high-frequency content, so its bands would be empty. With
+    ``UPSAMPLE_STUDENT True`` a level whose student map is more than ``MAX_UPSAMPLING`` (2) times
+    smaller than the teacher's in a side, or larger in one side and smaller in the other (a Swin
+    student's 2x2 stage against a CNN's 16x16), is pooled the same way instead: such a map upsampled
+    would hold nothing in most of the teacher's bands.
 
     ``REMOVE_DC True`` subtracts each channel's spatial mean from both aligned maps before the DWT
     (their DC term, which dominates token features; :func:`~mdistiller.frequency.remove_dc`). Haar
@@ -61,11 +67,16 @@ class FreeKD(PromptDistiller):
         """(teacher maps, student maps) of the distilled levels, at equal channels and sizes."""
         teacher_maps = [feats_teacher["feats"][i] for i in self.teacher_indices]
         student_maps = [align(feats_student["feats"][i]) for align, i in zip(self.align, self.student_indices)]
-        if self.upsample_student:
-            return teacher_maps, [resize_to(s, t.shape[-2:]) for s, t in zip(student_maps, teacher_maps)]
-        sizes = [common_size(s.shape, t.shape) for s, t in zip(student_maps, teacher_maps)]
-        return ([pool_to_size(t, size) for t, size in zip(teacher_maps, sizes)],
-                [pool_to_size(s, size) for s, size in zip(student_maps, sizes)])
+        aligned_t, aligned_s = [], []
+        for s, t in zip(student_maps, teacher_maps):
+            if self.upsample_student and upsampled_at_most(s.shape, t.shape[-2:], MAX_UPSAMPLING):
+                aligned_t.append(t)
+                aligned_s.append(resize_to(s, t.shape[-2:]))
+            else:
+                size = common_size(s.shape, t.shape)
+                aligned_t.append(pool_to_size(t, size))
+                aligned_s.append(pool_to_size(s, size))
+        return aligned_t, aligned_s
 
     def forward_train(self, image: Tensor, target: Tensor, **batch):
         logits_student, feats_student = self.student(image)

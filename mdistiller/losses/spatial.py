@@ -27,6 +27,15 @@ def pool_to_smaller(f_s: Tensor, f_t: Tensor) -> Tuple[Tensor, Tensor]:
     return f_s, f_t
 
 
+def upsampled_at_most(shape: Sequence[int], size: Sequence[int], factor: int = 2) -> bool:
+    """Whether :func:`resize_to` brings a map of ``shape`` to ``size`` (h, w) by pooling it down in
+    both sides or by upsampling it at most ``factor`` times in both: not larger in one side and
+    smaller in the other, and not upsampled further (bilinear interpolation adds no detail, so a
+    frequency loss on such a map compares empty bands)."""
+    (h, w), (to_h, to_w) = shape[-2:], size[-2:]
+    return (h >= to_h and w >= to_w) or (h <= to_h <= factor * h and w <= to_w <= factor * w)
+
+
 def resize_to(x: Tensor, size: Tuple[int, int]) -> Tensor:
     """``x`` at spatial ``size``: average-pooled when larger, bilinearly upsampled when smaller."""
     if tuple(x.shape[-2:]) == tuple(size):
