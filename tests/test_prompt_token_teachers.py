@@ -1,7 +1,8 @@
-"""FreeKD / AFPKD stage 1 inside token teachers (timm models behind TimmFeatureModel, 32 px).
+"""FreeKD / AFPKD stage 1 inside token teachers (timm models behind TimmFeatureModel, torchvision's
+ViT and Swin behind HookedFeatureModel; 32 px).
 
-The prompt of a distilled map replaces the output of the block (ViT, DeiT, Mixer) or stage (Swin,
-ConvNeXt) the adapter taps: the test reads that output with its own hook, puts it on the grid by hand
+The prompt of a distilled map replaces the output of the block (ViT, DeiT, Mixer, ResMLP) or stage
+(Swin, ConvNeXt) the adapter taps: the test reads that output with its own hook, puts it on the grid by hand
 (tokens after the prefix, row-major; Swin's NHWC permuted), computes FreeKD's stage-1 map with
 PyWavelets (tests/helpers.py) and checks that the next module receives exactly that, in the model's
 layout, with the class / distillation / register tokens unchanged bit for bit. Only the prompts get
@@ -21,11 +22,42 @@ from helpers import assert_ok, pywt_prompted_map
 from mdistiller.distillers.frequency_prompts import build_prompts, prompt_path
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.engine.prompt_learning import PromptedTeacher
+from mdistiller.models.adapter import HookedFeatureModel, TimmFeatureModel
 from mdistiller.models.external import build_external_model
 from tiny_models import SIZE, TINY_VIT, tiny
 
+
+def tiny_resmlp() -> torch.nn.Module:
+    """ResMLP (timm's Mixer with ResBlock): its Affine norms are the identity at initialisation."""
+    from timm.models.mlp_mixer import Affine, MlpMixer, ResBlock
+
+    model = MlpMixer(img_size=SIZE, patch_size=4, num_blocks=4, embed_dim=32, mlp_ratio=4, block_layer=ResBlock,
+                     norm_layer=Affine, num_classes=10)
+    return TimmFeatureModel(model, "resmlp", SIZE)
+
+
+def torchvision_vit() -> torch.nn.Module:
+    """torchvision's ViT behind the hooked adapter (its class token named, its encoder layers tapped)."""
+    from torchvision.models import VisionTransformer
+
+    model = VisionTransformer(image_size=SIZE, patch_size=4, num_layers=4, num_heads=2, hidden_dim=32, mlp_dim=64,
+                              num_classes=10)
+    return HookedFeatureModel(model, "tv_vit", SIZE, [f"encoder.layers.encoder_layer_{i}" for i in range(4)],
+                              "token", num_prefix_tokens=1)
+
+
+def torchvision_swin() -> torch.nn.Module:
+    """torchvision's Swin (NHWC stages) behind the hooked adapter."""
+    from torchvision.models import SwinTransformer
+
+    model = SwinTransformer(patch_size=[4, 4], embed_dim=16, depths=[1, 1, 1, 1], num_heads=[1, 1, 2, 2],
+                            window_size=[2, 2], num_classes=10)
+    return HookedFeatureModel(model, "tv_swin", SIZE, [f"features.{i}" for i in (1, 3, 5, 7)], "token")
+
+
 INDICES = [2, 3]  # FREEKD's default NUM_STAGES 2 of the four taps
-# case -> (family or timm name with kwargs, the tapped modules, the modules that receive them, layout, prefix tokens)
+# case -> (tiny family, (timm name, kwargs) or builder; the tapped modules, the modules receiving them,
+#          layout of the tapped outputs, prefix tokens)
 BLOCKS = ["model.blocks.2", "model.blocks.3"]
 CASES = {
     "vit": ("vit", BLOCKS, ["model.blocks.3", "model.norm"], "NLC", 1),
@@ -35,11 +67,18 @@ CASES = {
     "swin": ("swin", ["model.layers.2", "model.layers.3"], ["model.layers.3", "model.norm"], "NHWC", 0),
     "convnext": ("convnext", ["model.stages.2", "model.stages.3"], ["model.stages.3", "model.norm_pre"], "NCHW", 0),
     "mixer": ("mixer", BLOCKS, ["model.blocks.3", "model.norm"], "NLC", 0),
+    "resmlp": (tiny_resmlp, BLOCKS, ["model.blocks.3", "model.norm"], "NLC", 0),
+    "torchvision_vit": (torchvision_vit, [f"model.encoder.layers.encoder_layer_{i}" for i in (2, 3)],
+                        ["model.encoder.layers.encoder_layer_3", "model.encoder.ln"], "NLC", 1),
+    "torchvision_swin": (torchvision_swin, ["model.features.5", "model.features.7"],
+                         ["model.features.6", "model.norm"], "NHWC", 0),
 }
 
 
 def build_teacher(spec) -> torch.nn.Module:
     torch.manual_seed(0)
+    if callable(spec):
+        return spec().eval()
     if isinstance(spec, tuple):
         return build_external_model(spec[0], 10, SIZE, spec[1]).eval()
     return tiny(spec, 10).eval()

@@ -24,9 +24,13 @@ The hook then reshapes the tokens to the grid, applies g, and writes the result 
 stream in the stream's layout and dtype; a sequence's prefix tokens pass through untouched.
 
 Producers (1, 2 and the layouts above) must finish before any submodule receives F or the output it
-was made from, and a value changed in place after the hook would have run is not taken. Each candidate is accepted only if it *cuts* the graph: with
-g = detach, the logits must no longer depend on the input image, i.e. every path from the image to the logits goes through the replaced
-value. The first candidate that cuts is used; if none does, a ConfigError names the model and stage.
+was made from, and a value changed in place after the hook would have run is not taken; a module whose
+input already holds F in a layout above (one that is the identity at initialisation, as ResMLP's
+Affine norm) is not F's producer. Each
+candidate is accepted only if it *cuts* the graph: with g = detach, the logits (and the pooled
+feature) must no longer depend on the input image, i.e. every path from the image to the logits goes
+through the replaced value. The first candidate that cuts is used; if none does, a ConfigError names
+the model and stage.
 """
 
 from dataclasses import dataclass
@@ -182,6 +186,7 @@ def _candidates(target: Tensor, outputs, inputs) -> List[FeatureSite]:
             if layout is not None:
                 consumers.append(FeatureSite(name, "input", position, **layout))
     first_use = _first_use(inputs, target)
+    received = {name: snapshot for name, _, snapshot in inputs}
     producers, relu_producers = [], []
     for name, event, snapshot in outputs:
         if first_use is not None and event > first_use:
@@ -189,6 +194,8 @@ def _candidates(target: Tensor, outputs, inputs) -> List[FeatureSite]:
         for position, tensor, values in snapshot:
             layout = _layout_of(tensor, values, target)
             tensor_use = _first_use(inputs, tensor)
+            if layout and any(_layout_of(t, v, target) is not None for _, t, v in received.get(name, [])):
+                continue  # a module that is the identity on the feature (an identity-initialised norm) did not make it
             if layout is not None and (tensor_use is None or event <= tensor_use):
                 producers.append(FeatureSite(name, "output", position, **layout))
             elif values.shape == target.shape and torch.equal(F.relu(values), target):
@@ -197,16 +204,22 @@ def _candidates(target: Tensor, outputs, inputs) -> List[FeatureSite]:
 
 
 def _cuts(model: nn.Module, site: FeatureSite, image: Tensor) -> bool:
-    """True when replacing the feature by a detached copy leaves the logits independent of the image."""
+    """True when replacing the value at `site` by a detached copy leaves the logits and the pooled
+    feature (``feats["pooled_feat"]``, where the model gives one) independent of the image. The pooled
+    feature counts because a zero-initialised head (timm's Mixer) makes the logits constant."""
     handle = _replace_value(model, site, lambda value: value.detach())
     try:
         x = image.clone().requires_grad_(True)
         with torch.enable_grad():
-            logits = model(x)[0]
-        if not logits.requires_grad:
-            return True
-        (grad,) = torch.autograd.grad(logits.sum(), x, allow_unused=True)
-        return grad is None or not bool(grad.any())
+            logits, feats = model(x)
+            outputs = [logits] + ([feats["pooled_feat"]] if isinstance(feats, dict) and "pooled_feat" in feats else [])
+            for output in outputs:
+                if not output.requires_grad:
+                    continue
+                (grad,) = torch.autograd.grad(output.sum(), x, allow_unused=True, retain_graph=True)
+                if grad is not None and bool(grad.any()):
+                    return False
+        return True
     finally:
         handle.remove()
 

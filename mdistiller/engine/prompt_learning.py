@@ -6,7 +6,9 @@ runs it alone.
 
 Each distilled teacher feature F (the last ``NUM_STAGES`` entries of ``feats``) is replaced, through
 a hook (:mod:`mdistiller.engine.feature_hook`), by ``IDWT(sum_t M_t * bands(F))`` from its
-:class:`~mdistiller.frequency.prompt.FrequencyPrompt`. Only the prompts learn, with the teacher's
+:class:`~mdistiller.frequency.prompt.FrequencyPrompt`. In a token teacher (ViT, DeiT, Mixer, Swin's
+NHWC stages) F is the grid of the tapped block's output: the hook prompts that grid and writes it back
+into the model's stream, the class / distillation / register tokens unchanged. Only the prompts learn, with the teacher's
 cross-entropy plus ``DIVERSITY_WEIGHT`` times the diversity of the masks, for ``PROMPT_EPOCHS``
 epochs of the configured dataset (AdamW at ``PROMPT_LR``, cosine schedule, no weight decay), by the
 ordinary :class:`~mdistiller.engine.trainer.Trainer` (logs, metrics, autocast, validation: the
