@@ -128,5 +128,5 @@ def test_a_student_without_a_distillation_token_is_refused():
 
 
 def test_unknown_type_is_refused():
-    with pytest.raises(ConfigError, match="DEIT.TYPE must be one of hard, soft"):
+    with pytest.raises(ConfigError, match="DEIT.TYPE 'medium' is not one of hard, soft"):
         build_deit("DEIT.TYPE=medium")

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import positive
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.losses.dist import dist_loss
 
@@ -18,7 +19,7 @@ DIST_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 DIST_DEFAULTS.LOSS.KD_WEIGHT = 1.0
 
 
-@register_distiller("DIST", DIST_DEFAULTS)
+@register_distiller("DIST", DIST_DEFAULTS, {"TEMPERATURE": positive})
 class DIST(Distiller):
     """``loss_ce = CE_WEIGHT * CE(z_s, y)``; ``loss_kd = KD_WEIGHT * (BETA * L_inter + GAMMA * L_intra)``,
     the inter- and intra-class Pearson relations of :mod:`mdistiller.losses.dist` (paper Eq. 6) at

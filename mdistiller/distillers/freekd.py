@@ -5,7 +5,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
-from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
+from mdistiller.distillers.frequency_prompts import PROMPT_RULES, PromptDistiller, prompt_defaults
 from mdistiller.frequency import remove_dc
 from mdistiller.losses.spatial import common_size, pool_to_size, resize_to
 
@@ -17,7 +17,7 @@ FREEKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 FREEKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
 
 
-@register_distiller("FREEKD", FREEKD_DEFAULTS)
+@register_distiller("FREEKD", FREEKD_DEFAULTS, PROMPT_RULES)
 class FreeKD(PromptDistiller):
     """FreeKD for classification, on the last ``NUM_STAGES`` entries of ``feats``.
 
