@@ -26,7 +26,7 @@ from mdistiller.dataset.base import image_size
 from mdistiller.distillers import method_defaults, method_rules
 from mdistiller.engine.mixing import MIXUP_MODES
 from mdistiller.engine.optim import OPTIMIZERS
-from mdistiller.engine.schedule import SCHEDULERS
+from mdistiller.engine.schedule import SCHEDULE_STYLES, SCHEDULERS
 from mdistiller.engine.utils import AMP_DTYPES
 from mdistiller.errors import ConfigError
 
@@ -131,6 +131,11 @@ CFG.SOLVER.GRAD_CLIP = 0.0  # max gradient norm of the learnable parameters; 0 =
 CFG.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN / inf (counted in the log) instead of stopping
 CFG.SOLVER.DOT = CN()
 CFG.SOLVER.DOT.DELTA = 0.075
+# timm's recipes (DeiT, OFA-KD; docs/recipe.md): weight-decay exclusions and the schedule's shape.
+CFG.SOLVER.NO_WD_1D = False  # no weight decay on 1-D parameters and biases (norms, biases): timm's filter_bias_and_bn
+CFG.SOLVER.NO_WD_TOKENS = False  # nor on what a module's no_weight_decay() names (ViT / DeiT: pos_embed, cls / dist token)
+CFG.SOLVER.SCHEDULE_STYLE = "mdistiller"  # or timm: warm-up from WARMUP_LR, the cosine over all EPOCHS (engine/schedule.py)
+CFG.SOLVER.WARMUP_LR = 0.0001  # SCHEDULE_STYLE timm: the first epoch's LR (timm's warmup_lr_init; OFA-KD's default)
 
 # Mixup / CutMix on training batches (timm's Mixup; student and teacher see the same mixed images).
 CFG.MIXUP = CN()
@@ -183,6 +188,8 @@ RULES: Rules = {
     "SOLVER.LABEL_SMOOTHING": InRange(0.0, 1.0, high_open=True),
     "SOLVER.GRAD_CLIP": non_negative,
     "SOLVER.DOT.DELTA": non_negative,
+    "SOLVER.SCHEDULE_STYLE": OneOf(SCHEDULE_STYLES),
+    "SOLVER.WARMUP_LR": non_negative,
     "MIXUP.ALPHA": non_negative,
     "MIXUP.CUTMIX": non_negative,
     "MIXUP.PROB": probability,
