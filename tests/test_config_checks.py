@@ -101,6 +101,10 @@ def test_dense_config_checks_its_own_choices():
         build_dense_cfg(None, ["PKD.DOMAIN", "frequncy"])
     with pytest.raises(ConfigError, match=r"^DATASET.TYPE 'cocoo' is not one of coco, segmentation, shapes"):
         build_dense_cfg(None, ["DATASET.TYPE", "cocoo"])
+    with pytest.raises(ConfigError, match=r"^MGD.MASK_RATIO must be in \[0.0, 1.0\), got 1.0.$"):
+        build_dense_cfg(None, ["MGD.MASK_RATIO", "1.0"])
+    with pytest.raises(ConfigError, match=r"^FREEKD.DIVERSITY 'dise' is not one of dice, jaccard. Did you mean dice\?$"):
+        build_dense_cfg(None, ["FREEKD.DIVERSITY", "dise"])
     with pytest.raises(ConfigError, match=r"^SOLVER.WARMUP_RATIO must be in \[0.0, 1.0\], got 2.0.$"):
         build_dense_cfg(None, ["SOLVER.WARMUP_RATIO", "2"])
     with pytest.raises(ConfigError, match=r"^SOLVER.TYPE 'sgd' is not one of SGD, AdamW. Did you mean SGD\?$"):
