@@ -133,10 +133,12 @@ def test_zoo_model_refuses_kwargs_and_features_it_cannot_take():
     assert "num_classes" in line and "are the run's" in line
 
 
-def test_zoo_model_takes_the_kwargs_its_constructor_has():
-    name = "width_probe_for_config_checks"
-    if name not in cifar_models:
-        cifar_models.register(name, lambda num_classes=100, width=4: __import__("torch").nn.Linear(width, num_classes))
+def test_zoo_model_takes_the_kwargs_its_constructor_has(monkeypatch):
+    import torch
+
+    name = "width_probe_for_config_checks"   # registered for this test only
+    monkeypatch.setitem(cifar_models._items, name, lambda num_classes=100, width=4: torch.nn.Linear(width, num_classes))
+    monkeypatch.setitem(cifar_models.checkpoints, name, None)
     cfg = build_cfg(None, ["DISTILLER.STUDENT", name, "MODEL.STUDENT_KWARGS", "{'width': 7}"])
     check_names(cfg)
     model = build_role_model(cfg, "STUDENT", 3)
