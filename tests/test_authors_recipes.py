@@ -109,6 +109,7 @@ def rel(path: str) -> str:
     return os.path.relpath(path, os.path.join(REPO_ROOT, "configs"))
 
 
+@pytest.mark.slow   # 137 configs merged: about 3 s here
 def test_every_hetero_config_carries_the_authors_optimizer_and_schedule():
     assert len(HETERO) == 27 * 5 + 2
     for path in HETERO:

@@ -101,6 +101,10 @@ def test_dense_config_checks_its_own_choices():
         build_dense_cfg(None, ["PKD.DOMAIN", "frequncy"])
     with pytest.raises(ConfigError, match=r"^DATASET.TYPE 'cocoo' is not one of coco, segmentation, shapes"):
         build_dense_cfg(None, ["DATASET.TYPE", "cocoo"])
+    with pytest.raises(ConfigError, match=r"^MGD.MASK_RATIO must be in \[0.0, 1.0\), got 1.0.$"):
+        build_dense_cfg(None, ["MGD.MASK_RATIO", "1.0"])
+    with pytest.raises(ConfigError, match=r"^FREEKD.DIVERSITY 'dise' is not one of dice, jaccard. Did you mean dice\?$"):
+        build_dense_cfg(None, ["FREEKD.DIVERSITY", "dise"])
     with pytest.raises(ConfigError, match=r"^SOLVER.WARMUP_RATIO must be in \[0.0, 1.0\], got 2.0.$"):
         build_dense_cfg(None, ["SOLVER.WARMUP_RATIO", "2"])
     with pytest.raises(ConfigError, match=r"^SOLVER.TYPE 'sgd' is not one of SGD, AdamW. Did you mean SGD\?$"):
@@ -129,10 +133,12 @@ def test_zoo_model_refuses_kwargs_and_features_it_cannot_take():
     assert "num_classes" in line and "are the run's" in line
 
 
-def test_zoo_model_takes_the_kwargs_its_constructor_has():
-    name = "width_probe_for_config_checks"
-    if name not in cifar_models:
-        cifar_models.register(name, lambda num_classes=100, width=4: __import__("torch").nn.Linear(width, num_classes))
+def test_zoo_model_takes_the_kwargs_its_constructor_has(monkeypatch):
+    import torch
+
+    name = "width_probe_for_config_checks"   # registered for this test only
+    monkeypatch.setitem(cifar_models._items, name, lambda num_classes=100, width=4: torch.nn.Linear(width, num_classes))
+    monkeypatch.setitem(cifar_models.checkpoints, name, None)
     cfg = build_cfg(None, ["DISTILLER.STUDENT", name, "MODEL.STUDENT_KWARGS", "{'width': 7}"])
     check_names(cfg)
     model = build_role_model(cfg, "STUDENT", 3)
