@@ -49,10 +49,12 @@ REFUSED: dict = {}
 # teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; FREEKD_vit_teacher: stage 1
 # inside a ViT teacher's token stream under DDP, stage 2 from its file; OFA_swin_student: a token student
 # without prefix tokens, whose branches must hold no parameter that no loss reaches (find_unused_parameters
-# is False for OFA); DOT_AT: DOT's two gradients through feature hooks; dense CWD: a dense distiller, and
-# the AP of the whole validation set; dense segmenter: the mIoU of the whole set. MDISTILLER_E2E=full runs
-# every case.
-SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "OFA_swin_student", "FREEKD_vit_teacher",
+# is False for OFA); SFAKD_vit_pair: SFAKD through a ViT teacher's head, the ViT student's own head and
+# final norm frozen (no gradient reaches them); DOT_AT: DOT's two gradients through feature hooks; dense
+# CWD: a dense distiller, and the AP of the whole validation set; dense segmenter: the mIoU of the whole
+# set. MDISTILLER_E2E=full runs every case.
+SHORT = {"SFAKD", "SFAKD_vit_pair", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "OFA_swin_student",
+         "FREEKD_vit_teacher",
          "dense_CWD", "dense_segmenter"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
 # DEIT needs a student with a distillation token: a tiny timm distilled DeiT on the 16 px digits.
@@ -97,6 +99,11 @@ def classification_cases(tmp_path):
                   "args": ["--cfg", os.path.join(DIGITS, "student.yaml"), *common, "DISTILLER.TYPE=OFA",
                            "DISTILLER.TEACHER=timm:vit_tiny_patch16_224", f"DISTILLER.TEACHER_WEIGHTS={vit_file}",
                            *vit_kwargs]})
+    cases.append({"name": "SFAKD_vit_pair", "tool": "train", "stage1": "",
+                  "args": ["--cfg", os.path.join(DIGITS, "student.yaml"), *common, "DISTILLER.TYPE=SFAKD",
+                           "DISTILLER.TEACHER=timm:vit_tiny_patch16_224", f"DISTILLER.TEACHER_WEIGHTS={vit_file}",
+                           *vit_kwargs, "DISTILLER.STUDENT=timm:vit_tiny_patch16_224", "SOLVER.TYPE=AdamW",
+                           "SOLVER.LR=0.001", *[f"MODEL.STUDENT_KWARGS.{k}={v}" for k, v in TINY_VIT_KWARGS.items()]]})
     swin_kwargs = [f"MODEL.STUDENT_KWARGS.{k}={v}".replace(" ", "") for k, v in TINY_SWIN_KWARGS.items()]
     cases.append({"name": "OFA_swin_student", "tool": "train", "stage1": "",
                   "args": ["--cfg", os.path.join(DIGITS, "student.yaml"), *common, "DISTILLER.TYPE=OFA",
