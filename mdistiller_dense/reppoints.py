@@ -149,6 +149,12 @@ def _conv_gn(in_channels: int, out_channels: int) -> nn.Sequential:
                                      gn=group_norm(out_channels), relu=nn.ReLU(inplace=True)))
 
 
+def _deform(conv: nn.Conv2d, x: Tensor, offset: Tensor) -> Tensor:
+    """``conv``'s weight as a deformable conv sampling ``x`` at ``offset``, in float32 and returned in
+    ``x``'s dtype (what torchvision's CUDA autocast does for deform_conv2d; its CPU kernel has no bfloat16)."""
+    return deform_conv2d(x.float(), offset.float(), conv.weight.float(), padding=conv.padding).to(x.dtype)
+
+
 class RepPointsHead(nn.Module):
     """The RepPoints head on every FPN level, its targets, losses and detections (module docstring).
 
@@ -199,12 +205,9 @@ class RepPointsHead(nn.Module):
         cls_feat, pts_feat = self.cls_convs(x), self.reg_convs(x)
         pts_init = self.reppoints_pts_init_out(F.relu(self.reppoints_pts_init_conv(pts_feat)))
         scaled = (1 - self.gradient_mul) * pts_init.detach() + self.gradient_mul * pts_init
-        offset = scaled - self.dcn_base.to(scaled.dtype)
-        weight_cls, weight_refine = self.reppoints_cls_conv, self.reppoints_pts_refine_conv
-        cls_out = self.reppoints_cls_out(F.relu(deform_conv2d(cls_feat, offset.to(cls_feat.dtype), weight_cls.weight,
-                                                              padding=weight_cls.padding)))
-        refine = self.reppoints_pts_refine_out(F.relu(deform_conv2d(pts_feat, offset.to(pts_feat.dtype),
-                                                                    weight_refine.weight, padding=weight_refine.padding)))
+        offset = scaled - self.dcn_base
+        cls_out = self.reppoints_cls_out(F.relu(_deform(self.reppoints_cls_conv, cls_feat, offset)))
+        refine = self.reppoints_pts_refine_out(F.relu(_deform(self.reppoints_pts_refine_conv, pts_feat, offset)))
         return cls_out, pts_init, refine + pts_init.detach()
 
     def forward(self, features: List[Tensor]) -> Dict[str, Tensor]:
