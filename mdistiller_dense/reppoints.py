@@ -151,8 +151,11 @@ def _conv_gn(in_channels: int, out_channels: int) -> nn.Sequential:
 
 def _deform(conv: nn.Conv2d, x: Tensor, offset: Tensor) -> Tensor:
     """``conv``'s weight as a deformable conv sampling ``x`` at ``offset``, in float32 and returned in
-    ``x``'s dtype (what torchvision's CUDA autocast does for deform_conv2d; its CPU kernel has no bfloat16)."""
-    return deform_conv2d(x.float(), offset.float(), conv.weight.float(), padding=conv.padding).to(x.dtype)
+    ``x``'s dtype (what torchvision's CUDA autocast does for deform_conv2d; its CPU kernel has no bfloat16).
+    A NaN offset samples at the location itself: torchvision's kernels read out of bounds on NaN
+    (a crash); the NaN points still reach the losses, where the trainer's non-finite check sees them."""
+    offset = torch.nan_to_num(offset.float(), nan=0.0)
+    return deform_conv2d(x.float(), offset, conv.weight.float(), padding=conv.padding).to(x.dtype)
 
 
 class RepPointsHead(nn.Module):

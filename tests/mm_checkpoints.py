@@ -120,14 +120,20 @@ def mm_retina_head(num_classes: int, anchors: int = 9, seed: int = 2) -> Tensors
     return sd
 
 
-def mm_fcos_head(num_classes: int, scales: Sequence[float] = (1.0,) * 5, seed: int = 3) -> Tensors:
-    """FCOSHead(num_classes, 256, stacked_convs=4, norm_cfg GN(32)): tower convs without bias."""
-    gen = torch.Generator().manual_seed(seed)
+def _gn_towers(stacked_convs: int, gen: torch.Generator) -> Tensors:
+    """An anchor-free head's ``cls_convs`` / ``reg_convs``: ConvModule(256, 256, 3, GN(32)), no conv bias."""
     sd: Tensors = {}
-    for i in range(4):
+    for i in range(stacked_convs):
         for branch in ("cls", "reg"):
             _conv(sd, f"bbox_head.{branch}_convs.{i}.conv", 256, 256, 3, False, gen)
             _norm(sd, f"bbox_head.{branch}_convs.{i}.gn", 256, gen, batch=False)
+    return sd
+
+
+def mm_fcos_head(num_classes: int, scales: Sequence[float] = (1.0,) * 5, seed: int = 3) -> Tensors:
+    """FCOSHead(num_classes, 256, stacked_convs=4, norm_cfg GN(32)): tower convs without bias."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = _gn_towers(4, gen)
     _conv(sd, "bbox_head.conv_cls", num_classes, 256, 3, True, gen)
     _conv(sd, "bbox_head.conv_reg", 4, 256, 3, True, gen)
     _conv(sd, "bbox_head.conv_centerness", 1, 256, 3, True, gen)
@@ -154,11 +160,7 @@ def mm_reppoints_head(num_classes: int, seed: int = 7) -> Tensors:
     """RepPointsHead(num_classes, 256, feat_channels=256, point_feat_channels=256, stacked_convs=3,
     num_points=9, norm_cfg=dict(type='GN', num_groups=32), transform_method='moment')."""
     gen = torch.Generator().manual_seed(seed)
-    sd: Tensors = {}
-    for i in range(3):
-        for branch in ("cls", "reg"):
-            _conv(sd, f"bbox_head.{branch}_convs.{i}.conv", 256, 256, 3, False, gen)
-            _norm(sd, f"bbox_head.{branch}_convs.{i}.gn", 256, gen, batch=False)
+    sd = _gn_towers(3, gen)
     _conv(sd, "bbox_head.reppoints_cls_conv", 256, 256, 3, False, gen)
     _conv(sd, "bbox_head.reppoints_cls_out", num_classes, 256, 1, True, gen)
     _conv(sd, "bbox_head.reppoints_pts_init_conv", 256, 256, 3, True, gen)

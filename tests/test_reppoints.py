@@ -224,3 +224,13 @@ def test_mmdetection_reppoints_state_dict_converts_with_every_tensor_placed():
     torch.testing.assert_close(state["backbone.fpn.inner_blocks.2.1.weight"], sd["neck.lateral_convs.2.gn.weight"])
     torch.testing.assert_close(state["backbone.body.layer3.1.bn2.running_mean"], sd["backbone.layer3.1.bn2.running_mean"])
     assert model.backbone.fpn.extra_blocks.p6[0].in_channels == 512  # P6 reads C5 (on_input)
+
+
+def test_nan_points_reach_the_outputs_without_crashing_the_deformable_convs():
+    """torchvision's deform_conv2d kernels index out of bounds on NaN offsets (a segfault on a CPU)."""
+    head = tiny_head()
+    with torch.no_grad():
+        head.reppoints_pts_init_out.bias[0] = float("nan")
+    cls, init, refine = head.forward_level(torch.randn(1, 32, 4, 4))
+    assert torch.isnan(init).any() and torch.isnan(refine).any()  # the losses see them
+    assert torch.isfinite(cls).all()  # sampled at the location itself where the offset is NaN
