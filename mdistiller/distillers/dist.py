@@ -26,6 +26,8 @@ class DIST(Distiller):
     baselines use. The loss needs no label, so a (N, K) soft target (mixup) only changes the CE term.
     """
 
+    teacher_outputs = ("logits",)
+
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.DIST
