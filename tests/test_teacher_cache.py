@@ -291,3 +291,33 @@ def test_cache_tool_builds_with_size_and_train_reads_it_and_refuses_map_methods(
     assert "Building the teacher cache" not in trained.stdout
     refused = tool(TRAIN, *common, "DISTILLER.TYPE=AT", "TEACHER_CACHE.MODE=views")
     assert_user_error(refused, "AT reads the teacher's feature maps", "TEACHER_CACHE.MODE off")
+
+
+@pytest.mark.e2e
+def test_two_processes_build_the_shards_between_them_and_train_as_online(tmp_path):
+    import json
+    import subprocess
+
+    from helpers import WORKER, finish, process_env
+
+    teacher = tmp_path / "teacher.pth"
+    torch.manual_seed(1)
+    torch.save({"model": build_model("wrn_16_2", "digits", 10).state_dict()}, teacher)
+
+    def two_processes(name, *opts):
+        store = tmp_path / f"store_{name}"
+        args = ["--cfg", STUDENT_CFG, f"LOG.PREFIX={tmp_path}", f"EXPERIMENT.NAME={name}", "DATASET.IMAGE_SIZE=8",
+                "DISTILLER.TYPE=KD", f"DISTILLER.TEACHER_WEIGHTS={teacher}", "SOLVER.EPOCHS=2", "SOLVER.AMP=False",
+                "SOLVER.BATCH_SIZE=32", "TEACHER_CACHE.DTYPE=float32", *opts]
+        finish([subprocess.Popen([sys.executable, WORKER, str(store), str(r), "2", *args], cwd=str(tmp_path),
+                                 env=process_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                for r in (0, 1)])
+        return torch.load(tmp_path / "quickstart" / name / "student_latest", weights_only=True)["model"]
+
+    online = two_processes("online")
+    cached = two_processes("cached", "TEACHER_CACHE.MODE=views", "TEACHER_CACHE.SHARD_IMAGES=300")
+    (cache_dir,) = [p for p in (tmp_path / "teacher_cache").iterdir() if p.is_dir()]  # one file set for both ranks
+    markers = [json.loads(p.read_text()) for p in (cache_dir / "shards").iterdir()]
+    assert len(markers) == 5 and {m["rank"] for m in markers} == {0, 1}
+    for key in online:
+        assert torch.equal(online[key], cached[key]), key

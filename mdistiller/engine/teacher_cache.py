@@ -207,7 +207,8 @@ class ViewCache:
     """The teacher's outputs for every (image, view), as memory-mapped arrays in `directory`.
 
     Files: ``meta.json`` (what the cache holds), ``<output>.npy`` of shape (images * views, width)
-    in the storage dtype, and ``shards/<i>.json`` per finished shard with the SHA-256 of its rows.
+    in the storage dtype, and ``shards/<i>.json`` per finished shard with the SHA-256 of its rows
+    (and the rank of the process that built it).
     """
 
     def __init__(self, directory: str, num_images: int, num_views: int, widths: Dict[str, int], dtype: str,
@@ -306,7 +307,7 @@ class ViewCache:
             self.open("r")
             return
         bad = [shard for shard in self.done_shards()
-               if _read_json(self.marker_path(shard)) != {"sha256": self.shard_checksum(shard)}]
+               if (_read_json(self.marker_path(shard)) or {}).get("sha256") != self.shard_checksum(shard)]
         for shard in bad:
             os.unlink(self.marker_path(shard))
         if bad:
@@ -342,7 +343,7 @@ class ViewCache:
                     row = end
                 for array in self.arrays.values():
                     array.flush()
-                _write_json(self.marker_path(shard), {"sha256": self.shard_checksum(shard)})
+                _write_json(self.marker_path(shard), {"sha256": self.shard_checksum(shard), "rank": rank()})
         bar.close()
         self.open("r")
 
