@@ -169,6 +169,10 @@ def test_a_truncated_cache_is_detected_and_rebuilt(tmp_path, capsys):
 def _digest(tmp_path, *opts, teacher_seed=1, augmentation=None):
     cfg = build_cfg(STUDENT_CFG, [f"LOG.PREFIX={tmp_path}", "DATASET.IMAGE_SIZE=8", "DISTILLER.TYPE=KD",
                                   "SOLVER.AMP=False", *opts])
+    return _digest_of(cfg, teacher_seed, augmentation)
+
+
+def _digest_of(cfg, teacher_seed=1, augmentation=None):
     loader, _, num_data, _ = get_dataset(cfg)
     if augmentation:
         loader = InMemoryLoader(loader.dataset, loader.images[:, 1:-1, 1:-1], loader.targets,
@@ -192,6 +196,22 @@ def test_every_digest_input_changes_the_digest_and_sweep_settings_do_not(tmp_pat
         "dtype": _digest(tmp_path, "TEACHER_CACHE.DTYPE=float32"),
     }
     assert len(set(changed.values()) | {base}) == len(changed) + 1, changed
+
+
+@pytest.mark.slow
+def test_the_trials_of_a_sweep_over_temperature_and_seed_share_one_cache():
+    from mdistiller.experiments.sweep_runner import plan_trials
+    from mdistiller.experiments.sweeps import load_sweep, train_arguments
+
+    spec = load_sweep(os.path.join(REPO_ROOT, "configs", "sweeps", "digits_kd_temperature.yaml"))
+    trials = plan_trials(spec)
+    chosen = [trials[0], trials[4], trials[8]]  # temperatures 1, 4, 8 with seeds 0, 1, 2
+    digests = set()
+    for trial in chosen:
+        cfg_file, opts = train_arguments(trial.command, spec["program"])
+        cfg = build_cfg(os.path.join(REPO_ROOT, cfg_file), opts + ["TEACHER_CACHE.MODE=views"])
+        digests.add((cfg.KD.TEMPERATURE, cfg.EXPERIMENT.SEED, _digest_of(cfg)))
+    assert len({(t, s) for t, s, _ in digests}) == 3 and len({d for _, _, d in digests}) == 1
 
 
 # -- whole runs ---------------------------------------------------------------------------------
@@ -321,3 +341,18 @@ def test_two_processes_build_the_shards_between_them_and_train_as_online(tmp_pat
     assert len(markers) == 5 and {m["rank"] for m in markers} == {0, 1}
     for key in online:
         assert torch.equal(online[key], cached[key]), key
+
+
+@pytest.mark.slow
+def test_bench_times_each_method_on_cached_outputs_beside_the_floor(tmp_path):
+    from mdistiller.benchmark import run_benchmark
+
+    cfg = build_cfg(STUDENT_CFG, ["DATASET.IMAGE_SIZE=8", "DISTILLER.TYPE=KD", "SOLVER.AMP=False",
+                                  "SOLVER.BATCH_SIZE=8", f"DISTILLER.TEACHER_WEIGHTS={tmp_path / 'none'}",
+                                  "TEACHER_CACHE.MODE=views"])
+    record = run_benchmark(cfg, ["KD", "AT"], iters=1, warmup=0)
+    cached = record["methods"]["KD (cached)"]
+    assert cached["img_per_s"] > 0 and cached["overhead_vs_student"] > 0 and "error" not in cached
+    assert "feature maps" in record["methods"]["AT (cached)"]["error"]
+    build = record["cache_build"]
+    assert (build["images"], build["views"], build["bytes"]) == (1437, 9, 1437 * 9 * 10 * 2)
