@@ -71,6 +71,13 @@ def cache_bytes(rows: int, widths: Dict[str, int], dtype: str) -> int:
     return rows * sum(widths.values()) * np.dtype(STORAGE_DTYPES[dtype]).itemsize
 
 
+def storage_dtype(dtype: str) -> str:
+    """TEACHER_CACHE.DTYPE checked: float16 or float32."""
+    if dtype not in STORAGE_DTYPES:
+        raise ConfigError(f"TEACHER_CACHE.DTYPE must be float16 or float32, got {dtype!r}.")
+    return dtype
+
+
 def human_bytes(size: int) -> str:
     """`size` in GB above 1e9 bytes, else MB (decimal units, as disks are sold)."""
     return f"{size / 1e9:.2f} GB" if size >= 1e9 else f"{size / 1e6:.1f} MB"
@@ -213,12 +220,10 @@ class ViewCache:
 
     def __init__(self, directory: str, num_images: int, num_views: int, widths: Dict[str, int], dtype: str,
                  output_dtype: str, shard_images: int, describe: Optional[dict] = None) -> None:
-        if dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"TEACHER_CACHE.DTYPE must be float16 or float32, got {dtype!r}.")
         self.directory = directory
         self.num_images, self.num_views = num_images, num_views
         self.widths = dict(widths)
-        self.dtype = dtype
+        self.dtype = storage_dtype(dtype)
         self.output_dtype = output_dtype
         self.shard_images = max(1, int(shard_images))
         self.describe = describe or {}
@@ -457,13 +462,11 @@ class ReplayCache:
 
     def __init__(self, directory: str, steps: int, batch_size: int, widths: Dict[str, int], topk: int,
                  dtype: str, output_dtype: torch.dtype, teacher: Callable[[Tensor], Outputs]) -> None:
-        if dtype not in STORAGE_DTYPES:
-            raise ConfigError(f"TEACHER_CACHE.DTYPE must be float16 or float32, got {dtype!r}.")
         self.directory = directory
         self.steps, self.batch_size = steps, batch_size
         self.widths = dict(widths)
         self.topk = topk
-        self.dtype = dtype
+        self.dtype = storage_dtype(dtype)
         self.output_dtype = output_dtype
         self.teacher = teacher
         self.epoch: Optional[int] = None
