@@ -162,7 +162,7 @@ def check_disk_space(directory: str, needed: int, what: str) -> None:
 # -- what a method needs -----------------------------------------------------------------------------
 def check_cacheable(distiller: nn.Module, cfg: CN) -> Tuple[str, ...]:
     """The outputs the method reads from the teacher (its `teacher_outputs`); ConfigError when it
-    reads feature maps, which no cache holds (one view's maps of res32x4 are 100x its logits)."""
+    reads feature maps, which no cache holds (one view's last map of res32x4 is 164x its logits)."""
     mode, method = cfg.TEACHER_CACHE.MODE, cfg.DISTILLER.TYPE
     needs = tuple(distiller.teacher_outputs)
     if "maps" in needs:
