@@ -33,16 +33,23 @@ from yacs.config import CfgNode as CN
 from mdistiller.distillers import Distiller, distiller_dict
 from mdistiller.engine.build import build_role_model, build_teacher, teacher_checkpoint_path
 from mdistiller.engine.stages import stages_of
+from mdistiller.engine.teacher_cache import (ViewCache, cache_bytes, check_cacheable, ensure_built, free_teacher,
+                                             human_bytes, teacher_call)
 from mdistiller.engine.trainer import trainer_dict
 from mdistiller.engine.utils import resolve_device
+from mdistiller.errors import ConfigError
 from mdistiller.models.external import is_external_name
 
 __all__ = ["ABLATION", "CPU_ATTENTION_FLOPS", "DATASET_SHAPES", "EAGER_FP32", "PeakMemory", "Subject", "TeacherFloor",
-           "failure", "loader_throughput", "measure_in_turns", "overheads", "run_benchmark", "run_settings", "with_values"]
+           "cache_subject", "failure", "loader_throughput", "measure_in_turns", "overheads", "run_benchmark",
+           "run_settings", "with_values"]
 
 # (training images, classes) per DATASET.TYPE, without reading the data.
 DATASET_SHAPES = {"cifar100": (50000, 100), "digits": (1437, 10), "tiny_imagenet": (100000, 200),
                   "imagenet": (1281167, 1000)}
+# Views per training image of the fast augmentation (TEACHER_CACHE.MODE views): CIFAR-100's 32 px
+# crop of the 4 px padded image (9 x 9 offsets) and flip; the digits' crop with IMAGE_SIZE // 8 padding.
+DATASET_VIEWS = {"cifar100": lambda size: 162, "digits": lambda size: (2 * (size // 8) + 1) ** 2}
 # The reference the speed targets are stated against: float32, eager, no fast path.
 EAGER_FP32 = {"SOLVER.AMP": False, "SOLVER.CHANNELS_LAST": False, "SOLVER.FAST_TEACHER": False,
               "SOLVER.COMPILE": False}
@@ -177,6 +184,46 @@ class Subject:
         }
 
 
+def cache_subject(subject: Subject, cfg: CN, directory: str, turns: int = 5) -> Dict[str, float]:
+    """Make `subject` read its teacher outputs from a views cache (TEACHER_CACHE.MODE views) of its
+    batch: one view per image, built by the same teacher call as training, read each step by the
+    trainer's own lookup (a memory-mapped gather and a copy to the device); the teacher is then freed.
+
+    Returns the teacher's inference throughput while building (views/s, the median of `turns`
+    timed passes over the batch), from which a whole cache's build time is extrapolated.
+    """
+    trainer = subject.trainer
+    needs = check_cacheable(trainer.distiller, cfg)
+    teacher = teacher_call(trainer.distiller, trainer.autocast, needs)
+    times = []
+    for _ in range(turns + 1):
+        _synchronize(trainer.device)
+        start = time.perf_counter()
+        probe = teacher(subject.image)
+        _synchronize(trainer.device)
+        times.append(time.perf_counter() - start)
+    batch = subject.batch_size
+    cache = ViewCache(directory, batch, 1, {name: int(value.shape[1]) for name, value in probe.items()},
+                      cfg.TEACHER_CACHE.DTYPE, str(probe[needs[0]].dtype).replace("torch.", ""), batch)
+    ensure_built(cache, lambda shards, progress: cache.build(lambda index, view: subject.image[index], teacher,
+                                                             trainer.device, batch, shards, False))
+    free_teacher(trainer.distiller)
+    trainer.teacher_cache = cache
+    index = torch.arange(batch, device=trainer.device)
+    subject.extra = dict(subject.extra, index=index, view=torch.zeros_like(index))
+    return {"teacher_views_per_s": batch / statistics.median(times[1:]), "widths": cache.widths}
+
+
+def build_estimate(cfg: CN, views_per_s: float, widths: Dict[str, int]) -> Dict[str, object]:
+    """The size and build time of the whole training set's views cache, extrapolated from the
+    teacher's measured throughput (images of DATASET_SHAPES x views of DATASET_VIEWS)."""
+    images = DATASET_SHAPES.get(cfg.DATASET.TYPE, (50000, 100))[0]
+    views = DATASET_VIEWS.get(cfg.DATASET.TYPE, DATASET_VIEWS["cifar100"])(cfg.DATASET.IMAGE_SIZE)
+    size = cache_bytes(images * views, widths, cfg.TEACHER_CACHE.DTYPE)
+    return {"images": images, "views": views, "bytes": size, "size": human_bytes(size),
+            "teacher_views_per_s": views_per_s, "build_s": images * views / views_per_s}
+
+
 def _teacher_factory(cfg: CN, num_classes: int) -> Callable[[], torch.nn.Module]:
     """A function giving a fresh copy of the teacher: trained weights when the file is there,
     else a randomly initialised one (the step's cost does not depend on the weights)."""
@@ -281,14 +328,24 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
         "load_average_before": list(os.getloadavg()),
         "methods": {},
     }
+    cached_mode = cfg.TEACHER_CACHE.MODE == "views"
     for method in methods:
         method_cfg = with_values(cfg, {"DISTILLER.TYPE": method})
+        cached, cached_error = None, ""
         try:
             measured = subject(method, method_cfg, distiller_dict[method])
             turns = [base, floor, measured]
             if variants and method == cfg.DISTILLER.TYPE:
                 turns += [subject(name, with_values(method_cfg, keys), distiller_dict[method]) for name, keys in variants.items()]
-            window = measure_in_turns(turns, iters, warmup)
+            if cached_mode:
+                try:
+                    cached = subject(f"{method} (cached)", method_cfg, distiller_dict[method])
+                    built = cache_subject(cached, method_cfg, os.path.join(run_dir, f"cache_{method}"))
+                    record.setdefault("cache_build", build_estimate(cfg, built["teacher_views_per_s"], built["widths"]))
+                except ConfigError as err:  # a method the cache cannot serve: said in its row
+                    cached_error = str(err)
+                    cached = None
+            window = measure_in_turns(turns + ([cached] if cached else []), iters, warmup)
         except Exception as err:  # one method failing must not hide the others' numbers
             record["methods"][method] = failure(err)
             continue
@@ -301,7 +358,13 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
                 summary["speedup"] = entry["img_per_s"] / summary["img_per_s"]
                 entry["variants"][variant.name] = summary
         record["methods"][method] = entry
-        del measured, turns
+        if cached is not None:
+            summary = cached.summary()
+            summary.update(overheads(window, cached.name))
+            record["methods"][cached.name] = summary
+        elif cached_error:
+            record["methods"][f"{method} (cached)"] = {"error": cached_error}
+        del measured, turns, cached
     record["student_only"] = base.summary()
     record["floor"] = floor.summary()
     record["load_average_after"] = list(os.getloadavg())

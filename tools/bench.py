@@ -10,6 +10,10 @@ batch size.
 --ablation  the same, switching the fast path on one piece at a time (channels_last, autocast)
 --data      also time the CIFAR-100 training loader: DATASET.FAST_AUG against torchvision's PIL
             pipeline with DATASET.NUM_WORKERS workers
+TEACHER_CACHE.MODE views (a config override): also time each distiller reading its teacher outputs
+            from a views cache (a row "<method> (cached)": the trainer's own lookup, the teacher freed),
+            and extrapolate the whole training set's cache size and build time from the teacher's
+            measured throughput (`cache_build` in the JSON); a method reading feature maps says why not
 
 The JSON holds `device`, `batch_size`, `student_only`, `floor`, `distiller` (each with `img_per_s`,
 `step_ms`, `peak_mem_mb`, `gflops_per_img`, `extra_params`), `overhead_vs_floor`,
@@ -150,6 +154,11 @@ def main(argv: Optional[List[str]] = None) -> None:
           f"fast teacher {settings['fast_teacher']}, compile {settings['compile']}; load average "
           f"{record['load_average_before'][0]:.2f} before, {record['load_average_after'][0]:.2f} after")
     write_outputs(record, table(record), args)
+    if "cache_build" in record:
+        build = record["cache_build"]
+        print(f"Teacher cache of {cfg.DATASET.TYPE} (extrapolated from the teacher's {build['teacher_views_per_s']:,.0f} "
+              f"views/s measured here): {build['images']:,} images x {build['views']} views = {build['size']}, built "
+              f"in about {build['build_s'] / 60:.1f} min")
     if "data" in record:
         data = record["data"]
         print(f"CIFAR-100 training loader ({data['source']}): FAST_AUG {data['fast_aug']['img_per_s']:,.0f} img/s, "

@@ -127,6 +127,11 @@ class InMemoryLoader:
     the start of each pass from torch's global CPU generator, so the trainer's per-epoch seeding
     makes an epoch reproducible. Images come out as float32 NCHW tensors, in channels_last memory
     order unless ``.to(device, channels_last=False)``.
+
+    The draws form a finite set of views per image (:attr:`view_count`: crop offsets per axis
+    squared, times 2 with a flip; CIFAR-100's pad 4 crop 32 and flip: 9 x 9 x 2 = 162), numbered by
+    :meth:`view_index`; with `with_view` set, each batch ends with its images' view numbers (the
+    teacher cache reads its outputs by them).
     """
 
     def __init__(self, dataset: Dataset, images: Tensor, targets: Sequence[int], augmentation: BatchedAugmentation,
@@ -140,6 +145,7 @@ class InMemoryLoader:
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.with_index = with_index
+        self.with_view = False
         self.channels_last = True
         self.sampler = sampler if sampler is not None else (
             RandomSampler(range(len(self.targets))) if shuffle else SequentialSampler(range(len(self.targets))))
@@ -184,6 +190,29 @@ class InMemoryLoader:
             flip = torch.zeros(batch, dtype=torch.bool, device=device)
         return top, left, flip
 
+    @property
+    def view_grid(self) -> Tuple[int, int]:
+        """(crop offsets per axis, flip states): 1 offset without a crop, 1 flip state without a flip."""
+        span = self.images.shape[1] - self.augmentation.size + 1 if self.augmentation.size is not None else 1
+        return span, 2 if self.augmentation.flip_p > 0 else 1
+
+    @property
+    def view_count(self) -> int:
+        """How many different augmented images :meth:`draw` can give of one image."""
+        span, flips = self.view_grid
+        return span * span * flips
+
+    def view_index(self, top: Tensor, left: Tensor, flip: Tensor) -> Tensor:
+        """The number in ``0..view_count-1`` of each drawn view: ``(top * span + left) * flips + flip``."""
+        span, flips = self.view_grid
+        return (top * span + left) * flips + (flip.long() if flips == 2 else 0)
+
+    def view_draws(self, view: Tensor) -> Tuple[Tensor, Tensor, Tensor]:
+        """The draws (top, left, flip) of view numbers `view`; the inverse of :meth:`view_index`."""
+        span, flips = self.view_grid
+        offsets, flip = view // flips, (view % flips) == 1
+        return offsets // span, offsets % span, flip
+
     def apply(self, index: Tensor, top: Tensor, left: Tensor, flip: Tensor) -> Tensor:
         """Images `index` -> normalised float32 (B, C, S, S) for the given draws (all on the
         loader's device).
@@ -215,9 +244,12 @@ kernel), before the normalisation;
             generator.manual_seed(int(torch.empty((), dtype=torch.int64).random_().item()))
         for indices in BatchSampler(self.sampler, self.batch_size, self.drop_last):
             index = torch.as_tensor(indices, dtype=torch.int64).to(self.device, non_blocking=True)
-            batch = [self.apply(index, *self.draw(len(indices), generator)), self.targets[index]]
+            draws = self.draw(len(indices), generator)
+            batch = [self.apply(index, *draws), self.targets[index]]
             if self.with_index:
                 batch.append(index)
+            if self.with_view:
+                batch.append(self.view_index(*draws))
             yield batch
 
 

@@ -62,6 +62,18 @@ class Distiller(nn.Module):
       argument. ``"index"`` (the sample's position in the training set) is always there; CRD adds
       ``"contrastive_index"`` (its negative samples).
 
+    - `teacher_outputs`: what the method reads from the teacher, each of ``"logits"``, ``"pre_logits"``
+      (``feats["pooled_feat"]``, the vector the teacher's classifier reads) and ``"maps"`` (stage
+      feature maps, or anything else of the teacher's forward). The teacher cache
+      (mdistiller/engine/teacher_cache.py, TEACHER_CACHE.MODE) stands in for the teacher only when
+      the method reads no maps; the default, ``("maps",)``, is the safe one for a method that does
+      not say. `teacher_cache_hint` is added to the one-line refusal (how to make the method cacheable).
+    - `teacher_modules_kept`: names of teacher submodules the method calls itself besides
+      `teacher_forward` (SFAKD's classifier); kept on the device when the cache frees the teacher.
+    - `topk_logits_suffice`: whether a cache holding only the teacher's TEACHER_CACHE.TOPK largest
+      logits (the others set far below, so ``softmax(t / T)`` is the top-k renormalised teacher)
+      serves the method; only a loss that reads the teacher through that softmax alone (KD) says so.
+
     Set by the trainer:
 
     - `inference_teacher`: the teacher's fast inference copy (mdistiller/engine/fast_path.py), or None.
@@ -71,12 +83,17 @@ class Distiller(nn.Module):
     ddp_find_unused_parameters: bool = False
     stages: Tuple[str, ...] = ()
     batch_fields: Tuple[str, ...] = ()
+    teacher_outputs: Tuple[str, ...] = ("maps",)
+    teacher_cache_hint: str = ""
+    teacher_modules_kept: Tuple[str, ...] = ()
+    topk_logits_suffice: bool = False
 
     def __init__(self, student: nn.Module, teacher: Optional[nn.Module]) -> None:
         super().__init__()
         self.student = student
         self.teacher = teacher
         self.inference_teacher: Optional[Callable[[torch.Tensor], Tuple[torch.Tensor, dict]]] = None
+        self.cached_teacher_output: Optional[Tuple[torch.Tensor, dict]] = None
         if teacher is not None:
             teacher.eval()
             teacher.requires_grad_(False)
@@ -113,15 +130,26 @@ class Distiller(nn.Module):
     def teacher_forward(self, image: torch.Tensor) -> Tuple[torch.Tensor, dict]:
         """The teacher's logits and features, computed without building a graph.
 
-        Goes through the trainer's fast inference copy when one is installed and `fast_teacher` is on.
+        Returns the teacher cache's outputs for the batch when the trainer passed them
+        (`teacher_output`, see :meth:`forward`); otherwise goes through the trainer's fast inference
+        copy when one is installed and `fast_teacher` is on.
         """
+        if self.cached_teacher_output is not None:
+            return self.cached_teacher_output
         if self.inference_teacher is not None and self.fast_teacher:
             return self.inference_teacher(image)
         return self.teacher(image)
 
     def forward(self, **kwargs):
+        """`forward_train` in training mode, `forward_test` otherwise. A `teacher_output` keyword
+        (the teacher cache's ``(logits, {"pooled_feat": ...})`` for the batch) is what
+        `teacher_forward` returns during this call, instead of running the teacher."""
         if self.training:
-            return self.forward_train(**kwargs)
+            self.cached_teacher_output = kwargs.pop("teacher_output", None)
+            try:
+                return self.forward_train(**kwargs)
+            finally:
+                self.cached_teacher_output = None
         return self.forward_test(kwargs["image"])
 
 

@@ -43,6 +43,7 @@ class CRD(Distiller):
     """
 
     batch_fields = ("contrastive_index",)
+    teacher_outputs = ("pre_logits",)
 
     def __init__(self, student, teacher, cfg, num_data: int, **data_info) -> None:
         super().__init__(student, teacher)

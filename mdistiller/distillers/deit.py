@@ -45,6 +45,8 @@ class DEIT(Distiller):
     released code's defaults, 3 in the paper's soft-distillation runs.
     """
 
+    teacher_outputs = ("logits",)
+
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.DEIT

@@ -28,6 +28,8 @@ class DIST(Distiller):
     (N, K) soft target (mixup) only changes the CE term.
     """
 
+    teacher_outputs = ("logits",)
+
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.DIST

@@ -25,6 +25,8 @@ class DKD(Distiller):
     `LOGIT_STAND True` z-scores both models' logits first (Sun et al., CVPR 2024).
     """
 
+    teacher_outputs = ("logits",)
+
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher)
         self.ce_loss_weight = cfg.DKD.CE_WEIGHT

@@ -25,12 +25,15 @@ class KD(Distiller):
     Standardization in Knowledge Distillation", CVPR 2024).
     """
 
+    teacher_outputs = ("logits",)
+
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher)
         self.temperature = cfg.KD.TEMPERATURE
         self.ce_loss_weight = cfg.KD.LOSS.CE_WEIGHT
         self.kd_loss_weight = cfg.KD.LOSS.KD_WEIGHT
         self.logit_stand = cfg.KD.LOGIT_STAND
+        self.topk_logits_suffice = not self.logit_stand  # z-scoring reads every logit
 
     def forward_train(self, image: torch.Tensor, target: torch.Tensor, **batch):
         logits_student, _ = self.student(image)

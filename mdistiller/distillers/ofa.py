@@ -202,6 +202,8 @@ class OFA(Distiller):
     gives its argmax class to the loss's target mask.
     """
 
+    teacher_outputs = ("logits",)  # the branches read the student's stages, the teacher only its logits
+
     def __init__(self, student, teacher, cfg, num_classes: int = 100, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.OFA

@@ -58,6 +58,10 @@ class SFAKD(Distiller):
     student + ``sfa`` + ``transfer`` + the teacher's head: evaluate a
     full checkpoint (``best`` / ``latest``), not ``student_best``. The SFA filter is as large as the
     aligned maps, found by a probe forward at ``DATASET.IMAGE_SIZE``.
+
+    With POOLED True and a zoo teacher whose last map is already at the common size, GAP(t) is read
+    as the teacher's pre-logit vector ``pooled_feat`` (the same mean): the method then needs the
+    teacher's logits and pre-logits only, which the teacher cache (TEACHER_CACHE.MODE) can hold.
     """
 
     def __init__(self, student, teacher, cfg, **data_info) -> None:
@@ -88,6 +92,14 @@ class SFAKD(Distiller):
         if self.use_teacher_classifier:
             self.check_teacher_head(teacher, t_shape[-3], size)
             freeze_unreached(student, size)  # the student's own head: on no path, so DDP waits for none of it
+        # POOLED compares GAP(t); for a zoo CNN whose last map needs no pooling to the common size that
+        # is its pre-logit vector (pooled_feat), which the teacher cache holds beside the logits.
+        self.pooled_target = (self.pooled and tuple(t_shape[-2:]) == tuple(self.feature_size)
+                              and not hasattr(teacher, "kind"))
+        self.teacher_outputs = ("logits", "pre_logits") if self.pooled_target else ("maps",)
+        if not self.pooled:
+            self.teacher_cache_hint = "SFAKD.POOLED True compares the teacher's pooled vector, which the cache holds"
+        self.teacher_modules_kept = (self.classifier_name,) if self.classifier_name else ()
         self.sfa = SmoothedFrequencyAugmentation(s_shape[-3], self.feature_size, section.CUT_OFF)
         self.transfer = bottleneck_projector(s_shape[-3], t_shape[-3])
 
@@ -137,7 +149,10 @@ class SFAKD(Distiller):
         logits_student, feats_student = self.student(image)
         logits_teacher, feats_teacher = self.teacher_forward(image)
         projected = self.project(feats_student["feats"][-1])
-        teacher_map = pool_to_size(feats_teacher["feats"][-1], self.feature_size)
+        if self.pooled_target:
+            teacher_map = feats_teacher["pooled_feat"]
+        else:
+            teacher_map = pool_to_size(feats_teacher["feats"][-1], self.feature_size)
         logits = self.predict(projected, logits_student)
         if self.remove_dc:
             compared, teacher_map = remove_dc(projected), remove_dc(teacher_map)

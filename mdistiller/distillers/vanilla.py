@@ -10,6 +10,8 @@ from mdistiller.distillers._base import Distiller, register_distiller
 class Vanilla(Distiller):
     """Cross-entropy only; the teacher, if one is given, is ignored."""
 
+    teacher_outputs = ()
+
     def __init__(self, student, teacher=None, cfg=None, **data_info) -> None:
         super().__init__(student, None)
 

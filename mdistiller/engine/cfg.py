@@ -163,6 +163,15 @@ CFG.LOG.PREFIX = "./output"
 CFG.LOG.WANDB = False
 CFG.LOG.PROGRESS_BAR = True
 
+# The teacher paid once: its outputs cached on disk (mdistiller/engine/teacher_cache.py, docs/teacher_cache.md).
+CFG.TEACHER_CACHE = CN()
+CFG.TEACHER_CACHE.MODE = "off"  # off; views (every view of a finite augmentation, built once); replay (per step, recorded by the first run of a seed)
+CFG.TEACHER_CACHE.DIR = ""  # caches go to DIR/<digest>; "" = LOG.PREFIX/teacher_cache
+CFG.TEACHER_CACHE.DTYPE = "float16"  # float16 or float32 (float32 reproduces the online run exactly)
+CFG.TEACHER_CACHE.TOPK = 0  # replay: keep the k largest teacher logits per image (KD only); 0 = all
+CFG.TEACHER_CACHE.BATCH_SIZE = 256  # views per teacher forward while building
+CFG.TEACHER_CACHE.SHARD_IMAGES = 1000  # images per checksummed shard (the unit a resumed build skips)
+
 # Switches that take True, False or "auto" (decided per device: mdistiller/engine/fast_path.py).
 AUTO_BOOL_KEYS = ("SOLVER.AMP", "SOLVER.CHANNELS_LAST", "DATASET.PIN_MEMORY")
 

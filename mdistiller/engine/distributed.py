@@ -277,7 +277,9 @@ def broadcast_buffers(distiller: nn.Module) -> None:
     if not is_distributed():
         return
     norms = [m for m in distiller.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    for buffer in (b for m in norms for b in m.buffers(recurse=False)):
+    device = _reduce_device()
+    # A teacher the teacher cache moved to the host (mdistiller/engine/teacher_cache.py) is frozen: skipped.
+    for buffer in (b for m in norms for b in m.buffers(recurse=False) if b.device.type == device.type):
         data = buffer.data.contiguous()
         dist.broadcast(data, src=0)
         if data.data_ptr() != buffer.data.data_ptr():

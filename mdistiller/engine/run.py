@@ -11,11 +11,13 @@ from mdistiller.dataset import get_dataset
 from mdistiller.distillers import distiller_dict
 from mdistiller.engine.build import build_distiller, check_names
 from mdistiller.engine.cfg import show_cfg
-from mdistiller.engine.distributed import process_group, shard_loaders
+from mdistiller.engine.distributed import local_device, process_group, shard_loaders
 from mdistiller.engine.experiment import experiment_name
+from mdistiller.engine.fast_path import channels_last_enabled, place_loader, prepare_distiller
 from mdistiller.engine.stages import stages_of
+from mdistiller.engine.teacher_cache import ViewCache, view_cache_for_run
 from mdistiller.engine.trainer import Trainer, ensure_writable_dir, trainer_dict
-from mdistiller.engine.utils import resolve_device, seed_everything
+from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device, seed_everything
 from mdistiller.registry import Registry
 
 
@@ -72,3 +74,20 @@ def train_run(cfg: CN, opts: Sequence[str] = (), resume: Union[bool, str] = Fals
         print(f"Run directory: {trainer.run_dir}")
         trainer.train(resume=resume)
     return trainer
+
+
+def build_teacher_cache(cfg: CN) -> ViewCache:
+    """Build (or complete, or check) the TEACHER_CACHE.MODE views cache of the run `cfg` describes,
+    as tools/train.py would on first use: the same data, teacher, device, autocast, channels_last
+    and fast teacher. Under torchrun the shards are split over the processes (tools/cache_teacher.py)."""
+    device = resolve_device(cfg.SOLVER.DEVICE)
+    with process_group(cfg, device):
+        device = local_device(device)
+        seed_everything(cfg.EXPERIMENT.SEED, cfg.EXPERIMENT.DETERMINISTIC)
+        train_loader, _, distiller = build_classification_run(cfg)
+        amp_dtype = autocast_dtype(device, cfg.SOLVER)
+        channels_last = channels_last_enabled(cfg.SOLVER.CHANNELS_LAST, device, amp_dtype)
+        distiller = prepare_distiller(distiller, cfg.SOLVER, device, channels_last)
+        train_loader = place_loader(train_loader, device, channels_last)
+        return view_cache_for_run(cfg, distiller, train_loader, device, lambda: autocast_context(device, amp_dtype),
+                                  amp_dtype, channels_last)

@@ -28,6 +28,7 @@ from mdistiller.engine.mixing import BatchMixer, build_mixer, check_mixing
 from mdistiller.engine.optim import build_optimizer
 from mdistiller.engine.schedule import learning_rate
 from mdistiller.engine.stop import StopSignals
+from mdistiller.engine.teacher_cache import teacher_cache_for_run
 from mdistiller.engine.utils import (AverageMeter, autocast_context, autocast_dtype, configure_kernels,
                                      resolve_device, rng_state, seed_everything, set_rng_state, topk_accuracy)
 from mdistiller.errors import CheckpointError, NonFiniteLossError, OutputDirError, TrainingStopped
@@ -76,7 +77,9 @@ class Trainer:
     keyword arguments.
 
     Speed (mdistiller/engine/fast_path.py): autocast (SOLVER.AMP), channels_last, the teacher's fast
-    inference copy, torch.compile. Under torchrun (mdistiller/engine/distributed.py) `train_model`
+    inference copy, torch.compile. With TEACHER_CACHE.MODE views / replay
+    (mdistiller/engine/teacher_cache.py) the teacher's outputs come from a cache, passed to the
+    distiller as `teacher_output`, and the teacher does not run. Under torchrun (mdistiller/engine/distributed.py) `train_model`
     is the DDP wrapper of `distiller`, metrics are reduced over processes and rank 0 alone logs and
     saves; `distiller` stays the bare module, so checkpoints are the same as on one process. A step
     reads the device once (:meth:`read_step`): loss terms and metrics stay tensors until then.
@@ -105,6 +108,9 @@ class Trainer:
         self.lr_scale = world_size() if cfg.DISTRIBUTED.SCALE_LR else 1
         self.train_loader = place_loader(train_loader, self.device, self.channels_last)
         self.val_loader = place_loader(val_loader, self.device, self.channels_last)
+        # TEACHER_CACHE.MODE: the teacher's outputs read from disk (built here first for views)
+        self.teacher_cache = teacher_cache_for_run(cfg, self.distiller, self.train_loader, self.device,
+                                                   self.autocast, self.amp_dtype, self.channels_last)
         self.run_dir = run_dir or os.path.join(cfg.LOG.PREFIX, experiment_name)
         ensure_writable_dir(self.run_dir)
         self.optimizer = self.init_optimizer()
@@ -364,6 +370,8 @@ class Trainer:
     def to_device(self, batch) -> Tuple[torch.Tensor, torch.Tensor, Dict[str, torch.Tensor]]:
         image, target = batch[0], batch[1]
         names = ("index", *getattr(self.distiller, "batch_fields", ()))  # what the method declares it needs
+        if getattr(self.train_loader, "with_view", False):
+            names += ("view",)  # the fast augmentation's view numbers, read by the teacher cache
         extra = {name: value.to(self.device, non_blocking=True) for name, value in zip(names, batch[2:])}
         image = image.to(self.device, non_blocking=True).float()
         if self.channels_last:
@@ -402,6 +410,8 @@ class Trainer:
         optimizer step, and the normalisation statistics it changed restored (:meth:`restored_buffers`).
         """
         buffers = [b.clone() for b in self.restored_buffers()] if self.skip_nonfinite else []
+        if self.teacher_cache is not None:
+            extra = self.teacher_cache.batch_outputs(image, extra, epoch, step)
         with self.autocast(), self.forward_context():
             preds, losses = self.train_model(image=image, target=target, epoch=epoch, **extra)
         losses = {name: value.mean() for name, value in losses.items()}

@@ -44,8 +44,10 @@ def sfakd_feature_loss(projected: Tensor, teacher: Tensor, pooled: bool = False)
     """Mean squared error between the projected student map and the teacher map, both (B, C, h, w).
 
     ``pooled=False`` (authors' code): over every element of the maps. ``pooled=True`` (the seed
-    README's wording): between the globally average-pooled (B, C) vectors.
+    README's wording): between the globally average-pooled (B, C) vectors; `teacher` may then be
+    that (B, C) vector already (the teacher's pooled feature, as the teacher cache holds it).
     """
     if pooled:
-        projected, teacher = projected.mean(dim=(2, 3)), teacher.mean(dim=(2, 3))
+        projected = projected.mean(dim=(2, 3))
+        teacher = teacher if teacher.dim() == 2 else teacher.mean(dim=(2, 3))
     return F.mse_loss(projected, teacher)
