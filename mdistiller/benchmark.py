@@ -37,8 +37,8 @@ from mdistiller.engine.trainer import trainer_dict
 from mdistiller.engine.utils import resolve_device
 from mdistiller.models.external import is_external_name
 
-__all__ = ["ABLATION", "DATASET_SHAPES", "EAGER_FP32", "PeakMemory", "Subject", "TeacherFloor", "loader_throughput",
-           "run_benchmark"]
+__all__ = ["ABLATION", "CPU_ATTENTION_FLOPS", "DATASET_SHAPES", "EAGER_FP32", "PeakMemory", "Subject", "TeacherFloor",
+           "failure", "loader_throughput", "measure_in_turns", "overheads", "run_benchmark", "run_settings", "with_values"]
 
 # (training images, classes) per DATASET.TYPE, without reading the data.
 DATASET_SHAPES = {"cifar100": (50000, 100), "digits": (1437, 10), "tiny_imagenet": (100000, 200),
@@ -121,18 +121,21 @@ class Subject:
     """One measured configuration: a trainer around `distiller` and a fixed batch on its device."""
 
     def __init__(self, name: str, cfg: CN, distiller: Distiller, num_data: int, num_classes: int,
-                 run_dir: str) -> None:
+                 run_dir: str, batch: Optional[list] = None, train_loader=None) -> None:
+        """`batch`: the fixed batch to step on (default: random images and labels); `train_loader`: for
+        trainers that read its length (the dense one)."""
         self.name = name
-        self.trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, None, None, cfg, run_dir=run_dir)
-        size, batch = cfg.DATASET.IMAGE_SIZE, cfg.SOLVER.BATCH_SIZE
-        generator = torch.Generator().manual_seed(0)
-        raw = [torch.randn(batch, 3, size, size, generator=generator),
-               torch.randint(0, num_classes, (batch,), generator=generator),
-               torch.randint(0, num_data, (batch,), generator=generator)]
-        if cfg.DISTILLER.TYPE == "CRD" and "CRD" in cfg:
-            raw.append(torch.randint(0, num_data, (batch, cfg.CRD.NCE.K + 1), generator=generator))
-        self.image, self.target, self.extra = self.trainer.to_device(raw)
-        self.batch_size = batch
+        self.trainer = trainer_dict[cfg.SOLVER.TRAINER](name, distiller, train_loader, None, cfg, run_dir=run_dir)
+        if batch is None:
+            size, count = cfg.DATASET.IMAGE_SIZE, cfg.SOLVER.BATCH_SIZE
+            generator = torch.Generator().manual_seed(0)
+            batch = [torch.randn(count, 3, size, size, generator=generator),
+                     torch.randint(0, num_classes, (count,), generator=generator),
+                     torch.randint(0, num_data, (count,), generator=generator)]
+            if cfg.DISTILLER.TYPE == "CRD" and "CRD" in cfg:
+                batch.append(torch.randint(0, num_data, (count, cfg.CRD.NCE.K + 1), generator=generator))
+        self.image, self.target, self.extra = self.trainer.to_device(batch)
+        self.batch_size = len(batch[0])
         self.times: List[float] = []
         self.peaks: List[float] = []
         self.memory = PeakMemory(self.trainer.device)
@@ -188,7 +191,7 @@ def _teacher_factory(cfg: CN, num_classes: int) -> Callable[[], torch.nn.Module]
     return lambda: copy.deepcopy(teacher)
 
 
-def _with(cfg: CN, values: Dict[str, object]) -> CN:
+def with_values(cfg: CN, values: Dict[str, object]) -> CN:
     """A frozen copy of `cfg` with `values` ({"SECTION.KEY": value}) set."""
     out = cfg.clone()
     out.defrost()
@@ -202,7 +205,19 @@ def _with(cfg: CN, values: Dict[str, object]) -> CN:
     return out
 
 
-def _measure_in_turns(subjects: List[Subject], iters: int, warmup: int) -> Dict[str, List[float]]:
+def run_settings(trainer, cfg: CN) -> Dict[str, object]:
+    """The settings a step ran under: autocast dtype, channels-last, fast teacher, compile, cuDNN, threads."""
+    return {
+        "amp": str(trainer.amp_dtype).replace("torch.", "") if trainer.amp_dtype else "float32",
+        "channels_last": trainer.channels_last,
+        "fast_teacher": bool(cfg.SOLVER.FAST_TEACHER),
+        "compile": bool(cfg.SOLVER.COMPILE),
+        "cudnn_benchmark": torch.backends.cudnn.benchmark,  # set by the trainer, as in training
+        "threads": torch.get_num_threads(),
+    }
+
+
+def measure_in_turns(subjects: List[Subject], iters: int, warmup: int) -> Dict[str, List[float]]:
     """Warm every subject up, then time them in turns; returns each one's times of this window."""
     for subject in subjects:
         subject.warm_up(warmup)
@@ -211,6 +226,18 @@ def _measure_in_turns(subjects: List[Subject], iters: int, warmup: int) -> Dict[
         for subject in subjects:
             subject.timed_step()
     return {s.name: s.times[start[s.name]:] for s in subjects}
+
+
+def overheads(window: Dict[str, List[float]], name: str) -> Dict[str, float]:
+    """`name`'s median step time over the floor's and over the student's, from the same turns."""
+    step = statistics.median(window[name])
+    return {"overhead_vs_floor": step / statistics.median(window["floor"]),
+            "overhead_vs_student": step / statistics.median(window["student_only"])}
+
+
+def failure(err: Exception) -> Dict[str, str]:
+    """A method's record when it could not be measured: the error's type and first line."""
+    return {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
 
 
 def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int = 3,
@@ -223,7 +250,7 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
     """
     # LR 0: every step does the same work (the optimizer still runs) but repeated steps on one random
     # batch cannot drift the weights into non-finite losses.
-    cfg = _with(cfg, {"SOLVER.LR": 0.0})
+    cfg = with_values(cfg, {"SOLVER.LR": 0.0})
     device = resolve_device(cfg.SOLVER.DEVICE)
     num_data, num_classes = DATASET_SHAPES.get(cfg.DATASET.TYPE, (50000, 100))
     teacher = _teacher_factory(cfg, num_classes)
@@ -236,12 +263,12 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
     def subject(name: str, method_cfg: CN, cls) -> Subject:
         for stage in stages_of(cls.stages):
             # training costs the same with a stage's freshly initialised output (FreeKD's prompts) as with a learned one
-            method_cfg = _with(method_cfg, stage.stand_in(method_cfg, teacher(), run_dir))
+            method_cfg = with_values(method_cfg, stage.stand_in(method_cfg, teacher(), run_dir))
         distiller = cls(student(), None if cls is distiller_dict["NONE"] else teacher(), method_cfg,
                         num_data=num_data, num_classes=num_classes)
         return Subject(name, method_cfg, distiller, num_data, num_classes, run_dir)
 
-    base = subject("student_only", _with(cfg, {"DISTILLER.TYPE": "NONE"}), distiller_dict["NONE"])
+    base = subject("student_only", with_values(cfg, {"DISTILLER.TYPE": "NONE"}), distiller_dict["NONE"])
     floor = subject("floor", cfg, TeacherFloor)
     record = {
         "device": str(device),
@@ -249,32 +276,24 @@ def run_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup: int 
         "image_size": cfg.DATASET.IMAGE_SIZE,
         "teacher": cfg.DISTILLER.TEACHER,
         "student": cfg.DISTILLER.STUDENT,
-        "settings": {
-            "amp": str(base.trainer.amp_dtype).replace("torch.", "") if base.trainer.amp_dtype else "float32",
-            "channels_last": base.trainer.channels_last,
-            "fast_teacher": bool(cfg.SOLVER.FAST_TEACHER),
-            "compile": bool(cfg.SOLVER.COMPILE),
-            "cudnn_benchmark": torch.backends.cudnn.benchmark,  # set by the trainer, as in training
-            "threads": torch.get_num_threads(),
-        },
+        "settings": run_settings(base.trainer, cfg),
         "iters": iters,
         "load_average_before": list(os.getloadavg()),
         "methods": {},
     }
     for method in methods:
-        method_cfg = _with(cfg, {"DISTILLER.TYPE": method})
+        method_cfg = with_values(cfg, {"DISTILLER.TYPE": method})
         try:
             measured = subject(method, method_cfg, distiller_dict[method])
             turns = [base, floor, measured]
             if variants and method == cfg.DISTILLER.TYPE:
-                turns += [subject(name, _with(method_cfg, keys), distiller_dict[method]) for name, keys in variants.items()]
-            window = _measure_in_turns(turns, iters, warmup)
+                turns += [subject(name, with_values(method_cfg, keys), distiller_dict[method]) for name, keys in variants.items()]
+            window = measure_in_turns(turns, iters, warmup)
         except Exception as err:  # one method failing must not hide the others' numbers
-            record["methods"][method] = {"error": f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"}
+            record["methods"][method] = failure(err)
             continue
         entry = measured.summary()
-        entry["overhead_vs_floor"] = statistics.median(window[method]) / statistics.median(window["floor"])
-        entry["overhead_vs_student"] = statistics.median(window[method]) / statistics.median(window["student_only"])
+        entry.update(overheads(window, method))
         if len(turns) > 3:
             entry["variants"] = {}
             for variant in turns[3:]:
@@ -328,7 +347,7 @@ def loader_throughput(cfg: CN, batches: int = 100) -> Dict[str, Dict[str, float]
     device = resolve_device(cfg.SOLVER.DEVICE)
     results: Dict[str, Dict[str, float]] = {}
     for name, fast in (("fast_aug", True), ("torchvision", False)):
-        loader_cfg = _with(cfg, {"DATASET.FAST_AUG": fast, "DATASET.TYPE": "cifar100"})
+        loader_cfg = with_values(cfg, {"DATASET.FAST_AUG": fast, "DATASET.TYPE": "cifar100"})
         loader, _ = build_loaders(loader_cfg, train_set, val_set)
         loader = place_loader(loader, device)
         iterator = iter(loader)

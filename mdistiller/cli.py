@@ -7,7 +7,7 @@ from typing import Callable, List, Optional, Sequence, Tuple, Union
 
 from yacs.config import CfgNode as CN
 
-from mdistiller.engine.cfg import build_cfg, import_plugins, load_cfg_text, merge_overrides
+from mdistiller.engine.cfg import build_cfg, check_cfg, import_plugins, load_cfg_text, merge_overrides
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.errors import CheckpointError, ConfigError, TrainingStopped, UserError
 
@@ -65,9 +65,10 @@ def resume_target(resume: Union[bool, str]) -> Tuple[Optional[str], Union[bool, 
     return None, resume
 
 
-def saved_cfg(checkpoint: str, opts: Sequence[str], load_text: Callable[[str], CN] = load_cfg_text) -> CN:
+def saved_cfg(checkpoint: str, opts: Sequence[str], load_text: Callable[[str], CN] = load_cfg_text,
+              check: Callable[[CN], None] = check_cfg) -> CN:
     """The config a checkpoint was trained with (read by `load_text`: mdistiller_dense passes its
-    own), the command-line overrides merged on top.
+    own), the command-line overrides merged on top and the result checked by `check`.
 
     Without the checkpoint (a run stopped before its first one), the run's own `cfg.yaml` beside it.
     """
@@ -85,21 +86,22 @@ def saved_cfg(checkpoint: str, opts: Sequence[str], load_text: Callable[[str], C
     cfg = load_text(text)
     cfg.defrost()
     merge_overrides(cfg, opts)
+    check(cfg)
     cfg.freeze()
     return cfg
 
 
 def run_cfg(cfg_file: str, opts: Sequence[str], resume: Union[bool, str], plugins: Sequence[str] = (),
             build: Callable[[str, Sequence[str]], CN] = build_cfg,
-            load_text: Callable[[str], CN] = load_cfg_text) -> CN:
+            load_text: Callable[[str], CN] = load_cfg_text, check: Callable[[CN], None] = check_cfg) -> CN:
     """The config of a training run: `cfg_file` <- `opts` (by `build`), or, resuming a checkpoint
-    without a file, the checkpoint's own config <- `opts` (by `load_text`). The `plugins` (``--plugin``)
+    without a file, the checkpoint's own config <- `opts` (by `load_text`, checked by `check`). The `plugins` (``--plugin``)
     are imported first and added to EXPERIMENT.PLUGINS, so the run's saved config imports them too."""
     import_plugins(plugins)
     if cfg_file or not resume:
         cfg = build(cfg_file, opts)
     elif isinstance(resume, str):
-        cfg = saved_cfg(resume, opts, load_text)
+        cfg = saved_cfg(resume, opts, load_text, check)
     else:
         raise ConfigError("--resume without a path needs --cfg to find the run; or give the run directory: "
                           "--resume output/<project>/<name>.")

@@ -1,11 +1,19 @@
 """A small name -> object registry used for models, distillers, datasets and trainers."""
 
 import difflib
-from typing import Dict, Iterator, Optional, TypeVar
+from typing import Dict, Iterable, Iterator, Optional, TypeVar
 
 from mdistiller.errors import UnknownNameError
 
 T = TypeVar("T")
+
+
+def did_you_mean(name: str, known: Iterable[str]) -> str:
+    """`` Did you mean A, B?`` naming the (at most three) known names closest to `name`, letter case
+    aside; "" when none is close."""
+    by_lower = {str(k).lower(): str(k) for k in known}
+    close = [by_lower[c] for c in difflib.get_close_matches(name.lower(), list(by_lower), n=3)]
+    return f" Did you mean {', '.join(close)}?" if close else ""
 
 
 class Registry:
@@ -36,10 +44,9 @@ class Registry:
     def get(self, name: str, where: str = ""):
         """The object registered as `name`; `where` (e.g. " for dataset 'digits'") goes into the error."""
         if name not in self._items:
-            close = difflib.get_close_matches(name, self._items, n=3)
-            hint = f" Did you mean {', '.join(close)}?" if close else ""
             raise UnknownNameError(
-                f"Unknown {self.kind} '{name}'{where}.{hint} Known: {', '.join(sorted(self._items))}."
+                f"Unknown {self.kind} '{name}'{where}.{did_you_mean(name, self._items)} "
+                f"Known: {', '.join(sorted(self._items))}."
             )
         return self._items[name]
 

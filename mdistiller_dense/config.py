@@ -10,13 +10,19 @@ from typing import Optional, Sequence
 
 from yacs.config import CfgNode as CN
 
-from mdistiller.engine.cfg import CFG, load_cfg_text, merge_cfg
-from mdistiller_dense.distillers import dense_method_defaults
+from mdistiller.config_checks import InRange, OneOf, Rules, non_negative, probability
+from mdistiller.engine.cfg import CFG, RULES, check_cfg, load_cfg_text, merge_cfg
+from mdistiller_dense.data import DATASET_TYPES
+from mdistiller_dense.distillers import dense_distiller_dict, dense_method_defaults
+from mdistiller_dense.distillers._base import dense_method_rules
+from mdistiller_dense.models import FPN_EXTRA, HEAD_LAYOUTS
 
-__all__ = ["DENSE_CFG", "build_dense_cfg", "load_dense_cfg_text"]
+__all__ = ["DENSE_CFG", "DENSE_RULES", "build_dense_cfg", "check_dense_cfg", "load_dense_cfg_text"]
+
+SHARED_SECTIONS = ("EXPERIMENT", "SOLVER", "DISTRIBUTED", "LOG")  # the engine's, with detection defaults
 
 DENSE_CFG = CN()
-for _section in ("EXPERIMENT", "SOLVER", "DISTRIBUTED", "LOG"):
+for _section in SHARED_SECTIONS:
     DENSE_CFG[_section] = CFG[_section].clone()
 DENSE_CFG.EXPERIMENT.PROJECT = "dense"
 DENSE_CFG.SOLVER.TRAINER = "dense"
@@ -90,9 +96,29 @@ for _name, _defaults in dense_method_defaults.items():
     DENSE_CFG[_name] = _defaults.clone()
 
 
+# The engine's checks of the sections shared with it, and the dense sections' (mdistiller/config_checks.py).
+DENSE_RULES: Rules = {
+    **{key: rule for key, rule in RULES.items() if key.split(".")[0] in SHARED_SECTIONS},
+    "DATASET.TYPE": OneOf(DATASET_TYPES),
+    "DATASET.FLIP_PROB": probability,
+    "DISTILLER.TYPE": OneOf(dense_distiller_dict),
+    "MODEL.FPN_EXTRA": OneOf(FPN_EXTRA),
+    "MODEL.SEG_HEAD_LAYOUT": OneOf(HEAD_LAYOUTS),
+    "MODEL.AUX_WEIGHT": non_negative,
+    "SOLVER.WARMUP_RATIO": InRange(0.0, 1.0),
+}
+
+
+def check_dense_cfg(cfg: CN) -> None:
+    """ConfigError, in one line, for the first value of a dense config that breaks DENSE_RULES or a
+    dense method section's rules."""
+    check_cfg(cfg, DENSE_RULES, dense_method_rules)
+
+
 def build_dense_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Dense defaults <- YAML file <- command line, strictly merged; frozen."""
+    """Dense defaults <- YAML file <- command line, strictly merged and checked; frozen."""
     cfg = merge_cfg(DENSE_CFG, cfg_file, opts)
+    check_dense_cfg(cfg)
     cfg.freeze()
     return cfg
 

@@ -28,7 +28,8 @@ Rules (``<bb>`` = ``backbone.body.`` in detectors, ``backbone.`` in segmenters):
   ``roi_head.bbox_head.shared_fcs.0|1`` -> ``roi_heads.box_head.fc6|fc7``, ``fc_cls`` ->
   ``box_predictor.cls_score`` (mmdetection's background is the last row, torchvision's the first),
   ``fc_reg`` -> ``bbox_pred`` (class-specific deltas; four zero rows for the background).
-- RepPoints: ``bbox_head.X`` -> ``head.X`` (DENSE_NAMES.md), ``reppoints_cls_out`` + background slot.
+- RepPoints: ``bbox_head.X`` -> ``head.X`` (mdistiller_dense/reppoints.py keeps mmdetection's names),
+  ``reppoints_cls_out`` + background slot.
 - Segmenters: ``decode_head.X`` -> ``classifier.X``, ``auxiliary_head.X`` -> ``aux_classifier.X``
   (mmsegmentation-layout heads), or onto torchvision's FCNHead (``convs.0.conv`` -> ``0``,
   ``convs.0.bn`` -> ``1``, ``conv_seg`` -> ``4``), which is mmsegmentation's FCNHead with

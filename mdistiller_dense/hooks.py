@@ -16,7 +16,7 @@ __all__ = ["FeatureCapture", "as_levels", "default_feature_modules"]
 
 def default_feature_modules(kind: str) -> List[str]:
     """The FPN output for detectors, the last backbone stage for segmenters."""
-    if kind in ("fcos", "retinanet", "fasterrcnn"):
+    if kind in ("fcos", "retinanet", "fasterrcnn", "reppoints"):
         return ["backbone.fpn"]
     return ["backbone.layer4"]
 

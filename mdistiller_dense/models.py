@@ -2,7 +2,8 @@
 
 Names: ``<kind>_<backbone>_fpn`` for the detectors ``fcos``, ``retinanet``, ``fasterrcnn``
 (ResNet-FPN built as torchvision's ``*_resnet50_fpn`` builders do, so parameter names equal
-torchvision's and its COCO weights load) and ``<kind>_<backbone>`` for the segmenters ``fcn``,
+torchvision's and its COCO weights load) and ``reppoints`` (mdistiller_dense/reppoints.py: the FPN
+with GroupNorm, P6 / P7 from C5), and ``<kind>_<backbone>`` for the segmenters ``fcn``,
 ``deeplabv3`` (output stride 8: the last two stages dilated 2 and 4, also for the BasicBlock depths
 18 / 34 as in mmsegmentation's ResNetV1c-18 recipes) and ``pspnet`` (mdistiller_dense/pspnet.py).
 Backbones: ``resnet{18,34,50,101}``, ``resnext101_32x4d``, ``resnext101_64x4d``
@@ -32,7 +33,7 @@ from torchvision.models.segmentation.fcn import FCN, FCNHead
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
 from mdistiller.errors import CheckpointError, ConfigError, UnknownNameError
 from mdistiller.models.pretrained import torchvision_state_dict
-from mdistiller_dense import pspnet
+from mdistiller_dense import pspnet, reppoints
 from mdistiller_dense.convert import convert_mm_state_dict, is_mm_checkpoint
 from mdistiller_dense.backbones import (BACKBONES, TORCHVISION, backbone_of, build_resnet_backbone, is_bottleneck,
                                         resnet_weights)
@@ -40,7 +41,7 @@ from mdistiller_dense.backbones import (BACKBONES, TORCHVISION, backbone_of, bui
 __all__ = ["DETECTORS", "SEGMENTERS", "BACKBONES", "HEAD_LAYOUTS", "parse_model_name", "task_of", "build_detector",
            "build_segmenter", "build_dense_model", "load_model_weights", "resnet_weights"]
 
-DETECTORS = ("fcos", "retinanet", "fasterrcnn")
+DETECTORS = ("fcos", "retinanet", "fasterrcnn", "reppoints")
 SEGMENTERS = ("fcn", "deeplabv3", "pspnet")
 HEAD_LAYOUTS = ("torchvision", "mmseg")
 FPN_EXTRA = ("output", "input")
@@ -104,13 +105,13 @@ def build_detector(name: str, num_classes: int, min_size: int = 800, max_size: i
                    backbone_weights: str = "", trainable_layers: int = 3, frozen_bn: Optional[bool] = None,
                    dcn_stages: Sequence[int] = (), deep_stem: bool = False, fpn_extra: str = "output",
                    **kwargs) -> nn.Module:
-    """A torchvision FCOS / RetinaNet / Faster R-CNN on a ResNet / ResNeXt FPN, as torchvision's builders.
+    """A torchvision FCOS / RetinaNet / Faster R-CNN or a RepPoints on a ResNet / ResNeXt FPN, as torchvision's builders.
 
     ``num_classes`` counts the background (label 0), as torchvision's COCO models (91). With backbone
     weights (or ``frozen_bn``) BatchNorm is frozen and only ``trainable_layers`` stages train
     (torchvision's recipe); from scratch every layer trains with ordinary BatchNorm. ``fpn_extra``
     (FCOS / RetinaNet): P6 from P5 (``"output"``: torchvision's v1 models, mmdetection's FCOS) or
-    from C5 (``"input"``: mmdetection's RetinaNet, torchvision's v2 models).
+    from C5 (``"input"``: mmdetection's RetinaNet, torchvision's v2 models); RepPoints always from C5.
     """
     kind, backbone_name = parse_model_name(name)
     if kind not in DETECTORS:
@@ -124,6 +125,10 @@ def build_detector(name: str, num_classes: int, min_size: int = 800, max_size: i
     if kind == "fasterrcnn":
         fpn = _resnet_fpn_extractor(backbone, layers)
         model = FasterRCNN(fpn, num_classes, min_size=min_size, max_size=max_size, **kwargs)
+    elif kind == "reppoints":
+        fpn = _resnet_fpn_extractor(backbone, layers, returned_layers=[2, 3, 4],
+                                    extra_blocks=reppoints.LastLevelP6P7GN(c5, 256), norm_layer=reppoints.group_norm)
+        model = reppoints.RepPoints(fpn, num_classes, min_size=min_size, max_size=max_size, **kwargs)
     else:
         extra = LastLevelP6P7(256 if fpn_extra == "output" else c5, 256)
         fpn = _resnet_fpn_extractor(backbone, layers, returned_layers=[2, 3, 4], extra_blocks=extra)

@@ -12,15 +12,17 @@ AP / mIoU it logs is the prompted teacher's. Dense FREEKD declares it as its ``"
 (:class:`DensePromptStage`), which the engine runs before training when the prompt file is missing.
 """
 
+import os
 from collections import OrderedDict
-from typing import Dict, List, Sequence
+from typing import Dict, List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
-from mdistiller.distillers.frequency_prompts import build_prompts, distilled_indices
+from mdistiller.distillers.frequency_prompts import build_prompts, distilled_indices, prompt_record
+from mdistiller.engine.checkpoint import save_checkpoint
 from mdistiller.engine.distributed import local_device, process_group, shard_loaders
 from mdistiller.engine.prompt_learning import PromptStage, PromptTrainer, prompt_learning_cfg, run_prompt_trainer
 from mdistiller.engine.stages import stage_dict
@@ -31,7 +33,8 @@ from mdistiller_dense.hooks import as_levels, default_feature_modules
 from mdistiller_dense.models import DETECTORS, parse_model_name
 from mdistiller_dense.trainer import DenseTrainer, dense_evaluate
 
-__all__ = ["DensePromptStage", "PromptedDenseTeacher", "DensePromptTrainer", "learn_dense_prompts"]
+__all__ = ["DensePromptStage", "PromptedDenseTeacher", "DensePromptTrainer", "initial_dense_prompts",
+           "learn_dense_prompts"]
 
 
 def _rebuild(output, levels: List[Tensor]):
@@ -121,6 +124,17 @@ class DensePromptTrainer(PromptTrainer, DenseTrainer):
     """Classification's prompt trainer (prompt file after every epoch) with the dense batches and metrics."""
 
 
+def initial_dense_prompts(cfg: CN, teacher: nn.Module, name: str) -> Tuple[List[str], nn.ModuleList, List[int]]:
+    """The teacher's feature modules, freshly initialised prompts for the distilled ones, their indices."""
+    from mdistiller_dense.distillers._base import level_channels
+
+    kind, _ = parse_model_name(cfg.DISTILLER.TEACHER)
+    names = list(cfg.DISTILLER.TEACHER_FEATURES) or default_feature_modules(kind)
+    channels = level_channels(teacher, names)
+    indices = distilled_indices(len(channels), cfg[name].NUM_STAGES, name, first=0)
+    return names, build_prompts([channels[i] for i in indices], cfg[name]), indices
+
+
 def learn_dense_prompts(cfg: CN, name: str = "FREEKD", verbose: bool = True, resume: bool = False) -> str:
     """Stage 1 for the dense config ``cfg``; returns the prompt file's path (`resume`: continue from
     the stage's ``latest`` checkpoint when there is one)."""
@@ -137,12 +151,7 @@ def _learn_dense_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_lo
     section = cfg[name]
     kind, _ = parse_model_name(cfg.DISTILLER.TEACHER)
     teacher = build_dense_teacher(cfg, num_classes)
-    names = list(cfg.DISTILLER.TEACHER_FEATURES) or default_feature_modules(kind)
-    from mdistiller_dense.distillers._base import level_channels
-
-    channels = level_channels(teacher, names)
-    indices = distilled_indices(len(channels), section.NUM_STAGES, name, first=0)
-    prompts = build_prompts([channels[i] for i in indices], section)
+    names, prompts, indices = initial_dense_prompts(cfg, teacher, name)
     device = local_device(resolve_device(cfg.SOLVER.DEVICE))
     plain = dense_evaluate(_Unprompted(teacher, kind in DETECTORS, cfg.DATASET.IGNORE_INDEX, num_classes).to(device),
                            val_loader, device)
@@ -162,8 +171,13 @@ class DensePromptStage(PromptStage):
     def learn(self, cfg: CN, resume: bool, verbose: bool) -> str:
         return learn_dense_prompts(cfg, cfg.DISTILLER.TYPE, verbose, resume)
 
-    def stand_in(self, cfg: CN, teacher: nn.Module, directory: str):
-        raise NotImplementedError("no stand-in prompts for dense teachers (tests/dense_helpers.py writes them)")
+    def stand_in(self, cfg: CN, teacher: nn.Module, directory: str) -> Dict[str, str]:
+        """Freshly initialised prompts written under `directory` (stage 2 costs the same with them)."""
+        name = cfg.DISTILLER.TYPE
+        _, prompts, indices = initial_dense_prompts(cfg, teacher, name)
+        path = os.path.join(directory, f"{name.lower()}_dense_prompts.pth")
+        save_checkpoint(prompt_record(prompts, teacher, cfg, name, indices), path)
+        return {f"{name}.PROMPT_PATH": path}
 
 
 class _Unprompted(nn.Module):

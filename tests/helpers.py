@@ -4,6 +4,8 @@ import math
 import os
 import signal
 
+import numpy as np
+import pywt
 import torch
 import torch.nn.functional as F
 
@@ -99,6 +101,24 @@ def communicate_all(procs, timeout: int = 300):
             if proc.poll() is None:
                 proc.kill()
     return results
+
+
+# -- FreeKD's stage-1 map by its formula, with PyWavelets (prompt and stage-1 tests)
+def pywt_prompted_map(x, tokens):
+    """``IDWT(sum_t sigmoid(P_k R_k) * band_k)`` of maps x (B, C, H, W) in numpy, PyWavelets' Haar with
+    zero padding: token set 0 masks LL_L, token set j the three high bands of level j (finest j = 1),
+    R_k the band (high bands: the three summed); cropped back to (H, W). `tokens` (L + 1, T, C)."""
+    levels = len(tokens) - 1
+
+    def masked(band, mask_input, token_set):
+        mask = 1.0 / (1.0 + np.exp(-np.einsum("tc,bchw->bthw", token_set, mask_input)))  # (B, T, h, w)
+        return band * mask.sum(axis=1, keepdims=True)
+
+    low, *details = pywt.wavedec2(x, "haar", mode="zero", level=levels)  # details: level L first, level 1 last
+    new_low = masked(low, low, tokens[0])
+    new_details = [tuple(masked(band, sum(level), tokens[j]) for band in level)
+                   for j, level in zip(range(levels, 0, -1), details)]
+    return pywt.waverec2([new_low] + new_details, "haar", mode="zero")[..., :x.shape[-2], :x.shape[-1]]
 
 
 # -- FreeKD's band loss in the authors' broadcast form (FreeKD and AFPKD tests)

@@ -11,6 +11,11 @@ from those libraries' module definitions (not from mdistiller_dense.convert):
   ``conv_reg``, ``conv_centerness``, ``scales.i.scale``), ``rpn_head.py`` (``rpn_conv``, ``rpn_cls``
   A, ``rpn_reg`` 4A), ``convfc_bbox_head.py`` Shared2FCBBoxHead (``shared_fcs.0|1``, ``fc_cls`` K+1
   with the background last, ``fc_reg`` 4K).
+- ``reppoints_head.py`` RepPointsHead(num_classes, 256, stacked_convs=3, num_points=9, norm_cfg GN):
+  ``cls_convs.i`` / ``reg_convs.i`` ConvModules (``conv`` without bias, ``gn``),
+  ``reppoints_cls_conv`` and ``reppoints_pts_refine_conv`` mmcv DeformConv (3x3, ``weight`` only),
+  ``reppoints_cls_out`` (1x1, K), ``reppoints_pts_init_conv`` (3x3, bias), ``reppoints_pts_init_out`` /
+  ``reppoints_pts_refine_out`` (1x1, 18), ``moment_transfer`` (2,).
 - ``mmseg/models/decode_heads/decode_head.py`` + ``fcn_head.py`` (``conv_seg`` first, then
   ``convs.i.conv|bn``, ``conv_cat``), ``aspp_head.py`` (``image_pool.1``, ``aspp_modules.i``,
   ``bottleneck``).
@@ -115,14 +120,20 @@ def mm_retina_head(num_classes: int, anchors: int = 9, seed: int = 2) -> Tensors
     return sd
 
 
-def mm_fcos_head(num_classes: int, scales: Sequence[float] = (1.0,) * 5, seed: int = 3) -> Tensors:
-    """FCOSHead(num_classes, 256, stacked_convs=4, norm_cfg GN(32)): tower convs without bias."""
-    gen = torch.Generator().manual_seed(seed)
+def _gn_towers(stacked_convs: int, gen: torch.Generator) -> Tensors:
+    """An anchor-free head's ``cls_convs`` / ``reg_convs``: ConvModule(256, 256, 3, GN(32)), no conv bias."""
     sd: Tensors = {}
-    for i in range(4):
+    for i in range(stacked_convs):
         for branch in ("cls", "reg"):
             _conv(sd, f"bbox_head.{branch}_convs.{i}.conv", 256, 256, 3, False, gen)
             _norm(sd, f"bbox_head.{branch}_convs.{i}.gn", 256, gen, batch=False)
+    return sd
+
+
+def mm_fcos_head(num_classes: int, scales: Sequence[float] = (1.0,) * 5, seed: int = 3) -> Tensors:
+    """FCOSHead(num_classes, 256, stacked_convs=4, norm_cfg GN(32)): tower convs without bias."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = _gn_towers(4, gen)
     _conv(sd, "bbox_head.conv_cls", num_classes, 256, 3, True, gen)
     _conv(sd, "bbox_head.conv_reg", 4, 256, 3, True, gen)
     _conv(sd, "bbox_head.conv_centerness", 1, 256, 3, True, gen)
@@ -142,6 +153,21 @@ def mm_faster_rcnn_heads(num_classes: int, seed: int = 4) -> Tensors:
                         ("fc_cls", (num_classes + 1, 1024)), ("fc_reg", (4 * num_classes, 1024))):
         sd[f"roi_head.bbox_head.{name}.weight"] = torch.randn(*shape, generator=gen) * 0.01
         sd[f"roi_head.bbox_head.{name}.bias"] = torch.randn(shape[0], generator=gen) * 0.01
+    return sd
+
+
+def mm_reppoints_head(num_classes: int, seed: int = 7) -> Tensors:
+    """RepPointsHead(num_classes, 256, feat_channels=256, point_feat_channels=256, stacked_convs=3,
+    num_points=9, norm_cfg=dict(type='GN', num_groups=32), transform_method='moment')."""
+    gen = torch.Generator().manual_seed(seed)
+    sd = _gn_towers(3, gen)
+    _conv(sd, "bbox_head.reppoints_cls_conv", 256, 256, 3, False, gen)
+    _conv(sd, "bbox_head.reppoints_cls_out", num_classes, 256, 1, True, gen)
+    _conv(sd, "bbox_head.reppoints_pts_init_conv", 256, 256, 3, True, gen)
+    _conv(sd, "bbox_head.reppoints_pts_init_out", 18, 256, 1, True, gen)
+    _conv(sd, "bbox_head.reppoints_pts_refine_conv", 256, 256, 3, False, gen)
+    _conv(sd, "bbox_head.reppoints_pts_refine_out", 18, 256, 1, True, gen)
+    sd["bbox_head.moment_transfer"] = 0.1 * torch.randn(2, generator=gen)
     return sd
 
 

@@ -27,7 +27,8 @@ import torch
 from conftest import REPO_ROOT
 from dense_helpers import SHAPES_OPTS, dense_cfg, save_teacher
 from mdistiller.distillers import distiller_dict
-from mdistiller.engine.cfg import CFG
+from mdistiller.distillers.frequency_prompts import prompt_path
+from mdistiller.engine.cfg import CFG, build_cfg
 from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
 from mdistiller.engine.loggers import read_metrics
 from mdistiller.models import cifar_model_dict
@@ -45,13 +46,15 @@ SHAPES = os.path.join(REPO_ROOT, "configs", "shapes")
 REFUSED: dict = {}
 # The short form (the default suite): one case per multi-process concern. SFAKD: a student
 # parameter no loss reaches (frozen); CRD: memory banks updated from every process; OFD: the
-# teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; OFA_swin_student: a
-# token student without prefix tokens, whose branches must hold no parameter that no loss reaches
-# (find_unused_parameters is False for OFA); SFAKD_vit_pair: SFAKD through a ViT teacher's head, the
-# ViT student's own head and final norm frozen (no gradient reaches them); DOT_AT: DOT's two
-# gradients through feature hooks; dense CWD: a dense distiller, and the AP of the whole validation
-# set; dense segmenter: the mIoU of the whole set. MDISTILLER_E2E=full runs every case.
+# teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; FREEKD_vit_teacher: stage 1
+# inside a ViT teacher's token stream under DDP, stage 2 from its file; OFA_swin_student: a token student
+# without prefix tokens, whose branches must hold no parameter that no loss reaches (find_unused_parameters
+# is False for OFA); SFAKD_vit_pair: SFAKD through a ViT teacher's head, the ViT student's own head and
+# final norm frozen (no gradient reaches them); DOT_AT: DOT's two gradients through feature hooks; dense
+# CWD: a dense distiller, and the AP of the whole validation set; dense segmenter: the mIoU of the whole
+# set. MDISTILLER_E2E=full runs every case.
 SHORT = {"SFAKD", "SFAKD_vit_pair", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "OFA_swin_student",
+         "FREEKD_vit_teacher",
          "dense_CWD", "dense_segmenter"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
 # DEIT needs a student with a distillation token: a tiny timm distilled DeiT on the 16 px digits.
@@ -62,6 +65,7 @@ EXTRA = {"CRD": ["CRD.NCE.K=64"],
 TINY_VIT_KWARGS = {"patch_size": 4, "embed_dim": 32, "depth": 2, "num_heads": 2}  # 16 px digits: a 4x4 grid
 # 16 px digits: stages of 8x8, 4x4, 2x2, 1x1 tokens, 16 to 128 wide
 TINY_SWIN_KWARGS = {"patch_size": 2, "window_size": 2, "embed_dim": 16, "depths": (1, 1, 1, 1), "num_heads": (1, 1, 2, 2)}
+FREEKD_VIT_KWARGS = dict(TINY_VIT_KWARGS, depth=3)  # 3 taps: FREEKD's last 2, one of them mid-stream
 
 
 def selected(cases, full: bool):
@@ -105,6 +109,14 @@ def classification_cases(tmp_path):
                   "args": ["--cfg", os.path.join(DIGITS, "student.yaml"), *common, "DISTILLER.TYPE=OFA",
                            "DISTILLER.STUDENT=timm:swin_tiny_patch4_window7_224", "SOLVER.TYPE=AdamW",
                            "SOLVER.LR=0.001", *swin_kwargs]})
+    freekd_vit_file = tmp_path / "digits_vit3_teacher.pth"
+    freekd_vit = build_external_model("timm:vit_tiny_patch16_224", 10, 16, FREEKD_VIT_KWARGS)
+    save_checkpoint({"model": freekd_vit.state_dict()}, str(freekd_vit_file))
+    cases.append({"name": "FREEKD_vit_teacher", "tool": "train", "stage1": "train_prompt",
+                  "args": ["--cfg", os.path.join(DIGITS, "freekd.yaml"), *common, "FREEKD.PROMPT_EPOCHS=1",
+                           "DISTILLER.TEACHER=timm:vit_tiny_patch16_224",
+                           f"DISTILLER.TEACHER_WEIGHTS={freekd_vit_file}",
+                           *[f"MODEL.TEACHER_KWARGS.{k}={v}" for k, v in FREEKD_VIT_KWARGS.items()]]})
     return cases
 
 
@@ -193,6 +205,13 @@ def test_every_classification_method_under_two_processes(tmp_path, e2e_full):
         assert latest["epoch"] == 4, case["name"]
     builds = {case["name"]: rank0[case["name"]]["teacher_builds"] for case in cases}
     assert all(builds[name] == 1 for name in ("CRD", "DOT_AT") if name in builds), builds
+    (vit_case,) = [case for case in cases if case["name"] == "FREEKD_vit_teacher"]
+    record = load_checkpoint(prompt_path(build_cfg(vit_case["args"][1], vit_case["args"][2:]), "FREEKD"))
+    assert record["teacher"] == "timm:vit_tiny_patch16_224" and record["epoch"] == 1  # stage 1 in the ViT ran
+    assert record["feature_indices"] == [1, 2] and record["channels"] == [32, 32]
+    stage2 = load_checkpoint(str(tmp_path / "cls" / "FREEKD_vit_teacher" / "latest"))["model"]
+    for key, value in record["prompts"].items():  # stage 2 (both ranks, compared above) read the learned file
+        assert torch.equal(stage2[f"prompts.{key}"], value), key
 
 
 def test_every_dense_method_under_two_processes_and_ap_of_the_whole_validation_set(tmp_path, e2e_full):

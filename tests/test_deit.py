@@ -64,6 +64,19 @@ def test_hard_distillation_matches_the_formula():
     np.testing.assert_allclose(fused.detach().double().numpy(), (cls + dist) / 2, rtol=1e-5, atol=1e-6)
 
 
+def test_soft_target_cross_entropy_under_mixing():
+    """A (N, K) target: the class head's term is (1 - ALPHA) * mean_i -sum_k y_ik log softmax(cls)_ik
+    (DeiT's SoftTargetCrossEntropy under mixup), the distillation head still learns the teacher's arg-max."""
+    distiller = build_deit("DEIT.ALPHA=0.4")
+    g = torch.Generator().manual_seed(5)
+    image, soft = torch.randn(4, 3, SIZE, SIZE, generator=g), torch.softmax(torch.randn(4, 10, generator=g) * 2, dim=1)
+    _, losses, cls, dist, teacher = train_forward(distiller, image, soft)
+    y = soft.double().numpy()
+    assert losses["loss_ce"].item() == pytest.approx(0.6 * float(-(y * log_softmax(cls, axis=1)).sum(1).mean()),
+                                                     rel=1e-5)
+    assert losses["loss_kd"].item() == pytest.approx(0.4 * ce(dist, teacher.argmax(1)), rel=1e-5)
+
+
 @pytest.mark.parametrize("scale,divisor", [("code", "batch*classes"), ("paper", "batch")])
 def test_soft_distillation_matches_the_formula(scale, divisor):
     distiller = build_deit("DEIT.TYPE=soft", "DEIT.TAU=3.0", "DEIT.ALPHA=0.1", f"DEIT.SOFT_SCALE={scale}")
@@ -128,5 +141,5 @@ def test_a_student_without_a_distillation_token_is_refused():
 
 
 def test_unknown_type_is_refused():
-    with pytest.raises(ConfigError, match="DEIT.TYPE must be one of hard, soft"):
+    with pytest.raises(ConfigError, match="DEIT.TYPE 'medium' is not one of hard, soft"):
         build_deit("DEIT.TYPE=medium")

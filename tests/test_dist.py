@@ -4,7 +4,7 @@ its invariances, and the distiller's losses and gradients."""
 import numpy as np
 import pytest
 import torch
-from scipy.special import softmax
+from scipy.special import log_softmax, softmax
 
 from mdistiller.losses.dist import dist_loss
 from tests.distiller_step import build, train_step
@@ -48,8 +48,16 @@ def test_dist_distiller_step():
     assert distiller.get_extra_parameters() == 0
 
 
-def test_dist_with_soft_targets():
-    distiller, _ = build("DIST")
-    soft = torch.softmax(torch.randn(4, 10), dim=1)
-    _, losses = train_step(distiller, {"image": torch.randn(4, 3, 16, 16), "target": soft})
-    assert torch.isfinite(losses["loss_ce"])
+def test_dist_with_soft_targets_takes_the_soft_target_cross_entropy():
+    """A (N, K) target (mixup / cutmix / smoothing): loss_ce = CE_WEIGHT * mean_i -sum_k y_ik log
+    softmax(z_s)_ik; loss_kd needs no label and keeps its value (the default KD_WEIGHT 2, tau 4)."""
+    distiller, _ = build("DIST", ["DIST.LOSS.CE_WEIGHT=0.7", "DIST.TEMPERATURE=4.0"])
+    g = torch.Generator().manual_seed(3)
+    image, soft = torch.randn(4, 3, 16, 16, generator=g), torch.softmax(torch.randn(4, 10, generator=g) * 2, dim=1)
+    logits, losses = train_step(distiller, {"image": image, "target": soft})
+    with torch.no_grad():
+        t_logits = distiller.teacher(image)[0].double().numpy()
+    s, y = logits.detach().double().numpy(), soft.double().numpy()
+    assert losses["loss_ce"].item() == pytest.approx(0.7 * float(-(y * log_softmax(s, axis=1)).sum(1).mean()), rel=1e-5)
+    # float32 against float64: 1 - rho of two close distributions at tau 4 keeps about four digits
+    assert losses["loss_kd"].item() == pytest.approx(2.0 * reference_dist(s, t_logits, 1.0, 1.0, 4.0), rel=1e-3)

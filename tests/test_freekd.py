@@ -115,13 +115,20 @@ class SkipAcross(nn.Module):
     def forward(self, x):
         f1 = 2 * self.a(x)
         f2 = self.c(self.b(f1) + f1)
-        return self.fc(f2.mean((2, 3))), {"feats": [f1, f2]}
+        pooled = f2.mean((2, 3))
+        return self.fc(pooled), {"feats": [f1, f2], "pooled_feat": pooled}
 
 
-def test_hook_refuses_a_feature_it_cannot_replace_everywhere():
+@pytest.mark.parametrize("zero_head", [False, True])
+def test_hook_refuses_a_feature_it_cannot_replace_everywhere(zero_head):
+    """A zero-initialised head (timm's Mixer) makes the logits constant: the pooled feature still shows
+    that replacing b's input misses the skip path."""
+    model = SkipAcross()
+    if zero_head:
+        nn.init.zeros_(model.fc.weight)
     with pytest.raises(ConfigError, match="Cannot plug into SkipAcross's feats\\[0\\]"):
-        locate_features(SkipAcross(), [0], 8)
-    assert locate_features(SkipAcross(), [1], 8)[0] == FeatureSite("c", "output", None)
+        locate_features(model, [0], 8)
+    assert locate_features(model, [1], 8)[0] == FeatureSite("c", "output", None)
 
 
 # -- stage 1 and stage 2 on small models ---------------------------------------------------------

@@ -96,7 +96,7 @@ def test_domain_is_checked_in_one_line():
     section.DOMAIN = "frequency"
     assert check_domain(section, "CWD") is True
     section.DOMAIN = "wavelet"
-    with pytest.raises(ConfigError, match=r"^CWD.DOMAIN must be one of spatial, frequency, got 'wavelet'.$"):
+    with pytest.raises(ConfigError, match=r"^CWD.DOMAIN 'wavelet' is not one of spatial, frequency.$"):
         check_domain(section, "CWD")
     section.DOMAIN, section.DWT_LEVELS = "frequency", 0
     with pytest.raises(ConfigError, match="PKD.DWT_LEVELS"):

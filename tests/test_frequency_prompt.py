@@ -7,6 +7,7 @@ import pytest
 import pywt
 import torch
 
+from helpers import pywt_prompted_map
 from mdistiller.frequency.prompt import (FrequencyBands, FrequencyPrompt, dice_diversity, mask_diversity,
                                          prompt_masks, soft_jaccard_diversity)
 
@@ -57,17 +58,7 @@ def test_prompted_map_equals_idwt_of_masked_bands_computed_with_pywavelets():
     prompt = FrequencyPrompt(channels=3, num_tokens=2, levels=2, init_std=0.5).double()
     x = np.random.default_rng(2).normal(size=(2, 3, 6, 5))
     got, masks = prompt(torch.from_numpy(x))
-    tokens = prompt.tokens.detach().numpy()
-    cA, *details = pywt.wavedec2(x, "haar", mode="zero", level=2)  # details: level 2, then level 1
-
-    def masked(band, mask_input, token_set):
-        mask = sigmoid(np.einsum("tc,bchw->bthw", token_set, mask_input))  # (B, T, h, w)
-        return band * mask.sum(axis=1, keepdims=True)
-
-    new_cA = masked(cA, cA, tokens[0])
-    new_details = [tuple(masked(band, sum(level), tokens[j]) for band in level)
-                   for j, level in zip((2, 1), details)]
-    expected = pywt.waverec2([new_cA] + new_details, "haar", mode="zero")[..., :6, :5]
+    expected = pywt_prompted_map(x, prompt.tokens.detach().numpy())
     assert got.shape == x.shape
     np.testing.assert_allclose(got.detach().numpy(), expected, atol=1e-10)
     assert len(masks) == 3

@@ -1,6 +1,7 @@
 """Every registered classification method on heterogeneous pairs of tiny models at 32x32: it trains
 one step (finite losses, gradients on exactly the parameters that learn) or refuses at build time
-with one IncompatibleModelError line naming the method.
+with one IncompatibleModelError line naming the method. FREEKD and AFPKD first run their stage 1 for
+real on the pair's teacher (the prompts learned inside it by the engine's prompt trainer).
 
 Pairs (HETERO.md section 7 sizes): CNN -> ViT, ViT -> CNN, Swin -> CNN, CNN -> MLP-Mixer,
 ConvNeXt -> DeiT (distilled). The CIFAR-zoo resnet8 and timm's resnet10t are the CNNs. The quick
@@ -19,8 +20,9 @@ from mdistiller.distillers import distiller_dict
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.errors import ConfigError, IncompatibleModelError
 from mdistiller.models import cifar_model_dict
+from mdistiller.distillers.frequency_prompts import build_prompts
 from tests.family_sweep import step_and_check
-from tests.prompt_files import write_prompt_file
+from tests.prompt_files import learn_prompt_file, write_prompt_file
 from tests.tiny_models import SIZE, tiny
 
 NUM_CLASSES, BATCH = 10, 4
@@ -28,7 +30,7 @@ FAMILY = {"vit": "vit", "deit": "deit_distilled", "swin": "swin", "convnext": "c
           "mixer": "mixer"}  # this file's keys -> tests/tiny_models.py families
 QUICK_PAIRS = [("resnet8", "vit")]
 SLOW_PAIRS = [("vit", "resnet8"), ("swin", "resnet8"), ("resnet10t", "mixer"), ("convnext", "deit")]
-PROMPT_METHODS = ("FREEKD", "AFPKD")  # read stage-1 prompts of the teacher from a file
+PROMPT_METHODS = ("FREEKD", "AFPKD")  # stage 1 learns prompts inside the teacher, stage 2 reads their file
 
 
 def build_model(key: str) -> torch.nn.Module:
@@ -76,11 +78,31 @@ def batch_for(method: str, cfg) -> dict:
     return batch
 
 
+def run_stage1(cfg, teacher) -> None:
+    """FREEKD / AFPKD's stage 1 for real: prompts learned inside the teacher by the engine's prompt
+    trainer, one epoch of one step on the batch, written where stage 2 reads them. AdamW's first step
+    moves every token with a gradient by the learning rate exactly, from the seeded initial prompts."""
+    method = cfg.DISTILLER.TYPE
+    batch = batch_for(method, cfg)
+    stage1 = cfg.clone()
+    stage1.defrost()
+    stage1[method].PROMPT_EPOCHS = 1
+    torch.manual_seed(3)
+    record = learn_prompt_file(stage1, teacher, batch["image"], batch["target"])
+    torch.manual_seed(3)
+    initial = build_prompts(record["channels"], cfg[method]).state_dict()
+    assert record["epoch"] == 1 and set(record["prompts"]) == set(initial)
+    for key, learned in record["prompts"].items():
+        step = (learned - initial[key]).abs()
+        torch.testing.assert_close(step.max(), torch.tensor(cfg[method].PROMPT_LR), rtol=1e-3, atol=0)
+
+
 def check_method_on_pair(method: str, teacher_key: str, student_key: str, models, tmp_path) -> None:
     teacher, student = copy.deepcopy(models[teacher_key]), copy.deepcopy(models[student_key])
     cfg = build_cfg(None, [f"DISTILLER.TYPE={method}", f"DATASET.IMAGE_SIZE={SIZE}", f"LOG.PREFIX={tmp_path}"])
+    teacher_before = {k: v.clone() for k, v in teacher.state_dict().items()}
     if method in PROMPT_METHODS:
-        write_prompt_file(cfg, teacher)
+        run_stage1(cfg, teacher)
     expected_refusal = refusal(method, teacher_key, student_key)
     if expected_refusal is not None:
         error, words = expected_refusal
@@ -96,6 +118,8 @@ def check_method_on_pair(method: str, teacher_key: str, student_key: str, models
     learnable = {id(p) for p in distiller.get_learnable_parameters() if p.requires_grad}
     assert {id(p) for p in student.parameters() if p.requires_grad} <= learnable
     step_and_check(distiller, batch_for(method, cfg))
+    for key, value in teacher.state_dict().items():  # stage 1 too leaves the teacher as it was
+        assert torch.equal(value, teacher_before[key]), key
 
 
 METHODS = sorted(distiller_dict)

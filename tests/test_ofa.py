@@ -216,6 +216,41 @@ def test_distiller_loss_values_against_the_formula():
     assert losses["loss_ce"].item() == pytest.approx(0.3 * ce, rel=1e-5)
 
 
+def test_branch_loss_against_the_formula_on_each_branchs_logits():
+    """loss_ofa = OFA_WEIGHT * sum_s L_OFA(branch_s logits; eps_s) at T, each branch's logits read
+    by a hook as the branch returns them and the sum written out with reference_ofa."""
+    student, teacher = cifar_model_dict["resnet8"][0](num_classes=10), cifar_model_dict["resnet8"][0](num_classes=10)
+    distiller = build_ofa(student, teacher, "OFA.EPS=[1.0,1.2,1.4,1.6,1.8]", "OFA.TEMPERATURE=2.0",
+                          "OFA.LOSS.OFA_WEIGHT=0.1")
+    outputs = {}
+    for stage, branch in distiller.branches.items():
+        branch.register_forward_hook(lambda m, a, out, stage=stage: outputs.__setitem__(stage, out.detach()))
+    distiller.train()
+    image, target = torch.randn(4, 3, SIZE, SIZE), torch.tensor([0, 1, 2, 3])
+    _, losses = distiller(image=image, target=target)
+    with torch.no_grad():
+        t = teacher(image)[0].double().numpy()
+    assert sorted(outputs) == ["1", "2", "3", "4"]
+    expected = sum(reference_ofa(outputs[str(s)].double().numpy(), t, target.numpy(), eps, 2.0)
+                   for s, eps in zip((1, 2, 3, 4), (1.0, 1.2, 1.4, 1.6)))
+    assert losses["loss_ofa"].item() == pytest.approx(0.1 * expected, rel=1e-5)
+
+
+def test_stage4_conv_bias_keeps_pytorchs_default_init_as_the_authors():
+    """The authors' init_weights leaves conv biases alone: the stage-4 1x1 conv's bias is
+    U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (PyTorch's Conv2d default), not zero."""
+    student, teacher = cifar_model_dict["resnet8"][0](num_classes=10), cifar_model_dict["resnet8"][0](num_classes=10)
+    distiller = build_ofa(student, teacher)
+    convs = [m for m in distiller.branches["4"].modules() if isinstance(m, torch.nn.Conv2d)]
+    biased = [m for m in convs if m.bias is not None]
+    assert len(biased) == 1 and biased[0].kernel_size == (1, 1)
+    bound = 1.0 / biased[0].in_channels ** 0.5
+    bias = biased[0].bias.detach()
+    assert bias.abs().max() <= bound and bias.abs().min() > 0 and bias.std() > bound / 4
+    assert all(m.bias is None for b in ("1", "2", "3") for m in distiller.branches[b].modules()
+               if isinstance(m, torch.nn.Conv2d))
+
+
 @pytest.mark.parametrize("opts,match", [
     (["OFA.EPS=[1.0,2.0]"], "OFA.EPS has 2 values"),
     (["OFA.STAGES=[0,1]"], "OFA.STAGES"),

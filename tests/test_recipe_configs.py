@@ -24,14 +24,9 @@ from mdistiller_dense.models import build_dense_model, parse_model_name, task_of
 FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "coco", "*", "*.yaml"))
                + glob.glob(os.path.join(REPO_ROOT, "configs", "cityscapes", "*", "*.yaml"))
                + glob.glob(os.path.join(REPO_ROOT, "configs", "shapes", "*.yaml")))
-PENDING_NAMES = {"reppoints_resnext101_32x4d_fpn", "reppoints_resnet50_fpn", "pspnet_resnet101", "pspnet_resnet18"}
+PENDING_NAMES = {"pspnet_resnet101", "pspnet_resnet18"}
 PENDING_KEYS = {"MODEL.DCN_STAGES", "MODEL.DEEP_STEM"}
 PENDING = {
-    "coco/freekd/reppoints_x101_r50.yaml",
-    "coco/cankd/reppoints_x101_r50.yaml",
-    "coco/cankd/reppoints_x101_r50_pool4.yaml",
-    "coco/cankd/reppoints_x101_r50_pool8.yaml",
-    "coco/cankd/reppoints_x101_r50_no_residual.yaml",
     "cityscapes/freekd/pspnet_r101_r18.yaml",
     "cityscapes/freekd/deeplabv3_r101_r18.yaml",
     "cityscapes/cankd/pspnet_r101_r18.yaml",
@@ -85,7 +80,8 @@ def _load(path: str):
 
 
 def test_every_recipe_is_found_and_pending_ones_exist():
-    assert len(FILES) == 21 + 5 + 8 + 9 + 2 + 1  # + this change: 9 COCO (RepPoints, CanKD 2-GPU, AFPKD), 2 Cityscapes, shapes AFPKD
+    assert len(FILES) == 21 + 5 + 8 + 9 + 2 + 1 + 6 + 4  # + 9 COCO (RepPoints, CanKD 2-GPU, AFPKD), 2 Cityscapes,
+    # shapes AFPKD; + 6 shapes RepPoints (teacher, student, FREEKD, CANKD, CWD, PKD); + 4 shapes PSPNet
     assert PENDING <= {rel(p) for p in FILES}
 
 

@@ -26,9 +26,51 @@ def test_cosine_with_warmup():
 
 
 def test_unknown_scheduler():
-    solver = build_cfg(None, ["SOLVER.LR_SCHEDULER=linear"]).SOLVER
+    with pytest.raises(ConfigError, match=r"^SOLVER.LR_SCHEDULER 'linear' is not one of step, cosine, poly.$"):
+        build_cfg(None, ["SOLVER.LR_SCHEDULER=linear"])
+    solver = build_cfg().SOLVER.clone()
+    solver.defrost()
+    solver.LR_SCHEDULER = "linear"   # a config built without the merge's checks
     with pytest.raises(ConfigError, match="LR_SCHEDULER must be one of step, cosine, poly, got 'linear'"):
         learning_rate(1, solver)
+
+
+def test_timm_style_warmup_and_cosine_by_hand():
+    """SCHEDULE_STYLE timm, written out: epoch e has t = e - 1; warm-up WARMUP_LR + t (LR - WARMUP_LR) / W
+    for t < W, then MIN_LR + (LR - MIN_LR) (1 + cos(pi t / EPOCHS)) / 2, the warm-up inside the cosine."""
+    solver = build_cfg(None, ["SOLVER.SCHEDULE_STYLE=timm", "SOLVER.LR_SCHEDULER=cosine", "SOLVER.WARMUP_EPOCHS=4",
+                              "SOLVER.WARMUP_LR=0.001", "SOLVER.EPOCHS=20", "SOLVER.LR=0.5",
+                              "SOLVER.MIN_LR=0.01"]).SOLVER
+    assert learning_rate(1, solver) == pytest.approx(0.001)
+    assert learning_rate(3, solver) == pytest.approx(0.001 + 2 * (0.5 - 0.001) / 4)
+    for epoch in (5, 11, 20):
+        t = epoch - 1
+        assert learning_rate(epoch, solver) == pytest.approx(0.01 + 0.49 * 0.5 * (1 + math.cos(math.pi * t / 20)))
+
+
+@pytest.mark.parametrize("sched", ["cosine", "step"])
+def test_timm_style_equals_timms_scheduler(sched):
+    """The LR of every epoch against timm's own CosineLRScheduler / StepLRScheduler, built as
+    create_scheduler builds them for DeiT's / OFA-KD's train scripts (warmup_prefix False) and stepped
+    once per epoch."""
+    import torch
+    from timm.scheduler import CosineLRScheduler, StepLRScheduler
+
+    epochs, warmup, lr, warmup_lr, min_lr = 30, 5, 5e-4, 5e-7, 1e-5
+    solver = build_cfg(None, ["SOLVER.SCHEDULE_STYLE=timm", f"SOLVER.LR_SCHEDULER={sched}", f"SOLVER.EPOCHS={epochs}",
+                              f"SOLVER.WARMUP_EPOCHS={warmup}", f"SOLVER.LR={lr}", f"SOLVER.WARMUP_LR={warmup_lr}",
+                              f"SOLVER.MIN_LR={min_lr}", "SOLVER.LR_DECAY_STAGES=[10, 20]",
+                              "SOLVER.LR_DECAY_RATE=0.1"]).SOLVER
+    optimizer = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=lr)
+    if sched == "cosine":
+        timm_schedule = CosineLRScheduler(optimizer, t_initial=epochs, lr_min=min_lr, warmup_t=warmup,
+                                          warmup_lr_init=warmup_lr, warmup_prefix=False)
+    else:
+        timm_schedule = StepLRScheduler(optimizer, decay_t=10, decay_rate=0.1, warmup_t=warmup,
+                                        warmup_lr_init=warmup_lr, warmup_prefix=False)
+    for epoch in range(1, epochs + 1):
+        timm_schedule.step(epoch - 1)
+        assert learning_rate(epoch, solver) == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-9), epoch
 
 
 def test_cosine_ends_at_min_lr():

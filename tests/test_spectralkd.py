@@ -146,7 +146,7 @@ def test_gradients_reach_exactly_the_student_and_the_connectors(connector):
 @pytest.mark.parametrize("opts,words", [
     (["SPECTRALKD.STUDENT_TAPS=[-1]"], "same, non-zero length"),
     (["SPECTRALKD.STUDENT_TAPS=[4]", "SPECTRALKD.TEACHER_TAPS=[0]"], "use indices from -4 to 3"),
-    (["SPECTRALKD.CONNECTOR=linear"], "must be one of pool, conv"),
+    (["SPECTRALKD.CONNECTOR=linear"], "is not one of pool, conv"),
     (["SPECTRALKD.REMOVE_DC=True", "DATASET.IMAGE_SIZE=4"], "drop that pair"),  # the last stages are 1x1 at 4 px
 ])
 def test_refusals_name_the_fix(opts, words):

@@ -16,11 +16,20 @@ The JSON holds `device`, `batch_size`, `student_only`, `floor`, `distiller` (eac
 `overhead_vs_student`, `methods` (every method timed, each with its overheads; the configured one
 with `variants`, each with `speedup`, under --baseline / --ablation), the settings and the load
 average. Timings are medians over turns (mdistiller/benchmark.py).
+
+A dense config (a detector or segmenter: DATASET.TYPE coco, segmentation or shapes) is measured by
+mdistiller_dense/benchmark.py on one batch of its training set: student alone, floor (student step +
+teacher backbone), the methods; the JSON adds `models` (student and teacher parameters and forward
+GFLOPs per image) and per method `method_gflops_per_img` (its own modules' and loss's work).
+--baseline, --ablation and --data are classification's. --table OUT writes the Markdown table(s).
 """
 
 import argparse
 import json
+import os
 from typing import Dict, List, Optional
+
+import yaml
 
 import _path  # noqa: F401
 
@@ -29,42 +38,80 @@ from mdistiller.benchmark import ABLATION, EAGER_FP32, loader_throughput, run_be
 from mdistiller.engine.cfg import build_cfg
 from mdistiller.cli import run_tool
 from mdistiller.errors import ConfigError
+from mdistiller_dense.data import DATASET_TYPES
+from mdistiller_dense.models import DETECTORS, SEGMENTERS
 
 
 def _number(value: Optional[float], digits: int) -> str:
     return "-" if value is None else f"{value:,.{digits}f}"
 
 
+def _row(name: str, entry: Dict, vs_floor: Optional[float] = None, vs_student: Optional[float] = None,
+         dense: bool = False) -> str:
+    """A subject's row; `dense` tables have one more cell, the method's own GFLOPs/img."""
+    own = f" {_number(entry.get('method_gflops_per_img'), 3)} |" if dense else ""
+    return (f"| {name} | {_number(entry['img_per_s'], 0)} | {_number(entry['step_ms'], 1)} | "
+            f"{_number(entry['peak_mem_mb'], 0)} | {_number(entry['gflops_per_img'], 3)} |{own} "
+            f"{entry['extra_params']:,} | {_number(vs_floor, 3)} | {_number(vs_student, 3)} |")
+
+
 def table(record: Dict) -> str:
     """The measurements as a Markdown table."""
     lines = ["| run | img/s | step ms | peak MB | GFLOPs/img | extra params | x floor | x student |",
              "|---|---:|---:|---:|---:|---:|---:|---:|"]
-
-    def row(name: str, entry: Dict, vs_floor: Optional[float] = None, vs_student: Optional[float] = None) -> str:
-        return (f"| {name} | {_number(entry['img_per_s'], 0)} | {_number(entry['step_ms'], 1)} | "
-                f"{_number(entry['peak_mem_mb'], 0)} | {_number(entry['gflops_per_img'], 3)} | "
-                f"{entry['extra_params']:,} | {_number(vs_floor, 3)} | {_number(vs_student, 3)} |")
-
-    lines.append(row("student alone (CE)", record["student_only"]))
-    lines.append(row("floor (student + teacher inference)", record["floor"]))
+    lines.append(_row("student alone (CE)", record["student_only"]))
+    lines.append(_row("floor (student + teacher inference)", record["floor"]))
     for method, entry in record["methods"].items():
         if "error" in entry:
             lines.append(f"| {method} | failed: {entry['error']} | | | | | | |")
             continue
-        lines.append(row(method, entry, entry["overhead_vs_floor"], entry["overhead_vs_student"]))
+        lines.append(_row(method, entry, entry["overhead_vs_floor"], entry["overhead_vs_student"]))
         for name, variant in entry.get("variants", {}).items():
-            lines.append(row(f"{method}: {name} (defaults {variant['speedup']:.2f}x faster)", variant))
+            lines.append(_row(f"{method}: {name} (defaults {variant['speedup']:.2f}x faster)", variant))
     return "\n".join(lines)
 
 
-def selected_methods(configured: str, run_all: bool, methods: Optional[str]) -> List[str]:
-    """The distillers to time: every registered one, a list, or the configured one (always included)."""
+def dense_table(record: Dict) -> str:
+    """A dense record as two Markdown tables: the models (parameters, forward FLOPs), then the steps."""
+    lines = ["| model | name | params | forward GFLOPs/img |", "|---|---|---:|---:|"]
+    for role in ("student", "teacher"):
+        model = record["models"][role]
+        lines.append(f"| {role} | {record[role]} | {model['params']:,} | {_number(model['forward_gflops_per_img'], 3)} |")
+    lines += ["", "| run | img/s | step ms | peak MB | GFLOPs/img | method GFLOPs/img | extra params | x floor | x student |",
+              "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+              _row("student alone (task loss)", record["student_only"], dense=True),
+              _row("floor (student + teacher backbone)", record["floor"], dense=True)]
+    for method, entry in record["methods"].items():
+        if "error" in entry:
+            lines.append(f"| {method} | failed: {entry['error']} | | | | | | | |")
+            continue
+        lines.append(_row(method, entry, entry["overhead_vs_floor"], entry["overhead_vs_student"], dense=True))
+    return "\n".join(lines)
+
+
+def is_dense_config(path: str) -> bool:
+    """Whether the YAML file (or a _BASE_ it names) sets a dense DATASET.TYPE or a dense student."""
+    with open(path) as f:
+        data = yaml.safe_load(f) or {}
+    if not isinstance(data, dict):
+        return False
+    if data.get("DATASET", {}).get("TYPE") in DATASET_TYPES:
+        return True
+    student = data.get("DISTILLER", {}).get("STUDENT")
+    if isinstance(student, str) and student.split("_", 1)[0] in DETECTORS + SEGMENTERS:
+        return True
+    base = data.get("_BASE_")
+    return bool(base) and is_dense_config(os.path.join(os.path.dirname(path), base))
+
+
+def selected_methods(configured: str, run_all: bool, methods: Optional[str], registry=distiller_dict) -> List[str]:
+    """The distillers of `registry` to time: every registered one, a list, or the configured one (always included)."""
     if run_all:
-        chosen = sorted(m for m in distiller_dict if m != "NONE")
+        chosen = sorted(m for m in registry if m != "NONE")
     elif methods:
         chosen = [m.strip() for m in methods.split(",")]
         for method in chosen:
-            distiller_dict.get(method)
+            registry.get(method)
     elif configured == "NONE":
         raise ConfigError("DISTILLER.TYPE is NONE: give a distiller (e.g. DISTILLER.TYPE KD), --methods or --all.")
     else:
@@ -85,9 +132,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--ablation", action="store_true", help="also time the fast path one piece at a time")
     parser.add_argument("--data", action="store_true", help="also time the CIFAR-100 training loader")
     parser.add_argument("--json", default=None, help="write the measurements to this JSON file")
+    parser.add_argument("--table", default=None, help="write the Markdown table(s) to this file")
     args, opts = parser.parse_known_args(argv)
     if args.iters < 1 or args.warmup < 0:
         raise ConfigError("--iters must be at least 1 and --warmup at least 0.")
+    if os.path.isfile(args.cfg) and is_dense_config(args.cfg):
+        return dense_main(args, opts)
     cfg = build_cfg(args.cfg, opts)
     methods = selected_methods(cfg.DISTILLER.TYPE, args.all, args.methods)
     variants = ABLATION if args.ablation else {"fp32 eager, no fast path": EAGER_FP32} if args.baseline else None
@@ -99,16 +149,44 @@ def main(argv: Optional[List[str]] = None) -> None:
           f"({settings['threads']} threads), autocast {settings['amp']}, channels_last {settings['channels_last']}, "
           f"fast teacher {settings['fast_teacher']}, compile {settings['compile']}; load average "
           f"{record['load_average_before'][0]:.2f} before, {record['load_average_after'][0]:.2f} after")
-    print(table(record))
+    write_outputs(record, table(record), args)
     if "data" in record:
         data = record["data"]
         print(f"CIFAR-100 training loader ({data['source']}): FAST_AUG {data['fast_aug']['img_per_s']:,.0f} img/s, "
               f"torchvision with {data['torchvision']['workers']} workers {data['torchvision']['img_per_s']:,.0f} img/s "
               f"({data['speedup']:.1f}x)")
+
+
+def write_outputs(record: Dict, text: str, args: argparse.Namespace) -> None:
+    """Print the table; write it (--table) and the record (--json)."""
+    print(text)
+    if args.table:
+        with open(args.table, "w") as f:
+            f.write(text + "\n")
+        print(f"Wrote {args.table}")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(record, f, indent=2)
         print(f"Wrote {args.json}")
+
+
+def dense_main(args: argparse.Namespace, opts: List[str]) -> None:
+    """The dense form: mdistiller_dense/benchmark.py on a detector or segmenter pair."""
+    from mdistiller_dense.benchmark import run_dense_benchmark
+    from mdistiller_dense.config import build_dense_cfg
+    from mdistiller_dense.distillers import dense_distiller_dict
+
+    if args.baseline or args.ablation or args.data:
+        raise ConfigError("--baseline, --ablation and --data are for classification configs; drop them for a dense one.")
+    cfg = build_dense_cfg(args.cfg, opts)
+    methods = selected_methods(cfg.DISTILLER.TYPE, args.all, args.methods, dense_distiller_dict)
+    record = run_dense_benchmark(cfg, methods, iters=args.iters, warmup=args.warmup)
+    settings = record["settings"]
+    print(f"{record['teacher']} -> {record['student']} ({record['task']}), batch {record['batch_size']} of "
+          f"{record['input_size'][0]}x{record['input_size'][1]} on {record['device']} ({settings['threads']} threads), "
+          f"autocast {settings['amp']}, channels_last {settings['channels_last']}; load average "
+          f"{record['load_average_before'][0]:.2f} before, {record['load_average_after'][0]:.2f} after")
+    write_outputs(record, dense_table(record), args)
 
 
 if __name__ == "__main__":

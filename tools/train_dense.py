@@ -22,7 +22,7 @@ from mdistiller.distillers.frequency_prompts import PromptFileError
 from mdistiller.engine.run import train_run
 from mdistiller.errors import ConfigError
 from mdistiller_dense.build import build_dense_run
-from mdistiller_dense.config import build_dense_cfg, load_dense_cfg_text
+from mdistiller_dense.config import build_dense_cfg, check_dense_cfg, load_dense_cfg_text
 from mdistiller_dense.distillers import dense_distiller_dict
 
 
@@ -32,7 +32,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--cfg", type=str, default="", help="YAML config file")
     args, opts = parser.parse_known_args(argv)
     run_dir, resume = resume_target(resume)
-    cfg = run_cfg(args.cfg, opts, resume, build=build_dense_cfg, load_text=load_dense_cfg_text)
+    cfg = run_cfg(args.cfg, opts, resume, build=build_dense_cfg, load_text=load_dense_cfg_text,
+                  check=check_dense_cfg)
     try:
         train_run(cfg, opts, resume=resume, run_dir=run_dir, build=build_dense_run, methods=dense_distiller_dict)
     except PromptFileError as err:  # FREEKD stage 2 without its prompts: say exactly how to make them

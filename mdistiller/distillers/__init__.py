@@ -6,10 +6,10 @@ Every module in this package is imported here, so adding a method is adding one 
 import importlib
 import pkgutil
 
-from mdistiller.distillers._base import Distiller, distiller_dict, method_defaults, register_distiller
+from mdistiller.distillers._base import Distiller, distiller_dict, method_defaults, method_rules, register_distiller
 
 for _module in pkgutil.iter_modules(__path__):
     if not _module.name.startswith("_"):
         importlib.import_module(f"{__name__}.{_module.name}")
 
-__all__ = ["Distiller", "distiller_dict", "method_defaults", "register_distiller"]
+__all__ = ["Distiller", "distiller_dict", "method_defaults", "method_rules", "register_distiller"]

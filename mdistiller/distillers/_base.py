@@ -6,20 +6,26 @@ import torch
 import torch.nn as nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import Rules
 from mdistiller.registry import Registry
 
 distiller_dict = Registry("distiller")
 method_defaults: Dict[str, CN] = {}
+method_rules: Dict[str, Rules] = {}
 
 
-def registrar(registry: Registry, defaults_of: Dict[str, CN]):
-    """A ``register(name, defaults=None)`` class decorator adding to `registry` and `defaults_of`."""
+def registrar(registry: Registry, defaults_of: Dict[str, CN], rules_of: Dict[str, Rules]):
+    """A ``register(name, defaults=None, rules=None)`` class decorator adding to `registry`,
+    `defaults_of` and `rules_of` (the section's value checks, keys relative to the section:
+    mdistiller/config_checks.py)."""
 
-    def register(name: str, defaults: Optional[CN] = None):
+    def register(name: str, defaults: Optional[CN] = None, rules: Optional[Rules] = None):
         def add(cls):
             registry.register(name, cls)
             if defaults is not None:
                 defaults_of[name] = defaults
+            if rules:
+                rules_of[name] = rules
             return cls
 
         return add
@@ -27,8 +33,9 @@ def registrar(registry: Registry, defaults_of: Dict[str, CN]):
     return register
 
 
-register_distiller = registrar(distiller_dict, method_defaults)
-register_distiller.__doc__ = "Class decorator: registers a distiller under `name` and its config section `cfg.<name>`."
+register_distiller = registrar(distiller_dict, method_defaults, method_rules)
+register_distiller.__doc__ = ("Class decorator: registers a distiller under `name`, its config section `cfg.<name>` "
+                              "and the checks of that section's values (`rules`).")
 
 
 class Distiller(nn.Module):

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
-from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
+from mdistiller.distillers.frequency_prompts import PROMPT_RULES, PromptDistiller, prompt_defaults
 from mdistiller.losses.reviewkd import ReviewFusion
 from mdistiller.losses.spatial import resize_to
 
@@ -18,7 +18,7 @@ AFPKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 AFPKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
 
 
-@register_distiller("AFPKD", AFPKD_DEFAULTS)
+@register_distiller("AFPKD", AFPKD_DEFAULTS, PROMPT_RULES)
 class AFPKD(PromptDistiller):
     """Adaptive frequency prompting with hierarchical feature fusion.
 

@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import OneOf, check_rules
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.distillers.feature_shapes import feature_shapes
@@ -23,7 +24,10 @@ CANKD_DEFAULTS.LOSS.CE_WEIGHT = 1.0
 CANKD_DEFAULTS.LOSS.FEAT_WEIGHT = 5.0
 
 
-@register_distiller("CANKD", CANKD_DEFAULTS)
+CANKD_RULES = {"AFFINITY": OneOf(AFFINITIES)}
+
+
+@register_distiller("CANKD", CANKD_DEFAULTS, CANKD_RULES)
 class CANKD(Distiller):
     """``loss_ce = CE_WEIGHT * CE(s, y)``; ``loss_kd = FEAT_WEIGHT * MSE(IN(z_s), IN(t)) / 2`` with
     ``z_s`` the cross-attention non-local block (:mod:`mdistiller.losses.cankd`) on the last-stage
@@ -39,8 +43,7 @@ class CANKD(Distiller):
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.CANKD
-        if section.AFFINITY not in AFFINITIES:
-            raise ConfigError(f"CANKD.AFFINITY must be one of {', '.join(AFFINITIES)}, got '{section.AFFINITY}'.")
+        check_rules(section, CANKD_RULES, "CANKD.")
         self.ce_loss_weight = section.LOSS.CE_WEIGHT
         self.feat_loss_weight = section.LOSS.FEAT_WEIGHT
         s_shape = feature_shapes(student, image_size(cfg))["feats"][-1]

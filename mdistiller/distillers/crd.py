@@ -6,7 +6,9 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import OneOf, positive, probability
 from mdistiller.dataset.base import image_size
+from mdistiller.dataset.contrastive import CRD_MODES
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.distillers.measured import measured
 from mdistiller.distillers.feature_shapes import feature_shapes
@@ -27,7 +29,8 @@ CRD_DEFAULTS.NCE.MOMENTUM = 0.5
 CRD_DEFAULTS.NCE.TEMPERATURE = 0.07
 
 
-@register_distiller("CRD", CRD_DEFAULTS)
+@register_distiller("CRD", CRD_DEFAULTS, {"MODE": OneOf(CRD_MODES), "NCE.MOMENTUM": probability,
+                                           "NCE.TEMPERATURE": positive})
 class CRD(Distiller):
     """`loss = CE_WEIGHT * CE + FEAT_WEIGHT * (NCE(student vs teacher bank) + NCE(teacher vs student bank))`.
 

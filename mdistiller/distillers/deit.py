@@ -8,9 +8,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import OneOf, check_rules, positive, probability
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
-from mdistiller.errors import ConfigError, IncompatibleModelError
+from mdistiller.errors import IncompatibleModelError
 from mdistiller.losses.deit import hard_distillation_loss, late_fusion, soft_distillation_loss
 
 DEIT_DEFAULTS = CN()
@@ -25,7 +26,11 @@ SOFT_SCALES = ("code", "paper")
 FUSIONS = ("logits", "softmax")
 
 
-@register_distiller("DEIT", DEIT_DEFAULTS)
+DEIT_RULES = {"TYPE": OneOf(TYPES), "SOFT_SCALE": OneOf(SOFT_SCALES), "FUSION": OneOf(FUSIONS),
+              "ALPHA": probability, "TAU": positive}
+
+
+@register_distiller("DEIT", DEIT_DEFAULTS, DEIT_RULES)
 class DEIT(Distiller):
     """``loss_ce = (1 - ALPHA) * CE(z_cls, y)``; ``loss_kd = ALPHA * L_dist(z_dist, z_t)`` with
     L_dist the hard (CE to the teacher's arg-max) or soft (``TAU^2`` KL) distillation of
@@ -43,12 +48,7 @@ class DEIT(Distiller):
     def __init__(self, student, teacher, cfg, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.DEIT
-        for key, value, allowed in (("TYPE", section.TYPE, TYPES), ("SOFT_SCALE", section.SOFT_SCALE, SOFT_SCALES),
-                                    ("FUSION", section.FUSION, FUSIONS)):
-            if value not in allowed:
-                raise ConfigError(f"DEIT.{key} must be one of {', '.join(allowed)}, got '{value}'.")
-        if not 0.0 <= section.ALPHA <= 1.0:
-            raise ConfigError(f"DEIT.ALPHA is a mixing weight in [0, 1], got {section.ALPHA}.")
+        check_rules(section, DEIT_RULES, "DEIT.")
         self.hard = section.TYPE == "hard"
         self.alpha, self.tau = section.ALPHA, section.TAU
         self.per_class_mean = section.SOFT_SCALE == "code"

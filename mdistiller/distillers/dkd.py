@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import positive
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.losses.dkd import dkd_loss
 from mdistiller.losses.logit_standardization import standardize_logits
@@ -17,7 +18,7 @@ DKD_DEFAULTS.WARMUP = 20
 DKD_DEFAULTS.LOGIT_STAND = False
 
 
-@register_distiller("DKD", DKD_DEFAULTS)
+@register_distiller("DKD", DKD_DEFAULTS, {"T": positive})
 class DKD(Distiller):
     """`loss = CE_WEIGHT * CE + min(epoch / WARMUP, 1) * (ALPHA * TCKD + BETA * NCKD)` at temperature T.
 

@@ -6,6 +6,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import InRange, OneOf, check_rules
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.distillers.feature_shapes import feature_shapes, require_preact
@@ -26,7 +27,10 @@ FAMKD_DEFAULTS.POOLED_LOSS = True  # the pooled level enters the loss (authors' 
 FAMKD_DEFAULTS.REMOVE_DC = False  # compare the maps without each channel's spatial mean (token features)
 
 
-@register_distiller("FAMKD", FAMKD_DEFAULTS)
+FAMKD_RULES = {"FUSION": OneOf(FUSIONS), "CUTON": InRange(0.0, 1.0)}
+
+
+@register_distiller("FAMKD", FAMKD_DEFAULTS, FAMKD_RULES)
 class FAMKD(Distiller):
     """``loss = CE_WEIGHT * CE + FAMKD_WEIGHT * min(epoch / WARMUP_EPOCHS, 1) * sum_i MSE(F_i, T_i)``.
 
@@ -51,8 +55,7 @@ class FAMKD(Distiller):
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.FAMKD
-        if section.FUSION not in FUSIONS:
-            raise ConfigError(f"FAMKD.FUSION must be one of {', '.join(FUSIONS)}, got '{section.FUSION}'.")
+        check_rules(section, FAMKD_RULES, "FAMKD.")
         self.ce_loss_weight = section.CE_WEIGHT
         self.famkd_loss_weight = section.FAMKD_WEIGHT
         self.warmup_epochs = section.WARMUP_EPOCHS

@@ -5,7 +5,7 @@ from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
 from mdistiller.distillers._base import register_distiller
-from mdistiller.distillers.frequency_prompts import PromptDistiller, prompt_defaults
+from mdistiller.distillers.frequency_prompts import PROMPT_RULES, PromptDistiller, prompt_defaults
 from mdistiller.frequency import remove_dc
 from mdistiller.losses.spatial import common_size, pool_to_size, resize_to, upsampled_at_most
 
@@ -19,7 +19,7 @@ FREEKD_DEFAULTS.LOSS.FEAT_WEIGHT = 1.0
 MAX_UPSAMPLING = 2  # UPSAMPLE_STUDENT upsamples a student map at most this many times per side
 
 
-@register_distiller("FREEKD", FREEKD_DEFAULTS)
+@register_distiller("FREEKD", FREEKD_DEFAULTS, PROMPT_RULES)
 class FreeKD(PromptDistiller):
     """FreeKD for classification, on the last ``NUM_STAGES`` entries of ``feats``.
 

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import OneOf, check_rules, positive
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller
 from mdistiller.distillers.feature_shapes import feature_shapes
@@ -78,9 +79,12 @@ def prompt_defaults(num_stages: int = 2, low_band: bool = False, relation: bool 
     return node
 
 
+PROMPT_RULES = {"DIVERSITY": OneOf(DIVERSITY_KINDS), "PROMPT_LR": positive}
+
+
 def check_section(section: CN, name: str) -> None:
-    if section.DIVERSITY not in DIVERSITY_KINDS:
-        raise ConfigError(f"{name}.DIVERSITY must be one of {', '.join(DIVERSITY_KINDS)}, got '{section.DIVERSITY}'.")
+    """The checks of a prompt method's section (:data:`PROMPT_RULES`, then the counts)."""
+    check_rules(section, PROMPT_RULES, f"{name}.")
     if section.TOKENS < 1 or section.DWT_LEVELS < 1:
         raise ConfigError(f"{name}.TOKENS and {name}.DWT_LEVELS must be at least 1.")
 

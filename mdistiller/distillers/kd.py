@@ -4,6 +4,7 @@ import torch
 import torch.nn.functional as F
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import positive
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.losses.kd import kd_loss
 from mdistiller.losses.logit_standardization import standardize_logits
@@ -16,7 +17,7 @@ KD_DEFAULTS.LOSS.CE_WEIGHT = 0.1
 KD_DEFAULTS.LOSS.KD_WEIGHT = 0.9
 
 
-@register_distiller("KD", KD_DEFAULTS)
+@register_distiller("KD", KD_DEFAULTS, {"TEMPERATURE": positive})
 class KD(Distiller):
     """`loss = CE_WEIGHT * CE(s, y) + KD_WEIGHT * T^2 * KL(softmax(t/T) || softmax(s/T))`.
 

@@ -154,13 +154,12 @@ class TokenBranch(nn.Module):
 
 
 def init_branch_weights(module: nn.Module) -> None:
-    """The authors' initialisation: convs Kaiming-normal (fan_out), BN (1, 0), linears truncated
-    normal std 0.02 with zero bias."""
+    """The authors' initialisation (their ``distillers/utils.py`` ``init_weights``): convs
+    Kaiming-normal (fan_out) with the bias left at PyTorch's default (the stage-4 1x1 conv, the only
+    one with a bias), BN (1, 0), linears truncated normal std 0.02 with zero bias."""
     for m in module.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

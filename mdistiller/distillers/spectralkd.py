@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import OneOf, check_rules, positive
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers._base import Distiller, register_distiller
 from mdistiller.distillers.feature_shapes import feature_shapes, model_name
@@ -30,7 +31,10 @@ SPECTRALKD_DEFAULTS.LOSS.KD_WEIGHT = 0.9  # alpha
 SPECTRALKD_DEFAULTS.LOSS.FEAT_WEIGHT = 0.2  # w_fft: 0.2 CaiT-S24 -> DeiT-T / S, 0.05 Swin-S -> Swin-T
 
 
-@register_distiller("SPECTRALKD", SPECTRALKD_DEFAULTS)
+SPECTRALKD_RULES = {"CONNECTOR": OneOf(CONNECTORS), "TEMPERATURE": positive}
+
+
+@register_distiller("SPECTRALKD", SPECTRALKD_DEFAULTS, SPECTRALKD_RULES)
 class SPECTRALKD(Distiller):
     """``loss_ce = CE_WEIGHT * CE(z_s, y)``, ``loss_kd = KD_WEIGHT * T^2 KL(p_t || p_s)``,
     ``loss_feat = FEAT_WEIGHT * L_spectral``: the authors' total (1 - alpha) CE + alpha KD +
@@ -51,8 +55,7 @@ class SPECTRALKD(Distiller):
     def __init__(self, student: nn.Module, teacher: nn.Module, cfg: CN, **data_info) -> None:
         super().__init__(student, teacher)
         section = cfg.SPECTRALKD
-        if section.CONNECTOR not in CONNECTORS:
-            raise ConfigError(f"SPECTRALKD.CONNECTOR must be one of {', '.join(CONNECTORS)}, got '{section.CONNECTOR}'.")
+        check_rules(section, SPECTRALKD_RULES, "SPECTRALKD.")
         if len(section.STUDENT_TAPS) != len(section.TEACHER_TAPS) or not section.STUDENT_TAPS:
             raise ConfigError(f"SPECTRALKD.STUDENT_TAPS {list(section.STUDENT_TAPS)} and SPECTRALKD.TEACHER_TAPS "
                               f"{list(section.TEACHER_TAPS)} pair taps in order: give both lists the same, non-zero length.")

@@ -1,5 +1,6 @@
 """Builders: the only code that reads the config to make models and distillers."""
 
+import inspect
 import os
 from typing import Any, Dict, Optional, Sequence
 
@@ -9,22 +10,50 @@ from yacs.config import CfgNode as CN
 from mdistiller.dataset.base import image_size
 from mdistiller.distillers import Distiller, distiller_dict
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, student_state_dict
-from mdistiller.errors import CheckpointError
+from mdistiller.errors import CheckpointError, ConfigError
 from mdistiller.models import models_for
 from mdistiller.models.external import TIMM_PREFIX, build_external_model, check_external_name, is_external_name
 from mdistiller.models.pretrained import (TIMM_PRETRAINED, load_into, timm_state_dict, torchvision_state_dict,
                                           unwrap_state_dict)
 
 
+# A zoo constructor's arguments the run sets itself (from the dataset, or for an ImageNet teacher).
+RUN_ARGUMENTS = ("num_classes", "pretrained")
+
+
 def check_names(cfg: CN) -> None:
-    """UnknownNameError for an unknown distiller, student or teacher name, before any data is read."""
+    """UnknownNameError for an unknown distiller, student or teacher name, ConfigError for a zoo
+    model's MODEL.*_KWARGS / *_FEATURES it cannot take; before any data is read."""
     distiller_dict.get(cfg.DISTILLER.TYPE)
-    models = [cfg.DISTILLER.STUDENT] + ([cfg.DISTILLER.TEACHER] if cfg.DISTILLER.TYPE != "NONE" else [])
-    for name in models:
-        if is_external_name(name):
-            check_external_name(name)
+    roles = ["STUDENT"] + (["TEACHER"] if cfg.DISTILLER.TYPE != "NONE" else [])
+    for role in roles:
+        if is_external_name(cfg.DISTILLER[role]):
+            check_external_name(cfg.DISTILLER[role])
         else:
-            models_for(cfg.DATASET.TYPE).get(name, f" for dataset '{cfg.DATASET.TYPE}'")
+            zoo_kwargs(cfg, role)
+
+
+def zoo_kwargs(cfg: CN, role: str) -> Dict[str, Any]:
+    """MODEL.<role>_KWARGS for the zoo model DISTILLER.<role>: the keyword arguments its constructor
+    takes. A ConfigError in one line for any other (``num_classes`` / ``pretrained`` are the run's),
+    and for MODEL.<role>_FEATURES: a zoo model's taps are its stage outputs, the others are timm: /
+    torchvision: models' (mdistiller/models/external.py)."""
+    name, dataset = cfg.DISTILLER[role], cfg.DATASET.TYPE
+    constructor = models_for(dataset).get(name, f" for dataset '{dataset}'")
+    if cfg.MODEL[f"{role}_FEATURES"]:
+        raise ConfigError(f"MODEL.{role}_FEATURES {list(cfg.MODEL[f'{role}_FEATURES'])}: the zoo model {name} gives its "
+                          f"own stage outputs as feats; remove the key, or use a timm: / torchvision: model.")
+    kwargs = _plain(cfg.MODEL[f"{role}_KWARGS"])
+    parameters = inspect.signature(constructor).parameters.values()
+    takes_any = any(p.kind is p.VAR_KEYWORD for p in parameters)
+    takes = [p.name for p in parameters if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+             and p.name not in RUN_ARGUMENTS]
+    refused = [key for key in kwargs if key in RUN_ARGUMENTS or not (takes_any or key in takes)]
+    if refused:
+        offer = f"takes {', '.join(takes)}" if takes else "takes no constructor arguments"
+        raise ConfigError(f"MODEL.{role}_KWARGS {', '.join(refused)}: the zoo model {name} {offer} (num_classes / "
+                          f"pretrained are the run's); remove them, or use a timm: / torchvision: model.")
+    return kwargs
 
 
 def _plain(value: Any) -> Any:
@@ -38,20 +67,24 @@ def _plain(value: Any) -> Any:
 
 def build_model(name: str, dataset: str, num_classes: int, pretrained: bool = False, size: int = 0,
                 kwargs: Optional[Dict[str, Any]] = None, feature_modules: Sequence[str] = ()) -> nn.Module:
-    """A freshly initialised model: a zoo name (for ImageNet with `pretrained`, torchvision-weighted),
-    or ``timm:<name>`` / ``torchvision:<name>`` with constructor `kwargs` and its taps at `size` px."""
+    """A freshly initialised model with constructor `kwargs`: a zoo name (for ImageNet with
+    `pretrained`, torchvision-weighted), or ``timm:<name>`` / ``torchvision:<name>`` with its taps at
+    `size` px."""
     if is_external_name(name):
         return build_external_model(name, num_classes, size, kwargs, feature_modules)
     constructor = models_for(dataset).get(name, f" for dataset '{dataset}'")
     if dataset == "imagenet":
-        return constructor(pretrained=pretrained)
-    return constructor(num_classes=num_classes)
+        return constructor(pretrained=pretrained, **(kwargs or {}))
+    return constructor(num_classes=num_classes, **(kwargs or {}))
 
 
 def build_role_model(cfg: CN, role: str, num_classes: int) -> nn.Module:
     """The freshly initialised ``STUDENT`` or ``TEACHER`` of `cfg`, with its MODEL.<role>_KWARGS and
-    MODEL.<role>_FEATURES (timm: / torchvision: models)."""
-    return build_model(cfg.DISTILLER[role], cfg.DATASET.TYPE, num_classes, size=image_size(cfg),
+    MODEL.<role>_FEATURES (timm: / torchvision: models; a zoo model takes or refuses them: :func:`zoo_kwargs`)."""
+    name = cfg.DISTILLER[role]
+    if not is_external_name(name):
+        return build_model(name, cfg.DATASET.TYPE, num_classes, kwargs=zoo_kwargs(cfg, role))
+    return build_model(name, cfg.DATASET.TYPE, num_classes, size=image_size(cfg),
                        kwargs=_plain(cfg.MODEL[f"{role}_KWARGS"]), feature_modules=list(cfg.MODEL[f"{role}_FEATURES"]))
 
 
@@ -112,8 +145,8 @@ def build_teacher(cfg: CN, num_classes: int) -> nn.Module:
         load_external_weights(teacher, cfg.DISTILLER.TEACHER_WEIGHTS, f"Teacher {name}", False, num_classes)
         return teacher
     if dataset == "imagenet" and not cfg.DISTILLER.TEACHER_WEIGHTS:
-        return build_model(name, dataset, num_classes, pretrained=True)
-    teacher = build_model(name, dataset, num_classes)
+        return build_model(name, dataset, num_classes, pretrained=True, kwargs=zoo_kwargs(cfg, "TEACHER"))
+    teacher = build_role_model(cfg, "TEACHER", num_classes)
     path = teacher_checkpoint_path(cfg)
     if not path or not os.path.isfile(path):
         where = f"at {path}" if path else "(the model registers no standard path)"

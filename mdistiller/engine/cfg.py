@@ -20,8 +20,14 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 import yaml
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import InRange, OneOf, Rules, check_rules, fraction, non_negative, probability
+from mdistiller.dataset.augment import INTERPOLATIONS
 from mdistiller.dataset.base import image_size
-from mdistiller.distillers import method_defaults
+from mdistiller.distillers import method_defaults, method_rules
+from mdistiller.engine.mixing import MIXUP_MODES
+from mdistiller.engine.optim import OPTIMIZERS
+from mdistiller.engine.schedule import SCHEDULE_STYLES, SCHEDULERS
+from mdistiller.engine.utils import AMP_DTYPES
 from mdistiller.errors import ConfigError
 
 
@@ -125,6 +131,11 @@ CFG.SOLVER.GRAD_CLIP = 0.0  # max gradient norm of the learnable parameters; 0 =
 CFG.SOLVER.SKIP_NONFINITE = False  # skip a batch whose loss is NaN / inf (counted in the log) instead of stopping
 CFG.SOLVER.DOT = CN()
 CFG.SOLVER.DOT.DELTA = 0.075
+# timm's recipes (DeiT, OFA-KD; docs/recipe.md): weight-decay exclusions and the schedule's shape.
+CFG.SOLVER.NO_WD_1D = False  # no weight decay on 1-D parameters and biases (norms, biases): timm's filter_bias_and_bn
+CFG.SOLVER.NO_WD_TOKENS = False  # nor on what a module's no_weight_decay() names (ViT / DeiT: pos_embed, cls / dist token)
+CFG.SOLVER.SCHEDULE_STYLE = "mdistiller"  # or timm: warm-up from WARMUP_LR, the cosine over all EPOCHS (engine/schedule.py)
+CFG.SOLVER.WARMUP_LR = 0.0001  # SCHEDULE_STYLE timm: the first epoch's LR (timm's warmup_lr_init; OFA-KD's default)
 
 # Mixup / CutMix on training batches (timm's Mixup; student and teacher see the same mixed images).
 CFG.MIXUP = CN()
@@ -156,6 +167,46 @@ CFG.LOG.PROGRESS_BAR = True
 AUTO_BOOL_KEYS = ("SOLVER.AMP", "SOLVER.CHANNELS_LAST", "DATASET.PIN_MEMORY")
 
 add_method_sections(CFG)
+
+# The values a key's type cannot check (mdistiller/config_checks.py); each method declares its
+# section's with it (register_distiller's `rules`). Checked once a config is merged (check_cfg).
+# Registry names are checked by their registries, with the same "did you mean": DATASET.TYPE,
+# DISTILLER.TYPE and the models before any data is read (engine/build.py), SOLVER.TRAINER after.
+RULES: Rules = {
+    "DATASET.INTERPOLATION": OneOf(INTERPOLATIONS),
+    "DATASET.RANDOM_ERASING": probability,
+    "DATASET.TRAIN_FRACTION": fraction,
+    "SOLVER.TYPE": OneOf(OPTIMIZERS),
+    "SOLVER.LR_SCHEDULER": OneOf(SCHEDULERS),
+    "SOLVER.AMP_DTYPE": OneOf(AMP_DTYPES),
+    "SOLVER.LR": non_negative,
+    "SOLVER.MIN_LR": non_negative,
+    "SOLVER.POLY_MIN_LR": non_negative,
+    "SOLVER.LR_DECAY_RATE": fraction,
+    "SOLVER.WEIGHT_DECAY": non_negative,
+    "SOLVER.MOMENTUM": InRange(0.0, 1.0, high_open=True),
+    "SOLVER.LABEL_SMOOTHING": InRange(0.0, 1.0, high_open=True),
+    "SOLVER.GRAD_CLIP": non_negative,
+    "SOLVER.DOT.DELTA": non_negative,
+    "SOLVER.SCHEDULE_STYLE": OneOf(SCHEDULE_STYLES),
+    "SOLVER.WARMUP_LR": non_negative,
+    "MIXUP.ALPHA": non_negative,
+    "MIXUP.CUTMIX": non_negative,
+    "MIXUP.PROB": probability,
+    "MIXUP.SWITCH_PROB": probability,
+    "MIXUP.MODE": OneOf(MIXUP_MODES),
+    "EMA.DECAY": InRange(0.0, 1.0, high_open=True),
+}
+
+
+def check_cfg(cfg: CN, rules: Rules = RULES, section_rules: Optional[Dict[str, Rules]] = None) -> None:
+    """ConfigError, in one line, for the first value of `cfg` that breaks `rules` or a method
+    section's rules (`section_rules`: the registered methods' by default)."""
+    check_rules(cfg, rules)
+    for name, rules_of_section in (method_rules if section_rules is None else section_rules).items():
+        if name in cfg:
+            check_rules(cfg[name], rules_of_section, f"{name}.")
+
 
 PLUGINS_KEY = "EXPERIMENT.PLUGINS"
 
@@ -329,8 +380,10 @@ def merge_cfg(defaults: CN, cfg_file: Optional[str] = None, opts: Sequence[str] 
 
 
 def build_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:
-    """Defaults <- YAML file <- command line, DATASET.IMAGE_SIZE resolved; returns a frozen copy."""
+    """Defaults <- YAML file <- command line, its values checked (:func:`check_cfg`), DATASET.IMAGE_SIZE
+    resolved; returns a frozen copy."""
     cfg = merge_cfg(CFG, cfg_file, opts)
+    check_cfg(cfg)
     resolve_image_size(cfg)
     cfg.freeze()
     return cfg

@@ -14,6 +14,7 @@ import torch
 from torch.optim import Optimizer
 
 from mdistiller.engine.distributed import average_gradients
+from mdistiller.engine.optim import weight_decay_groups
 from mdistiller.engine.trainer import Losses, Trainer, trainer_dict
 from mdistiller.errors import ConfigError
 
@@ -110,7 +111,7 @@ class DOTTrainer(Trainer):
             raise ConfigError("SOLVER.TRAINER dot does not clip gradients (its two gradients take separate momentum "
                               "steps); set SOLVER.GRAD_CLIP 0.")
         return DistillationOrientedTrainer(
-            self.distiller.get_learnable_parameters(), lr=solver.LR,
+            weight_decay_groups(self.distiller.get_learnable_parameters(), solver, self.distiller), lr=solver.LR,
             momentum=solver.MOMENTUM - solver.DOT.DELTA, momentum_kd=solver.MOMENTUM + solver.DOT.DELTA,
             weight_decay=solver.WEIGHT_DECAY,
         )

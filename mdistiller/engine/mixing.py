@@ -14,7 +14,9 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.errors import ConfigError
 
-__all__ = ["BatchMixer", "build_mixer", "check_mixing"]
+__all__ = ["MIXUP_MODES", "BatchMixer", "build_mixer", "check_mixing"]
+
+MIXUP_MODES = ("batch", "pair", "elem")  # timm's Mixup: one lambda per batch, per pair, per sample
 
 
 class BatchMixer:

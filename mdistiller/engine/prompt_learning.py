@@ -6,7 +6,9 @@ runs it alone.
 
 Each distilled teacher feature F (the last ``NUM_STAGES`` entries of ``feats``) is replaced, through
 a hook (:mod:`mdistiller.engine.feature_hook`), by ``IDWT(sum_t M_t * bands(F))`` from its
-:class:`~mdistiller.frequency.prompt.FrequencyPrompt`. Only the prompts learn, with the teacher's
+:class:`~mdistiller.frequency.prompt.FrequencyPrompt`. In a token teacher (ViT, DeiT, Mixer, Swin's
+NHWC stages) F is the grid of the tapped block's output: the hook prompts that grid and writes it back
+into the model's stream, the class / distillation / register tokens unchanged. Only the prompts learn, with the teacher's
 cross-entropy plus ``DIVERSITY_WEIGHT`` times the diversity of the masks, for ``PROMPT_EPOCHS``
 epochs of the configured dataset (AdamW at ``PROMPT_LR``, cosine schedule, no weight decay), by the
 ordinary :class:`~mdistiller.engine.trainer.Trainer` (logs, metrics, autocast, validation: the
@@ -38,8 +40,8 @@ from mdistiller.engine.trainer import Trainer
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device, seed_everything
 from mdistiller.errors import ConfigError
 
-__all__ = ["PromptStage", "PromptTrainer", "PromptedTeacher", "initial_prompt_file", "learn_prompts",
-           "prompt_learning_cfg", "prompt_run", "run_prompt_trainer"]
+__all__ = ["PromptStage", "PromptTrainer", "PromptedTeacher", "fresh_prompts", "initial_prompt_file", "learn_prompts",
+           "prompt_learning_cfg", "prompt_run", "run_prompt_trainer", "train_prompts"]
 
 
 class PromptedTeacher(nn.Module):
@@ -155,23 +157,35 @@ def learn_prompts(cfg: CN, name: str, verbose: bool = True, resume: bool = False
 
 def _learn_prompts(cfg: CN, stage_cfg: CN, name: str, train_loader, val_loader, num_classes: int,
                    verbose: bool, resume: bool) -> str:
-    section = cfg[name]
     device = local_device(resolve_device(cfg.SOLVER.DEVICE))
     teacher = build_teacher(cfg, num_classes).to(device).eval()
     dtype = autocast_dtype(device, cfg.SOLVER)
     teacher_top1 = mean_over_processes(evaluate(lambda image: teacher(image)[0], val_loader, device,
                                                 lambda: autocast_context(device, dtype)), val_loader)[0]
-    size = image_size(cfg)
-    shapes = [s[1:] for s in feature_shapes(teacher, size)["feats"]]
-    indices = distilled_indices(len(shapes), section.NUM_STAGES, name)
-    prompts = build_prompts([shapes[i][0] for i in indices], section)
-    model = PromptedTeacher(teacher, prompts, indices, size, section.DIVERSITY, section.DIVERSITY_WEIGHT)
+    return train_prompts(cfg, name, teacher, train_loader, val_loader, teacher_top1, verbose, resume).path
 
-    trainer = run_prompt_trainer(PromptTrainer, cfg, stage_cfg, name, model, train_loader, val_loader, indices,
-                                 teacher_top1, "top-1", verbose, resume)
+
+def fresh_prompts(cfg: CN, name: str, teacher: nn.Module) -> Tuple[nn.ModuleList, List[int]]:
+    """Freshly initialised prompts for `teacher`'s distilled features (the last NUM_STAGES of ``feats``,
+    probed at the input size) and those features' indices: what stage 1 starts from."""
+    shapes = feature_shapes(teacher, image_size(cfg))["feats"]
+    indices = distilled_indices(len(shapes), cfg[name].NUM_STAGES, name)
+    return build_prompts([shapes[i][1] for i in indices], cfg[name]), indices
+
+
+def train_prompts(cfg: CN, name: str, teacher: nn.Module, train_loader, val_loader, teacher_top1: float,
+                  verbose: bool = True, resume: bool = False) -> Trainer:
+    """Stage 1 on these loaders: fresh prompts plugged into the frozen `teacher` (its hooks stay on it;
+    pass a copy to keep the teacher plain) and trained by :class:`PromptTrainer`, which writes the prompt
+    file; returns the trainer. `teacher_top1` is the plain teacher's accuracy, for the log and the file."""
+    section = cfg[name]
+    prompts, indices = fresh_prompts(cfg, name, teacher)
+    model = PromptedTeacher(teacher, prompts, indices, image_size(cfg), section.DIVERSITY, section.DIVERSITY_WEIGHT)
+    trainer = run_prompt_trainer(PromptTrainer, cfg, prompt_learning_cfg(cfg, name), name, model, train_loader,
+                                 val_loader, indices, teacher_top1, "top-1", verbose, resume)
     if verbose:
         print(f"Teacher top-1 with the learned prompts {trainer.last_acc:.2f} (without {teacher_top1:.2f}).")
-    return trainer.path
+    return trainer
 
 
 def run_prompt_trainer(trainer_cls, cfg: CN, stage_cfg: CN, name: str, model: nn.Module, train_loader, val_loader,
@@ -197,9 +211,7 @@ def initial_prompt_file(cfg: CN, teacher: nn.Module, path: Optional[str] = None)
     `path` (default: where stage 2 looks); returns the path. For timing and tests: stage 2 costs the
     same with these as with learned prompts."""
     name = cfg.DISTILLER.TYPE
-    shapes = feature_shapes(teacher, image_size(cfg))["feats"]
-    indices = distilled_indices(len(shapes), cfg[name].NUM_STAGES, name)
-    prompts = build_prompts([shapes[i][1] for i in indices], cfg[name])
+    prompts, indices = fresh_prompts(cfg, name, teacher)
     path = path or prompt_path(cfg, name)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     save_checkpoint(prompt_record(prompts, teacher, cfg, name, indices), path)

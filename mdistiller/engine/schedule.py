@@ -1,5 +1,11 @@
 """Learning-rate schedules, evaluated per epoch (epochs count from 1, as in MDistiller) or, for a run
-of SOLVER.ITERS iterations (the dense trainer), per iteration (from 0, as mmcv's ``runner.iter``)."""
+of SOLVER.ITERS iterations (the dense trainer), per iteration (from 0, as mmcv's ``runner.iter``).
+
+Two shapes of warm-up and cosine (``SOLVER.SCHEDULE_STYLE``): ``mdistiller`` warms up to LR at the
+last warm-up epoch and runs the cosine over the epochs after it; ``timm`` is timm's schedulers
+(``CosineLRScheduler`` / ``StepLRScheduler`` as DeiT's and OFA-KD's ``create_scheduler`` build them,
+``warmup_prefix`` False, stepped once per epoch): the first epoch at WARMUP_LR, then linearly up,
+the cosine over all EPOCHS with the warm-up epochs inside it."""
 
 import math
 
@@ -8,13 +14,15 @@ from yacs.config import CfgNode as CN
 from mdistiller.errors import ConfigError
 
 SCHEDULERS = ("step", "cosine", "poly")
+SCHEDULE_STYLES = ("mdistiller", "timm")
 
 
 def _scheduled(done: int, total: int, warmup: int, solver: CN) -> float:
-    """The LR after `done` of `total` units (epochs or iterations), `warmup` of them warm-up.
+    """The LR after `done` of `total` units (epochs or iterations), the cosine starting after
+    `warmup` of them (0: over all of them, as timm's).
 
-    Step: ``LR * LR_DECAY_RATE ** (number of LR_DECAY_STAGES <= done)``. Cosine: from LR at the end
-    of warm-up down to MIN_LR at `total`, ``MIN_LR + (LR - MIN_LR) * (1 + cos(pi * p)) / 2`` with
+    Step: ``LR * LR_DECAY_RATE ** (number of LR_DECAY_STAGES <= done)``. Cosine: from LR at `warmup`
+    down to MIN_LR at `total`, ``MIN_LR + (LR - MIN_LR) * (1 + cos(pi * p)) / 2`` with
     ``p = (done - warmup) / (total - warmup)``. Poly (mmcv's PolyLrUpdaterHook):
     ``(LR - POLY_MIN_LR) * (1 - done / total) ** POLY_POWER + POLY_MIN_LR``.
     """
@@ -33,11 +41,21 @@ def _scheduled(done: int, total: int, warmup: int, solver: CN) -> float:
 
 def learning_rate(epoch: int, solver: CN) -> float:
     """LR for `epoch`: MDistiller's step decay, cosine or poly (see :func:`_scheduled`, with the
-    epochs before this one done), after an optional linear warm-up ``LR * epoch / WARMUP_EPOCHS``
-    for the first epochs. Step decays after each epoch of LR_DECAY_STAGES."""
-    if solver.WARMUP_EPOCHS > 0 and epoch <= solver.WARMUP_EPOCHS:
-        return solver.LR * epoch / solver.WARMUP_EPOCHS
-    return _scheduled(epoch - 1, solver.EPOCHS, solver.WARMUP_EPOCHS, solver)
+    epochs before this one done) after an optional linear warm-up over the first WARMUP_EPOCHS.
+    Step decays after each epoch of LR_DECAY_STAGES.
+
+    SCHEDULE_STYLE ``mdistiller``: warm-up ``LR * epoch / WARMUP_EPOCHS``, the cosine over the epochs
+    after it. ``timm``, with ``t = epoch - 1`` and W = WARMUP_EPOCHS: ``WARMUP_LR + t (LR - WARMUP_LR) / W``
+    while t < W, then the schedule at t, the cosine's ``p = t / EPOCHS``."""
+    warmup = solver.WARMUP_EPOCHS
+    if solver.get("SCHEDULE_STYLE", "mdistiller") == "timm":
+        done = epoch - 1
+        if done < warmup:
+            return solver.WARMUP_LR + done * (solver.LR - solver.WARMUP_LR) / warmup
+        return _scheduled(done, solver.EPOCHS, 0, solver)
+    if warmup > 0 and epoch <= warmup:
+        return solver.LR * epoch / warmup
+    return _scheduled(epoch - 1, solver.EPOCHS, warmup, solver)
 
 
 def iteration_learning_rate(iteration: int, solver: CN) -> float:

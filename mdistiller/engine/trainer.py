@@ -125,7 +125,7 @@ class Trainer:
 
     # -- set-up -------------------------------------------------------------------------------
     def init_optimizer(self) -> torch.optim.Optimizer:
-        return build_optimizer(self.distiller.get_learnable_parameters(), self.cfg.SOLVER)
+        return build_optimizer(self.distiller.get_learnable_parameters(), self.cfg.SOLVER, self.distiller)
 
     def autocast(self):
         return autocast_context(self.device, self.amp_dtype)

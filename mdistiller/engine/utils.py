@@ -11,6 +11,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.errors import ConfigError
 
+AMP_DTYPES = ("bfloat16", "float16")
+
 
 class AverageMeter:
     """Running sum and count of a value; `avg` is their ratio."""
@@ -150,7 +152,7 @@ def autocast_dtype(device: torch.device, solver: CN) -> Optional[torch.dtype]:
         enabled = bool(solver.AMP)
     if not enabled:
         return None
-    if solver.AMP_DTYPE not in ("bfloat16", "float16"):
+    if solver.AMP_DTYPE not in AMP_DTYPES:
         raise ConfigError(f"SOLVER.AMP_DTYPE must be bfloat16 or float16, got '{solver.AMP_DTYPE}'.")
     if device.type == "cpu":
         return torch.bfloat16

@@ -1,6 +1,6 @@
 """Published top-1 accuracies (%) to put beside ours, as gathered in shared/specs/METHODS.md.
 
-KD and DKD: the DKD paper's CIFAR-100 table (MDistiller's numbers); SFAKD: the authors' README;
+KD and DKD: the DKD paper's CIFAR-100 table (MDistiller's numbers); SFAKD and DIST: the authors' READMEs;
 CAT-KD: its paper; teachers: MDistiller's CIFAR-100 teacher checkpoints. Keys use this toolkit's
 model names (``cifar_model_dict`` / ``imagenet_model_dict``, ``timm:<name>``).
 
@@ -46,6 +46,11 @@ for _t, _s, _acc in _CIFAR_SFAKD:
 PUBLISHED[("imagenet", "SFAKD", "ResNet34", "ResNet18")] = 72.5
 PUBLISHED[("imagenet", "SFAKD", "ResNet50", "MobileNetV1")] = 73.0
 PUBLISHED[("cifar100", "CATKD", "resnet32x4", "resnet8x4")] = 76.91
+# DIST: the authors' README (hunto/DIST_KD at 2418f18, CIFAR-100 table; means of their runs, ± omitted).
+for _t, _s, _acc in (("wrn_40_2", "wrn_40_1", 74.43), ("resnet56", "resnet20", 71.75), ("resnet32x4", "resnet8x4", 76.31),
+                     ("ResNet50", "MobileNetV2", 68.66), ("resnet32x4", "ShuffleV1", 76.34),
+                     ("resnet32x4", "ShuffleV2", 77.35)):
+    PUBLISHED[("cifar100", "DIST", _t, _s)] = _acc
 
 # OFA-KD's tables: (teacher, student, KD, DKD, DIST, OFA).
 _T = "timm:"

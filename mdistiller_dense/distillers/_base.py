@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import OneOf, Rules
 from mdistiller.distillers._base import Distiller, registrar
 from mdistiller.errors import ConfigError
 from mdistiller.registry import Registry
@@ -15,16 +16,17 @@ from mdistiller_dense.hooks import FeatureCapture, as_levels, default_feature_mo
 from mdistiller_dense.models import DETECTORS, parse_model_name
 
 __all__ = ["DenseBatch", "DenseDistiller", "dense_distiller_dict", "dense_method_defaults",
-           "register_dense_distiller", "level_channels", "level_shapes", "align_convs", "select_levels",
-           "DOMAINS", "check_domain"]
+           "register_dense_distiller", "dense_method_rules", "level_channels", "level_shapes", "align_convs", "select_levels",
+           "DOMAINS", "DOMAIN_RULES", "check_domain"]
 
 dense_distiller_dict = Registry("dense distiller")
 dense_method_defaults: Dict[str, CN] = {}
+dense_method_rules: Dict[str, Rules] = {}
 
 PROBE_SIZE = 64
 
 
-register_dense_distiller = registrar(dense_distiller_dict, dense_method_defaults)
+register_dense_distiller = registrar(dense_distiller_dict, dense_method_defaults, dense_method_rules)
 register_dense_distiller.__doc__ = "Class decorator: registers a dense distiller under `name` and its config section."
 
 
@@ -73,12 +75,12 @@ def align_convs(s_channels: Sequence[int], t_channels: Sequence[int], bias: bool
 
 
 DOMAINS = ("spatial", "frequency")
+DOMAIN_RULES = {"DOMAIN": OneOf(DOMAINS)}  # the section checks of a method with a DOMAIN key
 
 
 def check_domain(section: CN, name: str) -> bool:
     """Whether ``<name>.DOMAIN`` asks for the frequency domain; ConfigError unless it is one of DOMAINS."""
-    if section.DOMAIN not in DOMAINS:
-        raise ConfigError(f"{name}.DOMAIN must be one of {', '.join(DOMAINS)}, got '{section.DOMAIN}'.")
+    DOMAIN_RULES["DOMAIN"].check(f"{name}.DOMAIN", section.DOMAIN)
     if section.DOMAIN == "frequency" and section.DWT_LEVELS < 1:
         raise ConfigError(f"{name}.DWT_LEVELS must be at least 1 with DOMAIN frequency, got {section.DWT_LEVELS}.")
     return section.DOMAIN == "frequency"

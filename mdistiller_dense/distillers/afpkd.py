@@ -6,7 +6,8 @@ relation weights (mdistiller/distillers/frequency_prompts.py), ReviewKD's top-do
 
 from yacs.config import CfgNode as CN
 
-from mdistiller.distillers.frequency_prompts import PromptBandLoss, check_section, distilled_indices, prompt_defaults
+from mdistiller.distillers.frequency_prompts import (PROMPT_RULES, PromptBandLoss, check_section, distilled_indices,
+                                                     prompt_defaults)
 from mdistiller.losses.reviewkd import ReviewFusion
 from mdistiller.losses.spatial import resize_to
 from mdistiller_dense.distillers._base import DenseDistiller, align_convs, register_dense_distiller
@@ -17,7 +18,7 @@ AFPKD_DEFAULTS.WEIGHT = 10.0   # FreeKD's FCOS weight (supplement A.1; the paper
 AFPKD_DEFAULTS.FUSION = True   # top-down ReviewKD fusion over the FPN levels; False: a 1x1 conv per level
 
 
-@register_dense_distiller("AFPKD", AFPKD_DEFAULTS)
+@register_dense_distiller("AFPKD", AFPKD_DEFAULTS, PROMPT_RULES)
 class DenseAFPKD(PromptBandLoss, DenseDistiller):
     """Adaptive frequency prompting with hierarchical fusion over the FPN levels, stage 2.
 

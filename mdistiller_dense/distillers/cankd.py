@@ -3,8 +3,10 @@
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import check_rules
+from mdistiller.distillers.cankd import CANKD_RULES
 from mdistiller.errors import ConfigError
-from mdistiller.losses.cankd import AFFINITIES, CrossAttentionNonLocal, cankd_loss
+from mdistiller.losses.cankd import CrossAttentionNonLocal, cankd_loss
 from mdistiller_dense.distillers._base import DenseDistiller, align_convs, register_dense_distiller, select_levels
 
 CANKD_DEFAULTS = CN()
@@ -15,7 +17,7 @@ CANKD_DEFAULTS.RESIDUAL = True
 CANKD_DEFAULTS.POOL_SIZE = 2
 
 
-@register_dense_distiller("CANKD", CANKD_DEFAULTS)
+@register_dense_distiller("CANKD", CANKD_DEFAULTS, CANKD_RULES)
 class DenseCANKD(DenseDistiller):
     """``loss_kd = WEIGHT * sum_levels MSE(IN(W(y) + align(s)), IN(t)) / 2`` with one cross-attention
     non-local block per level (segmentation: the last backbone stage with a 1x1 connector)."""
@@ -23,8 +25,7 @@ class DenseCANKD(DenseDistiller):
     def __init__(self, student, teacher, cfg, **info) -> None:
         super().__init__(student, teacher, cfg, **info)
         s = cfg.CANKD
-        if s.AFFINITY not in AFFINITIES:
-            raise ConfigError(f"CANKD.AFFINITY must be one of {', '.join(AFFINITIES)}, got '{s.AFFINITY}'.")
+        check_rules(s, CANKD_RULES, "CANKD.")
         self.weight = s.WEIGHT
         channels = select_levels(self.t_channels, s.LEVELS)
         small = [i for i, (_, h, w) in enumerate(self.t_shapes[:len(channels)]) if min(h, w) < s.POOL_SIZE]

@@ -5,8 +5,8 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.losses.cwd import cwd_loss, frequency_cwd_loss
 from mdistiller.losses.spatial import resize_to
-from mdistiller_dense.distillers._base import (DenseDistiller, align_convs, check_domain, register_dense_distiller,
-                                               select_levels)
+from mdistiller_dense.distillers._base import (DOMAIN_RULES, DenseDistiller, align_convs, check_domain,
+                                               register_dense_distiller, select_levels)
 
 CWD_DEFAULTS = CN()
 CWD_DEFAULTS.TEMPERATURE = 1.0
@@ -16,7 +16,7 @@ CWD_DEFAULTS.DOMAIN = "spatial"  # spatial | frequency (the Haar DWT's high band
 CWD_DEFAULTS.DWT_LEVELS = 1      # DOMAIN frequency: DWT levels whose high bands are distilled
 
 
-@register_dense_distiller("CWD", CWD_DEFAULTS)
+@register_dense_distiller("CWD", CWD_DEFAULTS, DOMAIN_RULES)
 class DenseCWD(DenseDistiller):
     """``loss_kd = WEIGHT * sum_levels T^2 KL(softmax_hw(t/T) || softmax_hw(align(s)/T)) / (N C)``.
 

@@ -8,7 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from mdistiller.distillers.frequency_prompts import PromptBandLoss, check_section, distilled_indices, prompt_defaults
+from mdistiller.distillers.frequency_prompts import (PROMPT_RULES, PromptBandLoss, check_section, distilled_indices,
+                                                     prompt_defaults)
 from mdistiller.errors import ConfigError
 from mdistiller.losses.spatial import resize_to
 from mdistiller_dense.distillers._base import DenseDistiller, align_convs, register_dense_distiller
@@ -21,7 +22,7 @@ FREEKD_DEFAULTS.FEAT_WEIGHT = 5.0   # plain MSE on the aligned maps (authors' co
 FREEKD_DEFAULTS.REG_WEIGHT = 1.0    # smooth-L1 between the box-regression outputs (detectors)
 
 
-@register_dense_distiller("FREEKD", FREEKD_DEFAULTS)
+@register_dense_distiller("FREEKD", FREEKD_DEFAULTS, PROMPT_RULES)
 class DenseFREEKD(PromptBandLoss, DenseDistiller):
     """FreeKD's detection / segmentation recipe, stage 2 (stage 1: the ``"DENSE_PROMPTS"`` stage it
     declares, :class:`mdistiller_dense.prompt_learning.DensePromptStage`).

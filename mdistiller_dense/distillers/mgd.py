@@ -3,6 +3,7 @@
 from torch import nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import InRange
 from mdistiller.losses.mgd import MaskedGenerator, mgd_loss, random_keep_mask
 from mdistiller_dense.distillers._base import DenseDistiller, align_convs, register_dense_distiller, select_levels
 
@@ -12,7 +13,7 @@ MGD_DEFAULTS.MASK_RATIO = 0.65
 MGD_DEFAULTS.LEVELS = 0
 
 
-@register_dense_distiller("MGD", MGD_DEFAULTS)
+@register_dense_distiller("MGD", MGD_DEFAULTS, {"MASK_RATIO": InRange(0.0, 1.0, high_open=True)})
 class DenseMGD(DenseDistiller):
     """``loss_kd = ALPHA * sum_levels sum (G(M * align(s)) - t)^2 / N``; one generator per level."""
 

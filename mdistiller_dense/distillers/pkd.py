@@ -4,8 +4,8 @@ domain as FreeKD's supplement B (Table 10) runs it."""
 from yacs.config import CfgNode as CN
 
 from mdistiller.losses.pkd import frequency_pkd_loss, pkd_loss
-from mdistiller_dense.distillers._base import (DenseDistiller, align_convs, check_domain, register_dense_distiller,
-                                               select_levels)
+from mdistiller_dense.distillers._base import (DOMAIN_RULES, DenseDistiller, align_convs, check_domain,
+                                               register_dense_distiller, select_levels)
 
 PKD_DEFAULTS = CN()
 PKD_DEFAULTS.WEIGHT = 6.0        # Faster R-CNN; 10 RetinaNet / FCOS (the authors' configs)
@@ -14,7 +14,7 @@ PKD_DEFAULTS.DOMAIN = "spatial"  # spatial | frequency (the Haar DWT's high band
 PKD_DEFAULTS.DWT_LEVELS = 1      # DOMAIN frequency: DWT levels whose high bands are distilled
 
 
-@register_dense_distiller("PKD", PKD_DEFAULTS)
+@register_dense_distiller("PKD", PKD_DEFAULTS, DOMAIN_RULES)
 class DensePKD(DenseDistiller):
     """``loss_kd = WEIGHT * sum_levels MSE(std(s), std(t)) / 2``, per-channel standardisation over
     (N, H, W); a 1x1 align conv only where channels differ (PKD itself needs none).
