@@ -94,7 +94,8 @@ FAMILIES: Dict[str, Tuple[object, int]] = {
 }
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "heterogeneous.md")
 BEGIN, END = "<!-- family sweep: begin -->", "<!-- family sweep: end -->"  # the table's place in DOC
-FAST = [("ViT", "student", "KD"), ("Swin", "student", "OFA"), ("ConvNeXt", "teacher", "SFAKD"), ("ViT", "teacher", "FREEKD")]
+FAST = [("ViT", "student", "KD"), ("Swin", "student", "OFA"), ("ConvNeXt", "teacher", "SFAKD"),
+        ("ViT", "teacher", "FREEKD")]
 
 
 def build_family(family: str, num_classes: int = NUM_CLASSES) -> nn.Module:
@@ -141,7 +142,8 @@ def step_and_check(distiller: nn.Module, batch: Dict[str, torch.Tensor]) -> None
     named = dict(distiller.named_parameters())
     with_grad = {name for name, p in named.items() if p.grad is not None}
     expected = {name for name, p in named.items() if id(p) in learnable}
-    assert with_grad == expected, f"no gradient: {sorted(expected - with_grad)[:3]}, unexpected: {sorted(with_grad - expected)[:3]}"
+    assert with_grad == expected, \
+        f"no gradient: {sorted(expected - with_grad)[:3]}, unexpected: {sorted(with_grad - expected)[:3]}"
     assert all(torch.isfinite(named[name].grad).all() for name in with_grad), "a non-finite gradient"
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), f"teacher {key} changed"
@@ -165,7 +167,9 @@ def run_case(family: str, role: str, method: str, models: Dict[str, nn.Module], 
         distiller = distiller_dict[method](student, teacher, cfg, num_classes=NUM_CLASSES, num_data=64)
     except UserError as err:
         text = str(err)
-        return f"refuses: {text}" if "\n" not in text and text else f"error: a refusal of {len(text.splitlines())} lines"
+        if "\n" in text or not text:
+            return f"error: a refusal of {len(text.splitlines())} lines"
+        return f"refuses: {text}"
     except Exception as err:  # noqa: BLE001 - the sweep reports a traceback instead of stopping
         return f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     try:
