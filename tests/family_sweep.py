@@ -6,8 +6,8 @@
     python tests/family_sweep.py --write-doc  # that table written into docs/heterogeneous.md
 
 Each case pairs a family's model with the CIFAR zoo's ``resnet8`` (the other role) at the family's
-image size and runs KD, FITNET, SFAKD, FREEKD (stage 1 for real: one step of the prompts inside
-the frozen teacher, their file written, then stage 2 reads it), OFA and SPECTRALKD with their
+image size and runs KD, FITNET, SFAKD, FREEKD (stage 1 for real: the engine's prompt trainer, one step of the
+prompts inside the frozen teacher, their file written, then stage 2 reads it), OFA and SPECTRALKD with their
 defaults. The outcome is ``works`` (finite losses; a gradient on exactly the parameters that learn,
 none on the teacher; the teacher's state unchanged) or ``refuses: <the one-line UserError>`` at
 build time. Anything else (a traceback, a second line, a failed check) is ``error: ...``, which
@@ -18,7 +18,9 @@ attention biases are fixed at 7x7 at construction: 224 px. The Mixer family (MLP
 gMLP) is built from timm's ``MlpMixer`` class, whose entry points fix the patch size.
 """
 
+import contextlib
 import copy
+import io
 import os
 import sys
 import tempfile
@@ -31,15 +33,13 @@ if __name__ == "__main__":  # run as a script: the repository root on the path
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from mdistiller.distillers import distiller_dict  # noqa: E402
-from mdistiller.distillers.feature_shapes import feature_shapes  # noqa: E402
-from mdistiller.distillers.frequency_prompts import build_prompts, distilled_indices, prompt_path, prompt_record  # noqa: E402
+from mdistiller.distillers.frequency_prompts import build_prompts  # noqa: E402
 from mdistiller.engine.cfg import build_cfg  # noqa: E402
-from mdistiller.engine.checkpoint import save_checkpoint  # noqa: E402
-from mdistiller.engine.prompt_learning import PromptedTeacher  # noqa: E402
 from mdistiller.errors import UserError  # noqa: E402
 from mdistiller.models import cifar_model_dict  # noqa: E402
 from mdistiller.models.adapter import TimmFeatureModel  # noqa: E402
 from mdistiller.models.external import build_external_model  # noqa: E402
+from tests.prompt_files import learn_prompt_file  # noqa: E402
 
 NUM_CLASSES, BATCH = 10, 2
 METHODS = ("KD", "FITNET", "SFAKD", "FREEKD", "OFA", "SPECTRALKD")
@@ -94,7 +94,8 @@ FAMILIES: Dict[str, Tuple[object, int]] = {
 }
 DOC = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "docs", "heterogeneous.md")
 BEGIN, END = "<!-- family sweep: begin -->", "<!-- family sweep: end -->"  # the table's place in DOC
-FAST = [("ViT", "student", "KD"), ("Swin", "student", "OFA"), ("ConvNeXt", "teacher", "SFAKD")]
+FAST = [("ViT", "student", "KD"), ("Swin", "student", "OFA"), ("ConvNeXt", "teacher", "SFAKD"),
+        ("ViT", "teacher", "FREEKD")]
 
 
 def build_family(family: str, num_classes: int = NUM_CLASSES) -> nn.Module:
@@ -112,28 +113,19 @@ def build_partner(num_classes: int = NUM_CLASSES) -> nn.Module:
     return cifar_model_dict[PARTNER][0](num_classes=num_classes)
 
 
-def learn_prompts_one_step(cfg, teacher: nn.Module, batch: Dict[str, torch.Tensor], size: int) -> None:
-    """FREEKD's stage 1, one step: the prompts plugged into the frozen teacher learn (each gets a
-    finite gradient, the teacher none), then the prompt file is written where stage 2 reads it."""
-    section = cfg.FREEKD
-    shapes = feature_shapes(teacher, size)["feats"]
-    indices = distilled_indices(len(shapes), section.NUM_STAGES, "FREEKD")
-    prompts = build_prompts([shapes[i][1] for i in indices], section)
-    prompted = PromptedTeacher(teacher, prompts, indices, size, section.DIVERSITY, section.DIVERSITY_WEIGHT)
-    try:
-        prompted.train()
-        _, losses = prompted(image=batch["image"], target=batch["target"])
-        sum(losses.values()).backward()
-    finally:
-        for handle in prompted._handles:
-            handle.remove()
-    for name, p in prompts.named_parameters():
-        assert p.grad is not None and torch.isfinite(p.grad).all(), f"stage 1: prompt {name} learns nothing"
-        p.grad = None
-    assert all(p.grad is None for p in teacher.parameters()), "stage 1: a teacher parameter got a gradient"
-    path = prompt_path(cfg, "FREEKD")
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    save_checkpoint(prompt_record(prompts, teacher, cfg, "FREEKD", indices), path)
+def learn_prompts_one_step(cfg, teacher: nn.Module, batch: Dict[str, torch.Tensor]) -> None:
+    """FREEKD's stage 1 for real: the engine's prompt trainer, one epoch of one step on the batch,
+    the prompts plugged into (a copy of) the frozen teacher; its file is written where stage 2 reads
+    it. Every prompt tensor must have moved (AdamW's first step moves each entry with a gradient)."""
+    stage1 = cfg.clone()
+    stage1.defrost()
+    stage1.FREEKD.PROMPT_EPOCHS = 1
+    torch.manual_seed(3)
+    record = learn_prompt_file(stage1, teacher, batch["image"], batch["target"])
+    torch.manual_seed(3)
+    initial = build_prompts(record["channels"], cfg.FREEKD).state_dict()
+    for key, learned in record["prompts"].items():
+        assert not torch.equal(learned, initial[key]), f"stage 1: prompt {key} learned nothing"
 
 
 def step_and_check(distiller: nn.Module, batch: Dict[str, torch.Tensor]) -> None:
@@ -150,7 +142,8 @@ def step_and_check(distiller: nn.Module, batch: Dict[str, torch.Tensor]) -> None
     named = dict(distiller.named_parameters())
     with_grad = {name for name, p in named.items() if p.grad is not None}
     expected = {name for name, p in named.items() if id(p) in learnable}
-    assert with_grad == expected, f"no gradient: {sorted(expected - with_grad)[:3]}, unexpected: {sorted(with_grad - expected)[:3]}"
+    assert with_grad == expected, \
+        f"no gradient: {sorted(expected - with_grad)[:3]}, unexpected: {sorted(with_grad - expected)[:3]}"
     assert all(torch.isfinite(named[name].grad).all() for name in with_grad), "a non-finite gradient"
     for key, value in teacher.state_dict().items():
         assert torch.equal(value, before[key]), f"teacher {key} changed"
@@ -163,17 +156,20 @@ def run_case(family: str, role: str, method: str, models: Dict[str, nn.Module], 
     partner = build_partner()
     student, teacher = (model, partner) if role == "student" else (partner, model)
     cfg = build_cfg(None, [f"DISTILLER.TYPE={method}", f"DATASET.IMAGE_SIZE={size}", f"LOG.PREFIX={workdir}",
-                           f"EXPERIMENT.TAG={family}_{role}"])
+                           f"EXPERIMENT.TAG={family}_{role}", "LOG.PROGRESS_BAR=False"])
     generator = torch.Generator().manual_seed(1)
     batch = dict(image=torch.randn(BATCH, 3, size, size, generator=generator), target=torch.tensor([0, 1]),
                  epoch=1, index=torch.arange(BATCH))
     try:
         if method == "FREEKD":
-            learn_prompts_one_step(cfg, teacher, batch, size)
+            with contextlib.redirect_stdout(io.StringIO()):  # the trainer's last line, "Best accuracy"
+                learn_prompts_one_step(cfg, teacher, batch)
         distiller = distiller_dict[method](student, teacher, cfg, num_classes=NUM_CLASSES, num_data=64)
     except UserError as err:
         text = str(err)
-        return f"refuses: {text}" if "\n" not in text and text else f"error: a refusal of {len(text.splitlines())} lines"
+        if "\n" in text or not text:
+            return f"error: a refusal of {len(text.splitlines())} lines"
+        return f"refuses: {text}"
     except Exception as err:  # noqa: BLE001 - the sweep reports a traceback instead of stopping
         return f"error: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}"
     try:

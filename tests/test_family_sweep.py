@@ -12,14 +12,6 @@ import pytest
 
 from tests.family_sweep import BEGIN, DOC, END, FAMILIES, FAST, METHODS, ROLES, cases, run_sweep, table
 
-# PENDING: FREEKD's stage 1 cannot plug its prompts into these token teachers' maps yet (issue 22,
-# item 1: prompts on the token grid of the tapped block). Each refuses in one line today; when the
-# prompt plugging lands, each must move out of this set (the test below fails until it does).
-PENDING_PROMPT_TEACHERS = {"ViT", "DeiT (distilled)", "CaiT", "XCiT", "Swin", "Swin-V2", "MLP-Mixer", "ResMLP",
-                           "gMLP", "LeViT", "EfficientFormer", "EVA-02", "BEiT"}
-PENDING = {(family, "teacher", "FREEKD") for family in PENDING_PROMPT_TEACHERS}
-PENDING_WORDS = "Cannot plug into TimmFeatureModel's feats["
-
 # Refusals that stay: the pair cannot take the method, and the line says what to change.
 REFUSALS = {
     ("LeViT", "student", "OFA"): "OFA needs four student stages; this student gives 3 feature maps",
@@ -32,10 +24,7 @@ REFUSALS = {
 def check_outcome(case, outcome: str) -> None:
     """Works, or the refusal this file expects for the case, in one line."""
     assert not outcome.startswith("error"), f"{case}: {outcome}"
-    if case in PENDING:
-        assert outcome.startswith("refuses: ") and PENDING_WORDS in outcome, \
-            f"{case} no longer refuses as pending ({outcome}): take it out of PENDING_PROMPT_TEACHERS"
-    elif case in REFUSALS:
+    if case in REFUSALS:
         assert outcome.startswith("refuses: ") and REFUSALS[case] in outcome, f"{case}: {outcome}"
     else:
         assert outcome == "works", f"{case}: {outcome}"

@@ -165,22 +165,24 @@ TIMM_TEACHERS = {  # tiny timm teachers at 32 px: where each head pools, and wha
 }
 
 
-def pooled_by_hand(family: str, final: torch.Tensor) -> torch.Tensor:
-    """What each model's head pools from its final features (timm's forward_features output)."""
+def pooled_map_by_hand(family: str, final: torch.Tensor) -> torch.Tensor:
+    """An (N, C, h, w) map whose spatial mean is what each model's head pools from its final features
+    (timm's forward_features output): the map itself, Swin's NHWC map permuted, a ViT's patch grid,
+    or the class token as a 1x1 map."""
     if family == "convnext":
-        return final.mean(dim=(2, 3))
+        return final
     if family == "swin":
-        return final.mean(dim=(1, 2))
+        return final.permute(0, 3, 1, 2)
     if family == "vit_avg":
-        return final[:, 1:].mean(dim=1)
-    return final[:, 0]  # the class token (DeiT: equal to the distillation token in this check)
+        return final[:, 1:].transpose(1, 2).reshape(final.shape[0], final.shape[2], 8, 8)
+    return final[:, 0, :, None, None]  # the class token (DeiT: equal to the distillation token in this check)
 
 
 @pytest.mark.parametrize("family", sorted(TIMM_TEACHERS))
 def test_teacher_head_on_the_teachers_own_pooled_vector_gives_its_logits(family):
-    """SFAKD's default prediction is the teacher's whole head after pooling: on the vector the
-    teacher pools from its own final features, it must give timm's own logits (ConvNeXt's head
-    LayerNorm included; a ViT's class token or fc_norm'd patch mean). DeiT distilled: both its
+    """SFAKD's default prediction is the teacher's whole head after pooling: on a map whose mean is
+    what the teacher pools from its own final features, it must give timm's own logits (ConvNeXt's
+    head LayerNorm included; a ViT's class token or fc_norm'd patch mean). DeiT distilled: both its
     tokens set to one vector, so its logits are the mean of the two heads on that vector."""
     from mdistiller.models.external import build_external_model
 
@@ -195,12 +197,10 @@ def test_teacher_head_on_the_teachers_own_pooled_vector_gives_its_logits(family)
     with torch.no_grad():
         final = timm_model.forward_features(image)
         if family == "deit_distilled":
-            pooled = final[:, 0]
-            expected = (timm_model.head(pooled) + timm_model.head_dist(pooled)) / 2
+            expected = (timm_model.head(final[:, 0]) + timm_model.head_dist(final[:, 0])) / 2
         else:
-            pooled = pooled_by_hand(family, final)
             expected = timm_model(image)
-        got = distiller.teacher_logits(pooled)
+        got = distiller.predict(pooled_map_by_hand(family, final), None)
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
 
 
