@@ -12,6 +12,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.engine.cfg import CFG, load_cfg_text, merge_cfg
 from mdistiller_dense.distillers import dense_method_defaults
+from mdistiller_dense.sam.distillers import SAM_DEFAULTS, sam_method_defaults
 
 __all__ = ["DENSE_CFG", "build_dense_cfg", "load_dense_cfg_text"]
 
@@ -35,7 +36,7 @@ DENSE_CFG.SOLVER.VAL_INTERVAL = 8000     # ITERS runs: validate and checkpoint e
 DENSE_CFG.LOG.SAVE_CHECKPOINT_FREQ = 1000
 
 DENSE_CFG.DATASET = CN()
-DENSE_CFG.DATASET.TYPE = "coco"           # coco | segmentation | shapes (generated on first use)
+DENSE_CFG.DATASET.TYPE = "coco"           # coco | segmentation | sa1b | shapes (generated on first use)
 DENSE_CFG.DATASET.ROOT = "data/coco"
 DENSE_CFG.DATASET.TRAIN_IMAGES = "train2017"
 DENSE_CFG.DATASET.TRAIN_ANNOTATIONS = "annotations/instances_train2017.json"
@@ -87,6 +88,11 @@ DENSE_CFG.DISTILLER.STUDENT_FEATURES = []          # module names to distil; [] 
 DENSE_CFG.DISTILLER.TEACHER_FEATURES = []
 
 for _name, _defaults in dense_method_defaults.items():
+    DENSE_CFG[_name] = _defaults.clone()
+
+# Segment Anything (mdistiller_dense/sam/): input size, prompts, SAM's loss weights, stage 1, stores.
+DENSE_CFG.SAM = SAM_DEFAULTS.clone()
+for _name, _defaults in sam_method_defaults.items():
     DENSE_CFG[_name] = _defaults.clone()
 
 

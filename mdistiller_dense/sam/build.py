@@ -1,0 +1,111 @@
+"""Builders of a Segment Anything run: models with their weights, the stage-1 encoder file, the
+teacher's embedding stores and the trained module of tools/train_dense.py."""
+
+import os
+from typing import Dict, Tuple
+
+import torch
+from segment_anything.modeling import Sam
+from torch.utils.data import DataLoader, Subset
+from yacs.config import CfgNode as CN
+
+from mdistiller.distillers.frequency_prompts import teacher_fingerprint
+from mdistiller.engine.checkpoint import load_checkpoint, load_weights, strip_prefix
+from mdistiller.engine.distributed import barrier, rank, world_size
+from mdistiller.engine.utils import autocast_context, autocast_dtype
+from mdistiller.errors import CheckpointError, ConfigError
+from mdistiller_dense.data import build_dense_loaders
+from mdistiller_dense.sam.distillers import SamModule, sam_distiller_dict
+from mdistiller_dense.sam.embeddings import EmbeddingStore, store_digest
+from mdistiller_dense.sam.models import build_sam_model, load_sam_weights, sam_state_dict
+from mdistiller_dense.sam.prompts import preprocess
+
+__all__ = ["build_sam_distiller", "build_sam_run", "build_sam_teacher", "encoder_path", "load_encoder",
+           "teacher_stores", "DECODER_PARTS"]
+
+DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
+
+
+def build_sam_teacher(cfg: CN, weights: bool = True) -> Sam:
+    """DISTILLER.TEACHER at SAM.IMAGE_SIZE with DISTILLER.TEACHER_WEIGHTS (SAM's official file, or a
+    student file of a NONE run), frozen."""
+    teacher = build_sam_model(cfg.DISTILLER.TEACHER, cfg.SAM.IMAGE_SIZE)
+    if weights:
+        load_sam_weights(teacher, cfg.DISTILLER.TEACHER_WEIGHTS, f"Teacher {cfg.DISTILLER.TEACHER}")
+    return teacher.eval().requires_grad_(False)
+
+
+def encoder_path(cfg: CN) -> str:
+    """SAM.ENCODER_PATH, or stage 1's file derived from the method, data, teacher, student and size."""
+    if cfg.SAM.ENCODER_PATH:
+        return cfg.SAM.ENCODER_PATH
+    name = (f"{cfg.DISTILLER.TYPE.lower()}_{cfg.DATASET.TYPE}_{cfg.DISTILLER.TEACHER}_{cfg.DISTILLER.STUDENT}"
+            f"_{cfg.SAM.IMAGE_SIZE}px.pth")
+    return os.path.join(cfg.LOG.PREFIX, cfg.EXPERIMENT.PROJECT, "sam_encoders", name)
+
+
+def load_encoder(student: Sam, path: str) -> Dict:
+    """Stage 1's encoder file into ``student.image_encoder``; returns the file's record."""
+    if not os.path.isfile(path):
+        raise CheckpointError(f"No stage-1 encoder at {path}: run tools/train_dense.py with this config (it runs "
+                              "stage 1 first) or set SAM.ENCODER_PATH.")
+    record = load_checkpoint(path)
+    if "encoder" not in record:
+        raise CheckpointError(f"{path} is not a stage-1 encoder file (no 'encoder' entry).")
+    load_weights(student.image_encoder, record["encoder"], f"Stage-1 encoder {path}")
+    return record
+
+
+def copy_decoder(student: Sam, spec: str) -> None:
+    """The prompt encoder and mask decoder of the teacher's weights file into ``student`` (MobileSAM
+    keeps SAM's decoder; stage 2 starts from it)."""
+    if not spec or not os.path.isfile(spec):
+        raise CheckpointError(f"Stage 2 starts from the teacher's mask decoder: DISTILLER.TEACHER_WEIGHTS "
+                              f"'{spec}' is not a file.")
+    weights = sam_state_dict(load_checkpoint(spec))
+    for part in DECODER_PARTS:
+        load_weights(getattr(student, part[:-1]), strip_prefix(weights, part), f"Teacher {part[:-1]} of {spec}")
+
+
+def build_sam_distiller(cfg: CN) -> SamModule:
+    """The module tools/train_dense.py trains: NONE a whole SAM; SAM_MSE / FREEKD stage 2 (the stage-1
+    encoder loaded, the teacher's decoder copied in)."""
+    if cfg.SOLVER.TRAINER != "sam":
+        raise ConfigError("SAM models train with SOLVER.TRAINER sam (configs/shapes/sam_*.yaml).")
+    cls = sam_distiller_dict.get(cfg.DISTILLER.TYPE)
+    student = build_sam_model(cfg.DISTILLER.STUDENT, cfg.SAM.IMAGE_SIZE)
+    if cfg.DISTILLER.TYPE != "NONE":
+        load_encoder(student, encoder_path(cfg))
+        copy_decoder(student, cfg.DISTILLER.TEACHER_WEIGHTS)
+    return cls(student, None, cfg)
+
+
+def build_sam_run(cfg: CN) -> Tuple[object, object, SamModule]:
+    """Loaders and trained module of a SAM run (the `build` of :func:`mdistiller.engine.run.train_run`)."""
+    train_loader, val_loader, _ = build_dense_loaders(cfg)
+    return train_loader, val_loader, build_sam_distiller(cfg)
+
+
+def teacher_stores(cfg: CN, teacher: Sam, loaders: Dict[str, DataLoader], device: torch.device
+                   ) -> Dict[str, EmbeddingStore]:
+    """Per split, the store of `teacher`'s embeddings of the loader's data set, filled: each process
+    computes the missing ones of its share of the images (every world_size-th), then all wait."""
+    base = cfg.SAM.EMBEDDING_DIR or os.path.join(cfg.LOG.PREFIX, cfg.EXPERIMENT.PROJECT, "sam_embeddings")
+    fingerprint = teacher_fingerprint(teacher)
+    teacher = teacher.to(device)
+    dtype = autocast_dtype(device, cfg.SOLVER)
+
+    def encode(images, sizes):
+        with autocast_context(device, dtype):
+            return teacher.image_encoder(preprocess(teacher, images, sizes)).float()
+
+    stores = {}
+    for split, loader in loaders.items():
+        dataset = loader.dataset
+        store = EmbeddingStore(base, store_digest(cfg.DISTILLER.TEACHER, fingerprint, cfg.SAM.IMAGE_SIZE,
+                                                  dataset.root, dataset.files))
+        share = Subset(dataset, list(range(rank(), len(dataset), world_size())))
+        store.fill(DataLoader(share, batch_size=loader.batch_size, collate_fn=loader.collate_fn), encode, device)
+        stores[split] = store
+    barrier()
+    return stores
