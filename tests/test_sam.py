@@ -166,3 +166,44 @@ def test_embedding_store_digest_fill_once_and_read_back(tmp_path):
     read = store.read(keys, torch.device("cpu"))
     expected = encode(torch.stack([data[1][0], data[0][0]]), None)
     assert read.dtype == torch.float32 and torch.allclose(read, expected.half().float())
+
+
+@pytest.mark.slow
+def test_stage_1_learns_the_encoder_and_stage_2_the_mask_decoder_only(tmp_path):
+    from mdistiller_dense.config import build_dense_cfg
+    from mdistiller_dense.sam.distillers import DecoderFinetune, EncoderMSE
+    from mdistiller_dense.sam.prompts import preprocess
+
+    rng = np.random.default_rng(0)
+    mask = np.zeros((64, 64), dtype=bool)
+    mask[8:30, 10:40] = True
+    for k in (1, 2):
+        write_sa1b_image(tmp_path / "data" / "sa_000000", k, rng.integers(0, 255, (64, 64, 3), dtype=np.uint8),
+                         [mask, ~mask])
+    cfg = build_dense_cfg(os.path.join(REPO_ROOT, "configs", "shapes", "sam_mse.yaml"), ["SAM.IMAGE_SIZE", "64"])
+    images, targets = sam_collate(list(SA1BFolder(str(tmp_path / "data"), 64, train=True)))
+    images = images.float()
+    store = EmbeddingStore(str(tmp_path / "store"), "d")
+    torch.manual_seed(0)
+    teacher_embeddings = torch.randn(2, 256, 4, 4)
+    for target, embedding in zip(targets, teacher_embeddings):
+        store.write(target["key"], embedding)
+    student = build_sam_model("sam_tinyvit_5m", 64)
+    stage1 = EncoderMSE(student, cfg, {"train": store, "val": store}, None).train()
+    _, losses = stage1(image=images, target=targets)
+    sizes = torch.stack([t["size"] for t in targets])
+    expected = F.mse_loss(student.image_encoder(preprocess(student, images, sizes)), teacher_embeddings.half().float())
+    assert float(losses["loss_mse"].detach()) == pytest.approx(float(cfg.SAM_MSE.WEIGHT * expected.detach()), rel=1e-4)
+    losses["loss_mse"].backward()
+    graded = {name.split(".")[1] for name, p in stage1.named_parameters() if p.grad is not None}
+    assert graded == {"image_encoder"} and len(stage1.get_learnable_parameters()) == len(
+        list(student.image_encoder.parameters()))
+    student.zero_grad(set_to_none=True)
+    stage2 = DecoderFinetune(student, None, cfg).train()
+    assert not student.image_encoder.training  # the frozen encoder keeps its BatchNorm statistics
+    _, losses = stage2(image=images, target=targets)
+    assert set(losses) == {"loss_focal", "loss_dice", "loss_iou"}
+    sum(losses.values()).backward()
+    graded = {name.split(".")[1] for name, p in stage2.named_parameters() if p.grad is not None}
+    assert graded == {"mask_decoder"}
+    assert {id(p) for p in stage2.get_learnable_parameters()} == {id(p) for p in student.mask_decoder.parameters()}

@@ -2,7 +2,7 @@
 teacher's embedding stores and the trained module of tools/train_dense.py."""
 
 import os
-from typing import Dict, Tuple
+from typing import Dict, Sequence, Tuple
 
 import torch
 from segment_anything.modeling import Sam
@@ -12,15 +12,16 @@ from yacs.config import CfgNode as CN
 from mdistiller.distillers.frequency_prompts import teacher_fingerprint
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, strip_prefix
 from mdistiller.engine.distributed import barrier, rank, world_size
-from mdistiller.engine.utils import autocast_context, autocast_dtype
+from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device
 from mdistiller.errors import CheckpointError, ConfigError
 from mdistiller_dense.data import build_dense_loaders
-from mdistiller_dense.sam.distillers import SamModule, sam_distiller_dict
+from mdistiller_dense.sam.distillers import SamAlone, SamModule, sam_distiller_dict
+from mdistiller_dense.sam.evaluation import encoder_throughput
 from mdistiller_dense.sam.embeddings import EmbeddingStore, store_digest
-from mdistiller_dense.sam.models import build_sam_model, load_sam_weights, sam_state_dict
+from mdistiller_dense.sam.models import build_sam_model, encoder_parameters, load_sam_weights, sam_state_dict
 from mdistiller_dense.sam.prompts import preprocess
 
-__all__ = ["build_sam_distiller", "build_sam_run", "build_sam_teacher", "encoder_path", "load_encoder",
+__all__ = ["sam_table", "build_sam_distiller", "build_sam_run", "build_sam_teacher", "encoder_path", "load_encoder",
            "teacher_stores", "DECODER_PARTS"]
 
 DECODER_PARTS = ("prompt_encoder.", "mask_decoder.")
@@ -109,3 +110,23 @@ def teacher_stores(cfg: CN, teacher: Sam, loaders: Dict[str, DataLoader], device
         stores[split] = store
     barrier()
     return stores
+
+
+def sam_table(cfg: CN, models: Sequence[Tuple[str, str]]) -> str:
+    """MobileSAM's comparison of (model name, weights file) pairs on the config's validation set: box
+    and point mIoU, image-encoder parameters and throughput (batch 1 at SAM.IMAGE_SIZE), as a table."""
+    _, val_loader, _ = build_dense_loaders(cfg)
+    device = resolve_device(cfg.SOLVER.DEVICE)
+    dtype = autocast_dtype(device, cfg.SOLVER)
+    autocast = lambda: autocast_context(device, dtype)  # noqa: E731
+    lines = ["| model | weights | box mIoU | point mIoU | masks | encoder params (M) | encoder img/s |",
+             "|---|---|---|---|---|---|---|"]
+    for name, weights in models:
+        model = build_sam_model(name, cfg.SAM.IMAGE_SIZE)
+        load_sam_weights(model, weights, f"Model {name}")
+        model = model.to(device).eval()
+        scores = SamAlone(model, None, cfg).scores(val_loader, device, autocast)
+        speed = encoder_throughput(model.image_encoder, cfg.SAM.IMAGE_SIZE, device, autocast=autocast)
+        lines.append(f"| {name} | {weights} | {scores['box_miou']:.2f} | {scores['point_miou']:.2f} | "
+                     f"{int(scores['masks'])} | {encoder_parameters(model) / 1e6:.2f} | {speed:.1f} |")
+    return "\n".join(lines)

@@ -112,6 +112,7 @@ class DecoderFinetune(SamModule):
         super().__init__(student, cfg)
         student.image_encoder.requires_grad_(False)
         student.prompt_encoder.requires_grad_(False)
+        student.mask_decoder.requires_grad_(True)
 
     def learnable(self) -> nn.Module:
         return self.student.mask_decoder
@@ -143,6 +144,7 @@ class EncoderStage1(SamModule):
 
     def __init__(self, student: Sam, cfg: CN, stores: Dict[str, EmbeddingStore], teacher: Sam) -> None:
         super().__init__(student, cfg)
+        student.image_encoder.requires_grad_(True)
         student.prompt_encoder.requires_grad_(False)
         student.mask_decoder.requires_grad_(False)
         self.stores = stores
