@@ -6,6 +6,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller_dense.data import build_dense_loaders
 from mdistiller_dense.distillers import DenseDistiller, dense_distiller_dict
+from mdistiller.errors import ConfigError
 from mdistiller.registry import Registry
 from mdistiller_dense.models import DETECTORS, build_dense_model, load_model_weights, parse_model_name
 from mdistiller_dense.sam.distillers import sam_distiller_dict
@@ -38,7 +39,11 @@ def build_dense_distiller(cfg: CN, num_classes: int, teacher_weights: bool = Tru
 
 def dense_methods(cfg: CN) -> Registry:
     """The methods of the student's task: the SAM ones (mdistiller_dense/sam/) for a SAM student."""
-    return sam_distiller_dict if is_sam_model(cfg.DISTILLER.STUDENT) else dense_distiller_dict
+    if not is_sam_model(cfg.DISTILLER.STUDENT):
+        return dense_distiller_dict
+    if cfg.SOLVER.TRAINER != "sam":
+        raise ConfigError("SAM models train with SOLVER.TRAINER sam (configs/shapes/sam_*.yaml).")
+    return sam_distiller_dict
 
 
 def build_dense_run(cfg: CN) -> Tuple[object, object, DenseDistiller]:

@@ -207,3 +207,20 @@ def test_stage_1_learns_the_encoder_and_stage_2_the_mask_decoder_only(tmp_path):
     graded = {name.split(".")[1] for name, p in stage2.named_parameters() if p.grad is not None}
     assert graded == {"mask_decoder"}
     assert {id(p) for p in stage2.get_learnable_parameters()} == {id(p) for p in student.mask_decoder.parameters()}
+
+
+def test_bad_sam_settings_are_one_line_config_errors(tmp_path):
+    from mdistiller.errors import ConfigError, UnknownNameError
+    from mdistiller_dense.build import dense_methods
+    from mdistiller_dense.config import build_dense_cfg
+    from mdistiller_dense.data import build_dense_datasets
+
+    sam_mse = os.path.join(REPO_ROOT, "configs", "shapes", "sam_mse.yaml")
+    with pytest.raises(ConfigError, match="SOLVER.TRAINER sam"):
+        dense_methods(build_dense_cfg(sam_mse, ["SOLVER.TRAINER", "dense"]))
+    with pytest.raises(ConfigError, match="DATASET.TYPE sa1b or shapes"):
+        build_dense_datasets(build_dense_cfg(sam_mse, ["DATASET.TYPE", "coco"]))
+    with pytest.raises(ConfigError, match="multiple of 64"):
+        build_sam_model("sam_tinyvit_5m", 100)
+    with pytest.raises(UnknownNameError, match="sam_vit_h"):
+        build_sam_model("sam_vit_hh")

@@ -54,17 +54,17 @@ def teacher(tmp_path_factory):
 def test_sam_mse_and_freekd_run_both_stages_and_evaluate_against_the_teacher(tool_in_process, teacher):
     tmp, weights = teacher
     teacher_state = load_checkpoint(weights)["model"]
-    for method in ("sam_mse", "sam_freekd"):
+    for method, kind in (("sam_mse", "sam_mse"), ("sam_freekd", "freekd")):
         result = tool_in_process(TRAIN, "--cfg", os.path.join(SHAPES, f"{method}.yaml"),
                                  *tiny(tmp, "DISTILLER.TEACHER_WEIGHTS", weights))
         assert_ok(result)
         run_dir = tmp / "out" / "shapes" / method
-        (encoder_file,) = (tmp / "out" / "shapes" / "sam_encoders").glob(f"{method.split('_')[-1]}_*.pth")
+        (encoder_file,) = (tmp / "out" / "shapes" / "sam_encoders").glob(f"{kind}_shapes_*.pth")
         encoder = load_checkpoint(str(encoder_file))
         assert encoder["iteration"] == 2
         stage1 = records(os.path.splitext(str(encoder_file))[0])
         assert [r["epoch"] for r in stage1] == [1, 2] and -100 <= stage1[-1]["test_acc"] <= 100
-        assert ("loss_kd" in stage1[-1]) == (method == "sam_freekd") and stage1[-1].get("loss_kd", 1) > 0
+        assert ("loss_kd" in stage1[-1]) == (kind == "freekd") and stage1[-1].get("loss_kd", 1) > 0
         stage2 = records(str(run_dir))
         assert [r["epoch"] for r in stage2] == [1, 2]
         assert stage2[-1]["test_acc"] == stage2[-1]["test_box_miou"] and 0 <= stage2[-1]["test_point_miou"] <= 100

@@ -13,7 +13,7 @@ from mdistiller.distillers.frequency_prompts import teacher_fingerprint
 from mdistiller.engine.checkpoint import load_checkpoint, load_weights, strip_prefix
 from mdistiller.engine.distributed import barrier, rank, world_size
 from mdistiller.engine.utils import autocast_context, autocast_dtype, resolve_device
-from mdistiller.errors import CheckpointError, ConfigError
+from mdistiller.errors import CheckpointError
 from mdistiller_dense.data import build_dense_loaders
 from mdistiller_dense.sam.distillers import SamAlone, SamModule, sam_distiller_dict
 from mdistiller_dense.sam.evaluation import encoder_throughput
@@ -71,8 +71,6 @@ def copy_decoder(student: Sam, spec: str) -> None:
 def build_sam_distiller(cfg: CN) -> SamModule:
     """The module tools/train_dense.py trains: NONE a whole SAM; SAM_MSE / FREEKD stage 2 (the stage-1
     encoder loaded, the teacher's decoder copied in)."""
-    if cfg.SOLVER.TRAINER != "sam":
-        raise ConfigError("SAM models train with SOLVER.TRAINER sam (configs/shapes/sam_*.yaml).")
     cls = sam_distiller_dict.get(cfg.DISTILLER.TYPE)
     student = build_sam_model(cfg.DISTILLER.STUDENT, cfg.SAM.IMAGE_SIZE)
     if cfg.DISTILLER.TYPE != "NONE":

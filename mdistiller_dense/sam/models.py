@@ -23,7 +23,6 @@ from functools import partial
 from typing import Callable, Dict, List, Tuple
 
 import timm
-import torch
 from segment_anything import sam_model_registry
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.common import LayerNorm2d
