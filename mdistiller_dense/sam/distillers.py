@@ -11,8 +11,9 @@
   the mask decoder fine-tuned with SAM's loss on one round of prompts (the supplement's "one round of
   interaction").
 
-Every module holds the student ``Sam`` as ``student`` and answers ``scores(loader, device, autocast)``
-with its validation figures (the first one the run's ``test_acc``).
+Every module holds the student ``Sam`` as ``student`` and answers ``scores(loader, device, autocast,
+reduce)`` with its validation figures (the first one the run's ``test_acc``; ``reduce`` adds the
+sums over processes).
 """
 
 from collections import OrderedDict
@@ -91,9 +92,9 @@ class SamModule(Distiller):
         sizes = torch.full((len(image), 2), image.shape[-1], device=image.device)
         return self.student.image_encoder(preprocess(self.student, image, sizes))
 
-    def scores(self, loader, device: torch.device, autocast=None) -> "OrderedDict[str, float]":
-        """Box- and point-prompt mIoU (percent) of the student on `loader`."""
-        return prompt_miou(self.student, self.embed, loader, device, autocast)
+    def scores(self, loader, device: torch.device, autocast=None, reduce=list) -> "OrderedDict[str, float]":
+        """Box- and point-prompt mIoU (percent) of the student on `loader` (sums through `reduce`)."""
+        return prompt_miou(self.student, self.embed, loader, device, autocast, reduce)
 
 
 @register_sam_distiller("NONE")
@@ -162,10 +163,10 @@ class EncoderStage1(SamModule):
     def encoder_losses(self, student: Tensor, teacher: Tensor) -> Dict[str, Tensor]:
         raise NotImplementedError
 
-    def scores(self, loader, device: torch.device, autocast=None) -> "OrderedDict[str, float]":
+    def scores(self, loader, device: torch.device, autocast=None, reduce=list) -> "OrderedDict[str, float]":
         """Cosine similarity (percent) and MSE of the student's embeddings to the teacher's on `loader`."""
         return embedding_scores(self.embed, lambda target: self.teacher_embeddings(target, "val", device), loader,
-                                device, autocast)
+                                device, autocast, reduce)
 
 
 @encoder_distiller_dict.register("SAM_MSE")

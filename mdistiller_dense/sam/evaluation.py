@@ -6,7 +6,9 @@ mIoU is the mean over every ground-truth mask of the validation loader of IoU(pr
 mask), at the input resolution inside the unpadded image. A box prompt takes SAM's single mask; a
 point prompt (the mask's innermost pixel, :func:`~mdistiller_dense.sam.prompts.center_points`) takes
 the one of SAM's three masks with the highest predicted IoU (SAM's rule for ambiguous prompts).
-Under torchrun the sums are added over processes, so every process gets the figures of the whole set.
+Each function sums over its loader, then passes the sums through ``reduce`` (the trainer gives
+:func:`mdistiller.engine.distributed.sum_over_processes`: under torchrun every process then gets the
+figures of the whole validation set).
 """
 
 import contextlib
@@ -19,13 +21,13 @@ import torch.nn.functional as F
 from segment_anything.modeling import Sam
 from torch import Tensor, nn
 
-from mdistiller.engine.distributed import sum_over_processes
 from mdistiller.losses.sam import mask_iou
 from mdistiller_dense.sam.prompts import center_points, decode
 
 __all__ = ["embedding_scores", "encoder_throughput", "prompt_miou"]
 
 Embed = Callable[[Tensor, List[Dict]], Tensor]
+Reduce = Callable[[List[float]], List[float]]
 
 
 def _inside(x: Tensor, size: Tensor) -> Tensor:
@@ -33,8 +35,8 @@ def _inside(x: Tensor, size: Tensor) -> Tensor:
 
 
 @torch.inference_mode()
-def prompt_miou(sam: Sam, embed: Embed, loader, device: torch.device,
-                autocast: Optional[Callable] = None) -> "OrderedDict[str, float]":
+def prompt_miou(sam: Sam, embed: Embed, loader, device: torch.device, autocast: Optional[Callable] = None,
+                reduce: Reduce = list) -> "OrderedDict[str, float]":
     """Box and point mIoU (percent) of ``sam``'s decoder on ``embed(images, targets)``, and the mask count."""
     autocast = autocast or contextlib.nullcontext
     sums = [0.0, 0.0, 0.0]  # box IoU, point IoU, masks
@@ -56,14 +58,14 @@ def prompt_miou(sam: Sam, embed: Embed, loader, device: torch.device,
             sums[0] += float(mask_iou(_inside(box_logits[:, 0], size), gt).sum())
             sums[1] += float(mask_iou(_inside(point_logits, size), gt).sum())
             sums[2] += len(masks)
-    box, point, count = sum_over_processes(sums)
+    box, point, count = reduce(sums)
     count = max(count, 1.0)
     return OrderedDict(box_miou=100.0 * box / count, point_miou=100.0 * point / count, masks=count)
 
 
 @torch.inference_mode()
 def embedding_scores(embed: Embed, teacher: Callable[[List[Dict]], Tensor], loader, device: torch.device,
-                     autocast: Optional[Callable] = None) -> "OrderedDict[str, float]":
+                     autocast: Optional[Callable] = None, reduce: Reduce = list) -> "OrderedDict[str, float]":
     """Mean cosine similarity (percent, over the embedding's positions) and MSE of the student's
     embeddings to the teacher's over ``loader``."""
     autocast = autocast or contextlib.nullcontext
@@ -76,7 +78,7 @@ def embedding_scores(embed: Embed, teacher: Callable[[List[Dict]], Tensor], load
         sums[0] += float(F.cosine_similarity(student, reference, dim=1).mean((1, 2)).sum())
         sums[1] += float((student - reference).pow(2).mean((1, 2, 3)).sum())
         sums[2] += len(images)
-    cosine, squared, count = sum_over_processes(sums)
+    cosine, squared, count = reduce(sums)
     count = max(count, 1.0)
     return OrderedDict(cosine=100.0 * cosine / count, mse=squared / count)
 

@@ -24,7 +24,7 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.distillers.frequency_prompts import build_prompts, distilled_indices, prompt_record
 from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
-from mdistiller.engine.distributed import barrier, local_device, process_group, shard_loaders
+from mdistiller.engine.distributed import barrier, local_device, process_group, shard_loaders, sum_over_processes
 from mdistiller.engine.prompt_learning import PromptStage, PromptTrainer, prompt_learning_cfg, run_prompt_trainer
 from mdistiller.engine.stages import Stage, stage_dict
 from mdistiller.engine.utils import resolve_device, seed_everything
@@ -80,10 +80,10 @@ class PromptedSam(nn.Module):
         losses["loss_div"] = self.diversity_weight * self.prompts[0].diversity(masks, self.diversity_kind)
         return None, losses
 
-    def scores(self, loader, device: torch.device, autocast=None) -> "OrderedDict[str, float]":
+    def scores(self, loader, device: torch.device, autocast=None, reduce=list) -> "OrderedDict[str, float]":
         """Box and point mIoU of the teacher through the prompt."""
         return prompt_miou(self.teacher, lambda image, target: self.prompted(target, "val", device)[0].float(),
-                           loader, device, autocast)
+                           loader, device, autocast, reduce)
 
 
 class SamPromptTrainer(PromptTrainer, SamTrainer):
@@ -100,7 +100,7 @@ def learn_sam_prompts(cfg: CN, resume: bool = False, verbose: bool = True) -> st
         model = PromptedSam(teacher, build_prompts([teacher.prompt_encoder.embed_dim], cfg[name]), stores, cfg)
         device = local_device(resolve_device(cfg.SOLVER.DEVICE))
         plain = prompt_miou(teacher, lambda image, target: stores["val"].read([t["key"] for t in target], device),
-                            val_loader, device)
+                            val_loader, device, reduce=sum_over_processes)
         trainer = run_prompt_trainer(SamPromptTrainer, cfg, stage_cfg, name, model.cpu(), train_loader, val_loader,
                                      indices, plain["box_miou"], "box mIoU", verbose, resume)
         return trainer.path

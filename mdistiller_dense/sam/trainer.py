@@ -7,7 +7,7 @@ or in stage 1 the embedding agreement; the first is ``test_acc`` (``best`` follo
 from collections import OrderedDict
 from typing import Dict
 
-from mdistiller.engine.distributed import broadcast_buffers
+from mdistiller.engine.distributed import broadcast_buffers, sum_over_processes
 from mdistiller.engine.trainer import trainer_dict
 from mdistiller_dense.trainer import DenseTrainer
 
@@ -27,7 +27,7 @@ class SamTrainer(DenseTrainer):
 
     def epoch_metrics(self, meters) -> "OrderedDict[str, float]":
         broadcast_buffers(self.distiller)
-        scores = self.distiller.scores(self.val_loader, self.device, self.autocast)
+        scores = self.distiller.scores(self.val_loader, self.device, self.autocast, sum_over_processes)
         metrics = OrderedDict(train_loss=meters["loss"].avg, test_acc=next(iter(scores.values())))
         metrics.update((f"test_{name}", value) for name, value in scores.items())
         return metrics
