@@ -5,8 +5,9 @@ A store is a folder ``<SAM.EMBEDDING_DIR>/<digest>/`` of one float16 file per im
 image's key (its JSON path relative to the data root). The digest (16 hex digits of a SHA-256) covers
 what the embeddings depend on: the teacher's name and weights (the fingerprint of
 :func:`mdistiller.distillers.frequency_prompts.teacher_fingerprint`), the input size and the data
-(the root's absolute path and every key with its JSON and image file sizes). Another teacher, input
-size or data set gives another folder, never a stale embedding. :meth:`EmbeddingStore.fill` writes
+(the root's absolute path and every key with the size of its JSON file: a stat per image, no read,
+as SA-1B has 11 M of them). Another teacher, input size or data set gives another folder, never a
+stale embedding. :meth:`EmbeddingStore.fill` writes
 the missing files (each atomically: a temporary file, then a rename; under torchrun each process
 its shard of the loader); :meth:`EmbeddingStore.read` loads a batch of them.
 """
@@ -27,12 +28,7 @@ __all__ = ["EmbeddingStore", "store_digest"]
 
 def store_digest(teacher: str, fingerprint: float, image_size: int, root: str, files: Sequence[str]) -> str:
     """The digest naming a store (module docstring): teacher, weights, input size, data."""
-    data = []
-    for path in files:
-        with open(path) as f:
-            image_name = json.load(f)["image"]["file_name"]
-        image = os.path.join(os.path.dirname(path), image_name)
-        data.append([os.path.relpath(path, root), os.path.getsize(path), os.path.getsize(image)])
+    data = [[os.path.relpath(path, root), os.path.getsize(path)] for path in files]
     record = {"teacher": teacher, "fingerprint": f"{fingerprint:.10e}", "image_size": image_size,
               "root": os.path.abspath(root), "data": data}
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()[:16]
@@ -64,7 +60,8 @@ class EmbeddingStore:
         written = 0
         for images, targets in loader:
             keys = [t["key"] for t in targets]
-            todo = [i for i, key in enumerate(keys) if key in set(self.missing(keys))]
+            missing = set(self.missing(keys))
+            todo = [i for i, key in enumerate(keys) if key in missing]
             if not todo:
                 continue
             sizes = torch.stack([targets[i]["size"] for i in todo]).to(device)
