@@ -224,3 +224,24 @@ def test_bad_sam_settings_are_one_line_config_errors(tmp_path):
         build_sam_model("sam_tinyvit_5m", 100)
     with pytest.raises(UnknownNameError, match="sam_vit_h"):
         build_sam_model("sam_vit_hh")
+
+
+def test_sa1b_configs_are_the_supplements_and_the_shapes_ones_chain():
+    """FreeKD supplement A.3: ViT-H -> TinyViT, 1024 px, 10,000 encoder + 10,000 decoder steps, 8 GPUs."""
+    from mdistiller_dense.config import build_dense_cfg
+
+    configs = os.path.join(REPO_ROOT, "configs")
+    for method in ("sam_mse", "freekd"):
+        cfg = build_dense_cfg(os.path.join(configs, "sa1b", method, "sam_vit_h_tinyvit.yaml"))
+        assert (cfg.DISTILLER.TYPE, cfg.DISTILLER.TEACHER, cfg.DISTILLER.STUDENT) == (
+            method.upper(), "sam_vit_h", "sam_tinyvit_5m")
+        assert (cfg.SAM.IMAGE_SIZE, cfg.SAM.ENCODER_ITERS, cfg.SOLVER.ITERS) == (1024, 10000, 10000)
+        assert cfg.DATASET.TYPE == "sa1b" and cfg.SOLVER.TRAINER == "sam" and cfg.SOLVER.BATCH_SIZE == 8
+    teacher = build_dense_cfg(os.path.join(configs, "shapes", "sam_teacher.yaml"))
+    teacher_run = os.path.join(teacher.LOG.PREFIX, teacher.EXPERIMENT.PROJECT, teacher.EXPERIMENT.NAME, "student_best")
+    for name in ("sam_mse", "sam_freekd"):
+        cfg = build_dense_cfg(os.path.join(configs, "shapes", f"{name}.yaml"))
+        assert os.path.normpath(cfg.DISTILLER.TEACHER_WEIGHTS) == os.path.normpath(teacher_run)
+        assert cfg.DISTILLER.TEACHER == teacher.DISTILLER.STUDENT
+        assert cfg.SAM.IMAGE_SIZE == teacher.SAM.IMAGE_SIZE == cfg.DATASET.SHAPES.IMAGE_SIZE
+    assert cfg.FREEKD.NUM_STAGES == 1
