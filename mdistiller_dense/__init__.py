@@ -9,5 +9,7 @@ run by tools/train_dense.py and tools/eval_dense.py.
 from mdistiller_dense.distillers import dense_distiller_dict
 from mdistiller_dense.trainer import DenseTrainer
 from mdistiller_dense.prompt_learning import DensePromptStage  # registers the "DENSE_PROMPTS" stage
+from mdistiller_dense.sam import stages as _sam_stages  # noqa: F401  registers "SAM_PROMPTS", "SAM_ENCODER"
+from mdistiller_dense.sam import trainer as _sam_trainer  # noqa: F401  registers SOLVER.TRAINER "sam"
 
 __all__ = ["dense_distiller_dict", "DensePromptStage", "DenseTrainer"]

@@ -6,9 +6,13 @@ from yacs.config import CfgNode as CN
 
 from mdistiller_dense.data import build_dense_loaders
 from mdistiller_dense.distillers import DenseDistiller, dense_distiller_dict
+from mdistiller.errors import ConfigError
+from mdistiller.registry import Registry
 from mdistiller_dense.models import DETECTORS, build_dense_model, load_model_weights, parse_model_name
+from mdistiller_dense.sam.distillers import sam_distiller_dict
+from mdistiller_dense.sam.models import is_sam_model
 
-__all__ = ["build_dense_teacher", "build_dense_distiller", "build_dense_run"]
+__all__ = ["build_dense_teacher", "build_dense_distiller", "build_dense_run", "dense_methods"]
 
 
 def build_dense_teacher(cfg: CN, num_classes: int, weights: bool = True):
@@ -33,7 +37,20 @@ def build_dense_distiller(cfg: CN, num_classes: int, teacher_weights: bool = Tru
     return cls(student, teacher, cfg, num_classes=num_classes)
 
 
+def dense_methods(cfg: CN) -> Registry:
+    """The methods of the student's task: the SAM ones (mdistiller_dense/sam/) for a SAM student."""
+    if not is_sam_model(cfg.DISTILLER.STUDENT):
+        return dense_distiller_dict
+    if cfg.SOLVER.TRAINER != "sam":
+        raise ConfigError("SAM models train with SOLVER.TRAINER sam (configs/shapes/sam_*.yaml).")
+    return sam_distiller_dict
+
+
 def build_dense_run(cfg: CN) -> Tuple[object, object, DenseDistiller]:
     """Loaders and distiller of a run (the `build` of :func:`mdistiller.engine.run.train_run`)."""
+    if is_sam_model(cfg.DISTILLER.STUDENT):
+        from mdistiller_dense.sam.build import build_sam_run
+
+        return build_sam_run(cfg)
     train_loader, val_loader, num_classes = build_dense_loaders(cfg)
     return train_loader, val_loader, build_dense_distiller(cfg, num_classes)

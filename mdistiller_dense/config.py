@@ -16,6 +16,7 @@ from mdistiller_dense.data import DATASET_TYPES
 from mdistiller_dense.distillers import dense_distiller_dict, dense_method_defaults
 from mdistiller_dense.distillers._base import dense_method_rules
 from mdistiller_dense.models import FPN_EXTRA, HEAD_LAYOUTS
+from mdistiller_dense.sam.distillers import SAM_DEFAULTS, sam_distiller_dict, sam_method_defaults
 
 __all__ = ["DENSE_CFG", "DENSE_RULES", "build_dense_cfg", "check_dense_cfg", "load_dense_cfg_text"]
 
@@ -41,7 +42,7 @@ DENSE_CFG.SOLVER.VAL_INTERVAL = 8000     # ITERS runs: validate and checkpoint e
 DENSE_CFG.LOG.SAVE_CHECKPOINT_FREQ = 1000
 
 DENSE_CFG.DATASET = CN()
-DENSE_CFG.DATASET.TYPE = "coco"           # coco | segmentation | shapes (generated on first use)
+DENSE_CFG.DATASET.TYPE = "coco"           # coco | segmentation | sa1b | shapes (generated on first use)
 DENSE_CFG.DATASET.ROOT = "data/coco"
 DENSE_CFG.DATASET.TRAIN_IMAGES = "train2017"
 DENSE_CFG.DATASET.TRAIN_ANNOTATIONS = "annotations/instances_train2017.json"
@@ -95,13 +96,27 @@ DENSE_CFG.DISTILLER.TEACHER_FEATURES = []
 for _name, _defaults in dense_method_defaults.items():
     DENSE_CFG[_name] = _defaults.clone()
 
+# Segment Anything (mdistiller_dense/sam/): input size, prompts, SAM's loss weights, stage 1, stores.
+DENSE_CFG.SAM = SAM_DEFAULTS.clone()
+for _name, _defaults in sam_method_defaults.items():
+    DENSE_CFG[_name] = _defaults.clone()
+
+
+class DenseMethodNames:
+    """The names DISTILLER.TYPE takes: the detection / segmentation methods and the SAM ones, read when
+    checked (so plugins' registrations count)."""
+
+    def __iter__(self):
+        yield from dense_distiller_dict
+        yield from (name for name in sam_distiller_dict if name not in dense_distiller_dict)
+
 
 # The engine's checks of the sections shared with it, and the dense sections' (mdistiller/config_checks.py).
 DENSE_RULES: Rules = {
     **{key: rule for key, rule in RULES.items() if key.split(".")[0] in SHARED_SECTIONS},
     "DATASET.TYPE": OneOf(DATASET_TYPES),
     "DATASET.FLIP_PROB": probability,
-    "DISTILLER.TYPE": OneOf(dense_distiller_dict),
+    "DISTILLER.TYPE": OneOf(DenseMethodNames()),
     "MODEL.FPN_EXTRA": OneOf(FPN_EXTRA),
     "MODEL.SEG_HEAD_LAYOUT": OneOf(HEAD_LAYOUTS),
     "MODEL.AUX_WEIGHT": non_negative,

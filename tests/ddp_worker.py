@@ -4,7 +4,8 @@
 
 Sets the variables torchrun would (RANK, LOCAL_RANK, WORLD_SIZE), joins a gloo process group
 through a FileStore (so no TCP port is opened; gloo's own sockets stay on the interface named by
-GLOO_SOCKET_IFNAME, the loopback in the tests), then runs tools/train.py as `python tools/train.py`.
+GLOO_SOCKET_IFNAME, the loopback in the tests), then runs tools/train.py as `python tools/train.py`
+(or the tool MDISTILLER_TEST_TOOL names, e.g. tools/train_dense.py).
 
 With MDISTILLER_TEST_NONFINITE=CALL in its environment, the process's CALL-th training forward pass
 (of the NONE distiller) returns a NaN cross-entropy, and with MDISTILLER_TEST_SIGTERM=CALL the process
@@ -19,7 +20,7 @@ import sys
 import torch.distributed as dist
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-TRAIN = os.path.join(REPO_ROOT, "tools", "train.py")
+TRAIN = os.environ.get("MDISTILLER_TEST_TOOL") or os.path.join(REPO_ROOT, "tools", "train.py")  # or train_dense.py
 
 
 def at_forward_train(call: int, action) -> None:

@@ -7,6 +7,12 @@
 Student files and full checkpoints both work; the dataset, model and precision settings come from
 the config saved in the checkpoint, else from --cfg, then from the KEY VALUE overrides. ``-m``
 evaluates another architecture than the config's student (a teacher file).
+
+A SAM model (configs/shapes/sam_*.yaml, configs/sa1b/) gets MobileSAM's comparison: box-prompt and
+point-prompt mIoU, the image encoder's parameters and throughput; ``--teacher`` adds the same row for
+DISTILLER.TEACHER with DISTILLER.TEACHER_WEIGHTS:
+
+    python tools/eval_dense.py -c output/shapes/sam_mse/student_best --teacher
 """
 
 import argparse
@@ -22,6 +28,8 @@ from mdistiller_dense.config import build_dense_cfg, load_dense_cfg_text
 from mdistiller_dense.data import build_dense_loaders
 from mdistiller_dense.distillers import dense_distiller_dict
 from mdistiller_dense.models import TORCHVISION, build_dense_model, load_model_weights
+from mdistiller_dense.sam.build import sam_table
+from mdistiller_dense.sam.models import is_sam_model
 from mdistiller_dense.trainer import dense_evaluate
 
 
@@ -31,6 +39,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--cfg", default="", help="YAML config (when the checkpoint holds none)")
     parser.add_argument("-m", "--model", default="", help="architecture, default the config's student")
     parser.add_argument("-bs", "--batch-size", type=int, default=0)
+    parser.add_argument("--teacher", action="store_true", help="SAM: also evaluate the config's teacher")
     args, opts = parser.parse_known_args(argv)
 
     state = None if args.ckpt.startswith(TORCHVISION) else load_checkpoint(args.ckpt)
@@ -47,6 +56,12 @@ def main(argv: Optional[List[str]] = None) -> None:
     merge_overrides(cfg, opts)
     cfg.freeze()
 
+    if is_sam_model(cfg.DISTILLER.STUDENT):
+        models = [(cfg.DISTILLER.STUDENT, args.ckpt)]
+        if args.teacher:
+            models.append((cfg.DISTILLER.TEACHER, cfg.DISTILLER.TEACHER_WEIGHTS))
+        print(sam_table(cfg, models))
+        return
     _, val_loader, num_classes = build_dense_loaders(cfg)
     student = build_dense_model(cfg.DISTILLER.STUDENT, num_classes, cfg.MODEL)
     load_model_weights(student, args.ckpt, f"Model {cfg.DISTILLER.STUDENT}")

@@ -1,4 +1,5 @@
-"""Dense data: COCO-format detection, image + label-map segmentation, the generated shapes set."""
+"""Dense data: COCO-format detection, image + label-map segmentation, SA-1B's layout (Segment
+Anything models), the generated shapes set (written in all three)."""
 
 import os
 from typing import Tuple
@@ -8,14 +9,16 @@ from yacs.config import CfgNode as CN
 
 from mdistiller.errors import ConfigError
 from mdistiller_dense.data.coco import CocoDetection, detection_collate
+from mdistiller_dense.data.sa1b import SA1BFolder, ensure_sa1b, sam_collate
 from mdistiller_dense.data.segmentation import SegmentationFolder
 from mdistiller_dense.data.shapes import CATEGORIES, ShapesSpec, ensure_shapes, generate_shapes
 from mdistiller_dense.models import task_of
+from mdistiller_dense.sam.models import is_sam_model
 
 __all__ = ["build_dense_datasets", "build_dense_loaders", "dataset_paths", "shapes_spec", "CocoDetection",
-           "SegmentationFolder", "ShapesSpec", "generate_shapes", "ensure_shapes", "detection_collate"]
+           "SA1BFolder", "SegmentationFolder", "ShapesSpec", "generate_shapes", "ensure_shapes", "detection_collate"]
 
-DATASET_TYPES = ("coco", "segmentation", "shapes")
+DATASET_TYPES = ("coco", "segmentation", "sa1b", "shapes")
 
 
 def shapes_spec(cfg: CN) -> ShapesSpec:
@@ -42,9 +45,29 @@ def dataset_paths(cfg: CN) -> dict:
             "val_annotations": join(d.VAL_ANNOTATIONS), "val_masks": join(d.VAL_MASKS)}
 
 
+def sam_datasets(cfg: CN) -> Tuple[Dataset, Dataset, int]:
+    """SA-1B-layout train / val sets for a SAM student: DATASET.ROOT / TRAIN_IMAGES and VAL_IMAGES
+    (folders of sa_*/ shards), or the shapes set's copy in that layout; one "class" (masks)."""
+    d = cfg.DATASET
+    if d.TYPE not in ("sa1b", "shapes"):
+        raise ConfigError(f"SAM models read SA-1B-layout data: DATASET.TYPE sa1b or shapes, got '{d.TYPE}'.")
+    if d.TYPE == "shapes":
+        root = ensure_sa1b(ensure_shapes(d.ROOT, shapes_spec(cfg)))
+        train_dir, val_dir, limit = os.path.join(root, "train"), os.path.join(root, "val"), (0, 0)
+    else:
+        train_dir, val_dir = os.path.join(d.ROOT, d.TRAIN_IMAGES), os.path.join(d.ROOT, d.VAL_IMAGES)
+        limit = (d.NUM_TRAIN, d.NUM_VAL)
+    size, masks = cfg.SAM.IMAGE_SIZE, cfg.SAM.MASKS_PER_IMAGE
+    return (SA1BFolder(train_dir, size, True, masks, limit[0]), SA1BFolder(val_dir, size, False, masks, limit[1]), 1)
+
+
 def build_dense_datasets(cfg: CN) -> Tuple[Dataset, Dataset, int]:
     """Train and val datasets for the student's task, and the number of classes the model predicts."""
     d = cfg.DATASET
+    if is_sam_model(cfg.DISTILLER.STUDENT):
+        return sam_datasets(cfg)
+    if d.TYPE == "sa1b":
+        raise ConfigError("DATASET.TYPE sa1b is for SAM models (sam_vit_b/l/h, sam_vit_mini, sam_tinyvit_5m).")
     paths = dataset_paths(cfg)
     limit = (d.NUM_TRAIN, d.NUM_VAL) if d.TYPE != "shapes" else (0, 0)
     if task_of(cfg.DISTILLER.STUDENT) == "detection":
@@ -71,7 +94,7 @@ def build_dense_loaders(cfg: CN) -> Tuple[DataLoader, DataLoader, int]:
     """Loaders of :func:`build_dense_datasets`; detection batches are lists (images differ in size)."""
     train, val, num_classes = build_dense_datasets(cfg)
     detection = isinstance(train, CocoDetection)
-    collate = detection_collate if detection else None
+    collate = detection_collate if detection else sam_collate if isinstance(train, SA1BFolder) else None
     workers = cfg.DATASET.NUM_WORKERS
     common = dict(num_workers=workers, collate_fn=collate, persistent_workers=workers > 0)
     train_loader = DataLoader(train, batch_size=cfg.SOLVER.BATCH_SIZE, shuffle=True, drop_last=len(train) >

@@ -8,6 +8,8 @@ coloured rectangles, ellipses and triangles. Categories (COCO ids) 1 rectangle, 
                                                   areas, RLE masks
     root/{train,val}/images/NNNNNN.png
     root/{train,val}/masks/NNNNNN.png
+    root/sa1b/{train,val}/sa_NNNNNN/sa_<id>.{png,json}   the same images and masks in SA-1B's layout
+                                                  (mdistiller_dense/data/sa1b.py)
     root/shapes.json                              the generator's parameters
 """
 
@@ -20,6 +22,8 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from mdistiller_dense.data.sa1b import write_sa1b
 
 __all__ = ["CATEGORIES", "ShapesSpec", "generate_shapes", "ensure_shapes"]
 
@@ -119,6 +123,9 @@ def generate_shapes(root: str, spec: ShapesSpec = ShapesSpec()) -> str:
                                for i, name in enumerate(CATEGORIES)]}
         with open(os.path.join(root, "annotations", f"instances_{split}.json"), "w") as f:
             json.dump(coco, f)
+    for split in ("train", "val"):
+        write_sa1b(os.path.join(root, "annotations", f"instances_{split}.json"), os.path.join(root, split, "images"),
+                   os.path.join(root, "sa1b", split))
     with open(os.path.join(root, "shapes.json"), "w") as f:
         json.dump(asdict(spec), f, indent=1)
     return root
