@@ -16,7 +16,7 @@ from mdistiller_dense.data import DATASET_TYPES
 from mdistiller_dense.distillers import dense_distiller_dict, dense_method_defaults
 from mdistiller_dense.distillers._base import dense_method_rules
 from mdistiller_dense.models import FPN_EXTRA, HEAD_LAYOUTS
-from mdistiller_dense.sam.distillers import SAM_DEFAULTS, sam_distiller_dict, sam_method_defaults
+from mdistiller_dense.sam.distillers import SAM_DEFAULTS, sam_distiller_dict, sam_method_defaults, sam_method_rules
 
 __all__ = ["DENSE_CFG", "DENSE_RULES", "build_dense_cfg", "check_dense_cfg", "load_dense_cfg_text"]
 
@@ -127,7 +127,7 @@ DENSE_RULES: Rules = {
 def check_dense_cfg(cfg: CN) -> None:
     """ConfigError, in one line, for the first value of a dense config that breaks DENSE_RULES or a
     dense method section's rules."""
-    check_cfg(cfg, DENSE_RULES, dense_method_rules)
+    check_cfg(cfg, DENSE_RULES, {**dense_method_rules, **sam_method_rules})
 
 
 def build_dense_cfg(cfg_file: Optional[str] = None, opts: Sequence[str] = ()) -> CN:

@@ -99,7 +99,7 @@ def test_dense_config_checks_its_own_choices():
     with pytest.raises(ConfigError, match=r"^PKD.DOMAIN 'frequncy' is not one of spatial, frequency. "
                                           r"Did you mean frequency\?$"):
         build_dense_cfg(None, ["PKD.DOMAIN", "frequncy"])
-    with pytest.raises(ConfigError, match=r"^DATASET.TYPE 'cocoo' is not one of coco, segmentation, shapes"):
+    with pytest.raises(ConfigError, match=r"^DATASET.TYPE 'cocoo' is not one of coco, segmentation, sa1b, shapes"):
         build_dense_cfg(None, ["DATASET.TYPE", "cocoo"])
     with pytest.raises(ConfigError, match=r"^MGD.MASK_RATIO must be in \[0.0, 1.0\), got 1.0.$"):
         build_dense_cfg(None, ["MGD.MASK_RATIO", "1.0"])

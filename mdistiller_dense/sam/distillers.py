@@ -25,6 +25,7 @@ from segment_anything.modeling import Sam
 from torch import Tensor, nn
 from yacs.config import CfgNode as CN
 
+from mdistiller.config_checks import Rules
 from mdistiller.distillers._base import Distiller, registrar
 from mdistiller.distillers.frequency_prompts import PromptBandLoss, check_section, distilled_indices
 from mdistiller.registry import Registry
@@ -33,12 +34,13 @@ from mdistiller_dense.sam.evaluation import embedding_scores, prompt_miou
 from mdistiller_dense.sam.prompts import preprocess, prompt_losses
 
 __all__ = ["DecoderFinetune", "EncoderFreeKD", "EncoderMSE", "SAM_DEFAULTS", "SamAlone", "sam_distiller_dict",
-           "sam_method_defaults", "encoder_distiller_dict"]
+           "sam_method_defaults", "sam_method_rules", "encoder_distiller_dict"]
 
 sam_distiller_dict = Registry("SAM method")        # what tools/train_dense.py trains (stage 2, or NONE)
 encoder_distiller_dict = Registry("SAM encoder method")  # the SAM_ENCODER stage's module per method
 sam_method_defaults: Dict[str, CN] = {}
-register_sam_distiller = registrar(sam_distiller_dict, sam_method_defaults)
+sam_method_rules: Dict[str, Rules] = {}
+register_sam_distiller = registrar(sam_distiller_dict, sam_method_defaults, sam_method_rules)
 
 SAM_DEFAULTS = CN()
 SAM_DEFAULTS.IMAGE_SIZE = 1024       # input side (longest side resized, then padded; SAM / MobileSAM 1024)
