@@ -10,9 +10,12 @@ evaluates another architecture than the config's student (a teacher file).
 """
 
 import argparse
-from typing import List, Optional
+from typing import Callable, List, Optional, Sequence, Tuple
 
 import _path  # noqa: F401
+import torch
+from torch.utils.data import DataLoader
+from yacs.config import CfgNode as CN
 
 from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.cli import run_tool
@@ -25,6 +28,33 @@ from mdistiller_dense.models import TORCHVISION, build_dense_model, load_model_w
 from mdistiller_dense.trainer import dense_evaluate
 
 
+def load_dense(ckpt: str, cfg_file: str = "", model_name: str = "", batch_size: int = 0,
+               opts: Sequence[str] = ()) -> Tuple[torch.nn.Module, CN, DataLoader, torch.device, Callable]:
+    """`(model, cfg, val_loader, device, autocast)` of a dense checkpoint, as the module docstring says:
+    `model` the student wrapped for :func:`dense_evaluate`, `autocast()` the run's precision."""
+    state = None if ckpt.startswith(TORCHVISION) else load_checkpoint(ckpt)
+    if state is not None and "cfg" in state and not cfg_file:
+        cfg = load_dense_cfg_text(state["cfg"])
+    else:
+        cfg = build_dense_cfg(cfg_file)
+    cfg.defrost()
+    cfg.DISTILLER.TYPE = "NONE"
+    if model_name:
+        cfg.DISTILLER.STUDENT = model_name
+    if batch_size:
+        cfg.DATASET.TEST.BATCH_SIZE = batch_size
+    merge_overrides(cfg, list(opts))
+    cfg.freeze()
+
+    _, val_loader, num_classes = build_dense_loaders(cfg)
+    student = build_dense_model(cfg.DISTILLER.STUDENT, num_classes, cfg.MODEL)
+    load_model_weights(student, ckpt, f"Model {cfg.DISTILLER.STUDENT}")
+    device = resolve_device(cfg.SOLVER.DEVICE)
+    model = dense_distiller_dict["NONE"](student, None, cfg, num_classes=num_classes).to(device)
+    dtype = autocast_dtype(device, cfg.SOLVER)
+    return model, cfg, val_loader, device, lambda: autocast_context(device, dtype)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a dense-prediction checkpoint.")
     parser.add_argument("-c", "--ckpt", required=True, help="checkpoint file or torchvision:<Enum>.<NAME>")
@@ -33,27 +63,8 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("-bs", "--batch-size", type=int, default=0)
     args, opts = parser.parse_known_args(argv)
 
-    state = None if args.ckpt.startswith(TORCHVISION) else load_checkpoint(args.ckpt)
-    if state is not None and "cfg" in state and not args.cfg:
-        cfg = load_dense_cfg_text(state["cfg"])
-    else:
-        cfg = build_dense_cfg(args.cfg)
-    cfg.defrost()
-    cfg.DISTILLER.TYPE = "NONE"
-    if args.model:
-        cfg.DISTILLER.STUDENT = args.model
-    if args.batch_size:
-        cfg.DATASET.TEST.BATCH_SIZE = args.batch_size
-    merge_overrides(cfg, opts)
-    cfg.freeze()
-
-    _, val_loader, num_classes = build_dense_loaders(cfg)
-    student = build_dense_model(cfg.DISTILLER.STUDENT, num_classes, cfg.MODEL)
-    load_model_weights(student, args.ckpt, f"Model {cfg.DISTILLER.STUDENT}")
-    device = resolve_device(cfg.SOLVER.DEVICE)
-    model = dense_distiller_dict["NONE"](student, None, cfg, num_classes=num_classes).to(device)
-    dtype = autocast_dtype(device, cfg.SOLVER)
-    results = dense_evaluate(model, val_loader, device, lambda: autocast_context(device, dtype))
+    model, _, val_loader, device, autocast = load_dense(args.ckpt, args.cfg, args.model, args.batch_size, opts)
+    results = dense_evaluate(model, val_loader, device, autocast)
     print("  ".join(f"{name}: {100 * value:.2f}" for name, value in results.items()))
 
 
