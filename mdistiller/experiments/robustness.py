@@ -7,7 +7,8 @@ Scores, from top-1 accuracy A(c, s) under corruption c at severity s (percent) a
 * rPC = mPC / A0 (their eq. 2, in percent here);
 * mCE against a baseline b (Hendrycks & Dietterich, 2019, section 3): for each corruption
   CE_c = sum_s E(c, s) / sum_s E_b(c, s) with the error E = 100 - A, mCE = the mean of CE_c over
-  the corruptions (percent); relative mCE the same with E(c, s) - E0 in both sums.
+  the corruptions (percent); relative mCE the same with E(c, s) - E0 in both sums (None, shown
+  "-", when a baseline sum is 0: the baseline lost nothing on that corruption).
 
 The sets (:func:`pixel_source`) give the images at the size the published corrupted sets have:
 CIFAR-100 and Tiny-ImageNet as stored (32 / 64 px), ImageNet after Resize(256) and CenterCrop(224),
@@ -133,12 +134,13 @@ def summarize(clean: float, accuracy: Mapping[str, Mapping[int, float]],
             base = baseline["accuracy"][corruption]
             error = sum(100.0 - per_severity[s] for s in per_severity)
             base_error = sum(100.0 - base[s] for s in per_severity)
-            ce.append(error / base_error if base_error else float("nan"))
+            ce.append(error / base_error if base_error else None)
             gap = sum((100.0 - per_severity[s]) - (100.0 - clean) for s in per_severity)
             base_gap = sum((100.0 - base[s]) - (100.0 - baseline["clean"]) for s in per_severity)
-            relative.append(gap / base_gap if base_gap else float("nan"))
-        summary["mCE"] = 100.0 * statistics.fmean(ce)
-        summary["relative_mCE"] = 100.0 * statistics.fmean(relative)
+            relative.append(gap / base_gap if base_gap else None)
+        # undefined (None) where the baseline loses nothing on some corruption
+        summary["mCE"] = None if None in ce else 100.0 * statistics.fmean(ce)
+        summary["relative_mCE"] = None if None in relative else 100.0 * statistics.fmean(relative)
     return summary
 
 
