@@ -105,6 +105,27 @@ def test_published_cifar100_c_arrays_are_read_by_severity(fake_cifar):
     assert published_set(cfg, source, "fog", 3) is None
 
 
+@pytest.mark.slow
+def test_imagenet_is_corrupted_at_the_224_crop_and_imagenet_c_trees_are_read(tmp_path):
+    from fake_data import write_fake_imagenet
+
+    from mdistiller.dataset.imagenet import imagenet_val_transform
+
+    write_fake_imagenet(tmp_path, size=(300, 260))
+    cfg = dataset_cfg("imagenet", tmp_path, size=224)
+    source = pixel_source(cfg)
+    assert source.pixels(0).shape == (224, 224, 3)
+    val_path = sorted((tmp_path / "imagenet" / "val").rglob("*.JPEG"))[0]
+    with Image.open(val_path) as clean:
+        assert torch.equal(CorruptedImages(source, "fog", 0)[0][0], imagenet_val_transform(224)(clean.convert("RGB")))
+    tree = tmp_path / "ImageNet-C" / "pixelate" / "4"
+    for path in (tmp_path / "imagenet" / "val").rglob("*.JPEG"):
+        (tree / path.parent.name).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((224, 224, 3), 7, np.uint8)).save(tree / path.parent.name / path.name)
+    image, target = published_set(cfg, source, "pixelate", 4)[1]
+    assert target == source.targets[1] and torch.equal(image, source.finish(np.full((224, 224, 3), 7, np.uint8)))
+
+
 def test_mpc_rpc_and_mce_against_a_hand_computation():
     model = {"fog": {1: 80.0, 2: 60.0}, "snow": {1: 70.0, 2: 50.0}}
     base = {"fog": {1: 60.0, 2: 40.0}, "snow": {1: 50.0, 2: 30.0}}
@@ -116,6 +137,9 @@ def test_mpc_rpc_and_mce_against_a_hand_computation():
     # relative: fog (10 + 30) / (20 + 40), snow (20 + 40) / (30 + 50)
     assert scores["relative_mCE"] == pytest.approx(100 * (40 / 60 + 60 / 80) / 2)
     assert scores["per_corruption"] == {"fog": 70.0, "snow": 60.0}
+    # a baseline that loses nothing under snow: relative mCE undefined, mCE still defined
+    flat = summarize(90.0, model, {"clean": 50.0, "accuracy": {"fog": base["fog"], "snow": {1: 50.0, 2: 50.0}}})
+    assert flat["relative_mCE"] is None and flat["mCE"] == pytest.approx(100 * (0.6 + 80 / 100) / 2)
 
 
 def student_file(tmp_path, name="resnet8", seed=0):
