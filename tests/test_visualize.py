@@ -121,3 +121,25 @@ def test_visualize_bad_input_is_one_line(tool_in_process, runs):
     assert_user_error(tool_in_process(VISUALIZE, "saliency", "-c", ckpt["kd"], "--out", str(tmp / "p"),
                                       "--stages", "9"), "--stages 9")
     assert_user_error(tool_in_process(VISUALIZE, "poi", "-c", ckpt["kd"], "--out", str(tmp / "p")), "prompt file")
+
+
+@pytest.mark.e2e
+def test_dense_saliency_of_fpn_levels(tool_in_process, tmp_path):
+    from dense_helpers import SHAPES_OPTS, dense_cfg
+
+    from mdistiller_dense.data import CATEGORIES
+    from mdistiller_dense.models import build_dense_model
+
+    paths = []
+    for seed in (0, 1):
+        torch.manual_seed(seed)
+        detector = build_dense_model("fcos_resnet18_fpn", len(CATEGORIES) + 1, dense_cfg(tmp_path, "NONE").MODEL)
+        paths.append(str(tmp_path / f"detector{seed}.pth"))
+        torch.save({"model": detector.state_dict()}, paths[-1])
+    out = tmp_path / "dense"
+    result = tool_in_process(VISUALIZE, "saliency", "--cfg", os.path.join(REPO_ROOT, "configs", "shapes", "student.yaml"),
+                             "-c", paths[0], "--student", paths[1], "--images", "2", "--stages", "1,2,3", "--out", str(out),
+                             *SHAPES_OPTS, "DATASET.ROOT", str(tmp_path / "data"), "DISTILLER.STUDENT", "fcos_resnet18_fpn",
+                             cwd=str(tmp_path))
+    assert_ok(result)
+    assert png_size(out / "saliency.png") == pictures.grid_size(2, 1 + 2 * 3)

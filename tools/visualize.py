@@ -13,7 +13,9 @@ and the teacher (DISTILLER.TEACHER_WEIGHTS; --teacher names another file, a teac
 * saliency: FreeKD supplement eq. 15-16 (mdistiller/experiments/pictures.py) of the feature maps
   `--stages` (indices into the model's `feats`, default every stage after the stem), for the student
   alone, the distilled student and the teacher, on `--images N` test images of distinct classes:
-  `saliency.png`.
+  `saliency.png`. With `--cfg` (a dense run, checkpoints loaded as tools/eval_dense.py does): of a
+  detector's FPN levels or a segmenter's backbone outputs (`--stages` 1 = the first level), on the
+  first validation images.
 * poi: the pixel masks (PoIs) a FREEKD / AFPKD prompt file (default: the run's, FREEKD.PROMPT_PATH
   or its derived path) gives on the teacher's maps, per band: LL of the coarsest level, and the
   finest level's high bands LH, HL, HH, which share one mask per token (FreeKD's masks come from
@@ -155,6 +157,41 @@ def draw_saliency(args, models: Models) -> List[str]:
             columns[f"{label}\nfeats[{index}] {tuple(maps.shape[1:])}"] = pictures.masks_for_display(maps)
     path = os.path.join(args.out, "saliency.png")
     pictures.plot_grid(list(images), columns, path, f"feature saliency, FreeKD eq. 15-16 (tau {args.tau})")
+    return [path]
+
+
+def dense_levels(student: nn.Module, images: List[torch.Tensor], detection: bool) -> List[torch.Tensor]:
+    """The maps a dense model's backbone gives: a detector's FPN levels (P3, P4, ... on the batch its
+    transform resizes and normalises), a segmenter's backbone outputs."""
+    if detection:
+        batch, _ = student.transform(images)
+        return list(student.backbone(batch.tensors).values())
+    return list(student.backbone(torch.stack(images)).values())
+
+
+@torch.no_grad()
+def draw_dense_saliency(args, opts: Sequence[str]) -> List[str]:
+    """Saliency of the FPN levels (detectors) or backbone outputs (segmenters) of a dense run."""
+    from eval_dense import load_dense
+
+    loaded = []
+    for role, ckpt in (("alone", args.student), ("distilled", args.ckpt[0]), ("teacher", args.teacher)):
+        if ckpt:
+            own = "cfg" in load_checkpoint(ckpt)  # a run's file: its own config; else --cfg's
+            model, cfg, loader, _, _ = load_dense(ckpt, "" if own else args.cfg, "", 0, opts)
+            loaded.append((role, model.cpu().eval(), cfg, loader))
+    dataset = loaded[0][3].dataset
+    images = [dataset[i][0] for i in range(min(args.images, len(dataset)))]
+    columns: Dict[str, List[np.ndarray]] = {}
+    for role, model, cfg, _ in loaded:
+        levels = dense_levels(model.student, images, model.detection)
+        for index in stage_indices(args.stages, len(levels) + 1):
+            maps = pictures.saliency(levels[index - 1], args.tau)
+            columns[f"{cfg.DISTILLER.STUDENT} {role}\nlevel {index - 1} {tuple(maps.shape[1:])}"] = \
+                pictures.masks_for_display(maps)
+    path = os.path.join(args.out, "saliency.png")
+    shown = images if loaded[0][1].detection else [dataset.std * image + dataset.mean for image in images]
+    pictures.plot_grid(shown, columns, path, f"feature saliency, FreeKD eq. 15-16 (tau {args.tau})")
     return [path]
 
 
@@ -351,6 +388,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("--student", default="", help="the same student trained alone (its checkpoint)")
     parser.add_argument("--teacher", default="", help="the teacher's checkpoint (default the run's TEACHER_WEIGHTS)")
     parser.add_argument("-d", "--dataset", default="", help="dataset (default the run's)")
+    parser.add_argument("--cfg", default="", help="saliency of a dense run: its YAML (FPN levels / backbone maps)")
     parser.add_argument("--out", required=True, help="directory the PNGs are written to")
     parser.add_argument("--images", type=int, default=4, help="test images shown (saliency, poi, cam)")
     parser.add_argument("--stages", default="", help="saliency: indices into feats (default every stage)")
@@ -365,6 +403,10 @@ def main(argv: Optional[List[str]] = None) -> None:
     os.makedirs(args.out, exist_ok=True)
     if args.command == "curves":
         written = draw_curves(args, opts)
+    elif args.cfg:
+        if args.command != "saliency":
+            raise ConfigError(f"{args.command} is for classifiers; with --cfg (a dense run) only saliency is drawn.")
+        written = draw_dense_saliency(args, opts)
     else:
         draw = {"saliency": draw_saliency, "poi": draw_poi, "cam": draw_cam, "confusion": draw_confusion}
         written = draw[args.command](args, Models(args, opts))
