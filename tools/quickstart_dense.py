@@ -1,7 +1,8 @@
 """The dense quick start on the generated shapes set: train an FCOS ResNet-34-FPN teacher, then an
 FCOS ResNet-18-FPN student alone and with each dense method; write
 `output/quickstart_dense/results.{json,md}` (COCO AP per method, time per training step relative to
-the student alone).
+the student alone, parameters of student, teacher and method modules, inference GFLOPs per image of
+student and teacher: mdistiller_dense/costs.py).
 
     python tools/quickstart_dense.py                       # every dense method (make demo-dense)
     python tools/quickstart_dense.py --methods CWD,PKD     # a chosen few
@@ -20,6 +21,7 @@ from mdistiller.engine.loggers import read_metrics
 from mdistiller.engine.run import train_run
 from mdistiller_dense.build import build_dense_run
 from mdistiller_dense.config import build_dense_cfg
+from mdistiller_dense.costs import dense_costs
 from mdistiller_dense.distillers import dense_distiller_dict
 
 CONFIG_DIR = os.path.join(_path.REPO_ROOT, "configs", "shapes")
@@ -53,12 +55,17 @@ def summarise(run_dir: str) -> Dict[str, float]:
 
 def write_table(results: Dict, path: str) -> str:
     teacher = results["teacher"]
-    lines = [f"Teacher {teacher['model']}: AP {teacher['ap']:.2f} (AP50 {teacher['ap50']:.2f})", "",
-             "| method | student | AP (best) | AP (last) | AP50 (best) | extra params | step time vs student |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    distilled = next((r for r in results["students"].values() if r["teacher_gflops"] is not None), None)
+    cost = "" if distilled is None else (f", {distilled['teacher_params']:,} parameters, {distilled['teacher_gflops']:.2f} "
+                                         f"GFLOPs per {distilled['flops_image_size']} px image (inference)")
+    lines = [f"Teacher {teacher['model']}: AP {teacher['ap']:.2f} (AP50 {teacher['ap50']:.2f}){cost}.", "",
+             "| method | student | AP (best) | AP (last) | AP50 (best) | student params | method params | "
+             "student GFLOPs | step time vs student |",
+             "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
     for method, row in results["students"].items():
         lines.append(f"| {method} | {row['model']} | {row['ap']:.2f} | {row['last_ap']:.2f} | {row['ap50']:.2f} | "
-                     f"{row['extra_params']:,} | {row['relative_step_time']:.2f}x |")
+                     f"{row['student_params']:,} | {row['method_params']:,} | {row['student_gflops']:.2f} | "
+                     f"{row['relative_step_time']:.2f}x |")
     lines += ["", RANKING_NOTE]
     text = "\n".join(lines) + "\n"
     with open(path, "w") as f:
@@ -99,7 +106,7 @@ def main(argv: Optional[List[str]] = None) -> None:
         print(f"== {method}: {cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}")
         trainer = train_run(cfg, opts, build=build_dense_run, verbose=False, methods=dense_distiller_dict)
         results["students"][method] = dict(model=cfg.DISTILLER.STUDENT, extra_params=trainer.distiller.get_extra_parameters(),
-                                           **summarise(trainer.run_dir))
+                                           **summarise(trainer.run_dir), **dense_costs(trainer.distiller, cfg))
     base = results["students"]["NONE"]["epoch_seconds"]
     for row in results["students"].values():
         row["relative_step_time"] = row["epoch_seconds"] / base
