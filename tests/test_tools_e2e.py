@@ -121,7 +121,7 @@ def test_quickstart_writes_results_and_deletes_only_its_own_outputs(tool_in_proc
     out = tmp_path / "output"
     (out / "my_run").mkdir(parents=True)
     (out / "my_run" / "latest").write_text("a user's run")
-    args = [QUICKSTART, "--out", str(out), "--epochs", "1"]
+    args = [QUICKSTART, "--out", str(out), "--epochs", "1", "--robustness-images", "10"]
     tiny = ["DATASET.IMAGE_SIZE", "8"]  # KEY VALUE pairs come last: every argument after them is one
     result = tool_in_process(*args, "--methods", "NONE,KD", "--seeds", "0,1", *tiny, cwd=str(tmp_path))
     assert_ok(result)
@@ -134,14 +134,17 @@ def test_quickstart_writes_results_and_deletes_only_its_own_outputs(tool_in_proc
     table = (out / "results.md").read_text()
     assert all(f"| {method} |" in table for method in results["students"]) and "Beat the student alone" in table
     assert table.strip() in result.stdout
-    for plot in ("accuracy.png", "accuracy_bars.png"):
+    assert list(results["robustness"]) == ["wrn_16_2", "resnet8", "resnet8 KD"] and "## Robustness" in table
+    for plot in ("accuracy.png", "accuracy_bars.png", "robustness.png", "saliency.png", "confusion.png", "curves.png"):
         png = (out / plot).read_bytes()
         assert png.startswith(b"\x89PNG") and len(png) > 10_000
 
     again = tool_in_process(*args, "--methods", "NONE", "--seeds", "0", *tiny, cwd=str(tmp_path))
     assert_ok(again)
     assert sorted(os.listdir(out)) == sorted(["my_run", "teacher", "NONE_seed0", "quickstart_outputs.json",
-                                              "results.json", "results.md", "accuracy.png", "accuracy_bars.png"])
+                                              "results.json", "results.md", "accuracy.png", "accuracy_bars.png",
+                                              "robustness.json", "robustness.md", "robustness.png", "saliency.png",
+                                              "curves.png"])  # no distilled student: no confusion picture
     assert (out / "my_run" / "latest").read_text() == "a user's run"
     assert "One seed: no spread" in (out / "results.md").read_text()
 
@@ -150,7 +153,8 @@ def test_quickstart_writes_results_and_deletes_only_its_own_outputs(tool_in_proc
 # the mean minus four standard deviations, and at least a point (~4 test images) under the lowest seed.
 # Short form, `--seeds S` for S = 0, 1, 2 (teacher and students): teacher 99.44 / 99.17 / 98.89
 # (mean 99.17, std 0.28), NONE 96.39 / 96.67 / 96.39 (96.48, 0.16), KD 97.50 / 99.17 / 97.78 (98.15, 0.89).
-SHORT_FORM = ["--methods", "NONE,KD", "--seeds", "0", "--epochs", "8", "--fraction", "0.5", "DATASET.IMAGE_SIZE", "8"]
+SHORT_FORM = ["--methods", "NONE,KD", "--seeds", "0", "--epochs", "8", "--fraction", "0.5", "--robustness-images", "20",
+              "DATASET.IMAGE_SIZE", "8"]
 SHORT_THRESHOLDS = {"teacher": 97.8, "NONE": 95.3, "KD": 94.5}
 # Full form (MDISTILLER_E2E=full): `make demo`'s default (students on 10 % of the split, 30 epochs, seeds
 # 0-2, checked on the mean): NONE 83.61 / 80.00 / 89.44 (84.35, 4.77), KD 92.78 / 91.94 / 96.11 (93.61,

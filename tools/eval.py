@@ -96,6 +96,39 @@ def saved_config_text(ckpt: str, state: Optional[dict]) -> Optional[str]:
     return None
 
 
+def load_classifier(model_name: str, ckpt: str, dataset: str, batch_size: int, opts: List[str]
+                    ) -> Tuple[Callable[[torch.Tensor], torch.Tensor], CN, object, torch.device, Callable]:
+    """`(predict, cfg, val_loader, device, autocast)` of a checkpoint, as the module docstring says:
+    `predict(image) -> logits`, `autocast()` the precision the run validated with."""
+    state = None if ckpt == "pretrain" else load_checkpoint(ckpt)
+    text = saved_config_text(ckpt, state)
+    cfg = load_cfg_text(text) if text is not None else CFG.clone()
+    cfg.defrost()
+    cfg.DATASET.TYPE = dataset
+    cfg.DATASET.TEST.BATCH_SIZE = batch_size
+    merge_overrides(cfg, opts)
+    cfg.freeze()
+
+    _, val_loader, num_data, num_classes = get_dataset(cfg)
+    device = resolve_device(cfg.SOLVER.DEVICE)
+    if text is not None and predicts_through_distiller(cfg.DISTILLER.TYPE):
+        args = argparse.Namespace(model=model_name, ckpt=ckpt)
+        predict = distiller_predictor(args, cfg, state, num_data, num_classes, device)
+    else:
+        if text is not None and model_name == cfg.DISTILLER.STUDENT:
+            model = build_role_model(cfg, "STUDENT", num_classes)  # its constructor arguments and taps
+        else:
+            model = build_model(model_name, dataset, num_classes, pretrained=state is None, size=image_size(cfg))
+        if state is not None:
+            load_weights(model, student_state_dict(state), f"Checkpoint {ckpt}")
+        elif is_external_name(model_name):  # -c pretrain: the library's own pretrained weights
+            load_external_weights(model, pretrained_spec(model_name), "Pretrained", False, num_classes)
+        model = model.to(device).eval()
+        predict = lambda image: model(image)[0]  # noqa: E731
+    dtype = autocast_dtype(device, cfg.SOLVER)
+    return predict, cfg, val_loader, device, lambda: autocast_context(device, dtype)
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Evaluate a model checkpoint.")
     parser.add_argument("-m", "--model", required=True, help="model name, e.g. resnet8x4")
@@ -108,33 +141,9 @@ def main(argv: Optional[List[str]] = None) -> None:
     parser.add_argument("-bs", "--batch-size", type=int, default=64)
     args, opts = parser.parse_known_args(argv)
 
-    state = None if args.ckpt == "pretrain" else load_checkpoint(args.ckpt)
-    text = saved_config_text(args.ckpt, state)
-    cfg = load_cfg_text(text) if text is not None else CFG.clone()
-    cfg.defrost()
-    cfg.DATASET.TYPE = args.dataset
-    cfg.DATASET.TEST.BATCH_SIZE = args.batch_size
-    merge_overrides(cfg, opts)
-    cfg.freeze()
-
-    _, val_loader, num_data, num_classes = get_dataset(cfg)
-    device = resolve_device(cfg.SOLVER.DEVICE)
-    if text is not None and predicts_through_distiller(cfg.DISTILLER.TYPE):
-        predict = distiller_predictor(args, cfg, state, num_data, num_classes, device)
-    else:
-        if text is not None and args.model == cfg.DISTILLER.STUDENT:
-            model = build_role_model(cfg, "STUDENT", num_classes)  # its constructor arguments and taps
-        else:
-            model = build_model(args.model, args.dataset, num_classes, pretrained=state is None,
-                                size=image_size(cfg))
-        if state is not None:
-            load_weights(model, student_state_dict(state), f"Checkpoint {args.ckpt}")
-        elif is_external_name(args.model):  # -c pretrain: the library's own pretrained weights
-            load_external_weights(model, pretrained_spec(args.model), "Pretrained", False, num_classes)
-        model = model.to(device).eval()
-        predict = lambda image: model(image)[0]  # noqa: E731
-    dtype = autocast_dtype(device, cfg.SOLVER)
-    top1, top5, loss = evaluate(predict, val_loader, device, lambda: autocast_context(device, dtype))
+    predict, _, val_loader, device, autocast = load_classifier(args.model, args.ckpt, args.dataset,
+                                                               args.batch_size, opts)
+    top1, top5, loss = evaluate(predict, val_loader, device, autocast)
     print(f"Top-1: {top1:.2f}  Top-5: {top5:.2f}  Loss: {loss:.4f}")
 
 

@@ -1,7 +1,10 @@
 """The quick-start job on scikit-learn's bundled digits: train a teacher on the whole training split,
 distil students on a small stratified fraction of it (DATASET.TRAIN_FRACTION) with every chosen
 method and three seeds, and write `output/quickstart/results.{json,md}` with the mean ± std per
-method, the methods that beat the student alone by more than the spread, and two plots.
+method, the methods that beat the student alone by more than the spread, and two plots; then the
+robustness under the 15 corruptions of the teacher, the student alone and the best distilled student
+(tools/robustness.py: robustness.{json,md,png}, its summary table in results.md) and one saliency, one
+confusion and one curves picture of them (tools/visualize.py: saliency.png, confusion.png, curves.png).
 
     python tools/quickstart.py                    # the default method set, 3 seeds, 10% of the split
     python tools/quickstart.py --all              # every registered distiller
@@ -9,6 +12,7 @@ method, the methods that beat the student alone by more than the spread, and two
     python tools/quickstart.py --fraction 1       # students on the whole split (every method ~99 %)
     python tools/quickstart.py --seeds 0 SOLVER.AMP False   # one seed; KEY VALUE pairs go to every run
     python tools/quickstart.py --hetero           # across architectures: CNN -> ViT and ViT -> CNN
+    python tools/quickstart.py --robustness-images 60   # robustness on the first 60 test images only
 
 On the whole split every method lands at 98-99.7 % and one test image is 0.28 points, so the
 ranking is noise; with a tenth of the split the student alone falls several points below the
@@ -61,6 +65,10 @@ DEFAULT_FRACTION = 0.1
 SMALL_DATA_EPOCHS = 30
 MANIFEST = "quickstart_outputs.json"
 PLOTS = ("accuracy", "accuracy_bars")
+# What the default demo adds: the robustness of teacher, student alone and best distilled student
+# (tools/robustness.py) and one saliency, one confusion and one curves picture (tools/visualize.py).
+EXTRAS = ("robustness.json", "robustness.md", "robustness.png", "saliency.png", "confusion.png", "confusion.md",
+          "confusion.json", "curves.png")
 
 
 @dataclass
@@ -285,6 +293,53 @@ def run_direction(out: str, direction: Direction, teacher_cfg: CN, teacher: Run,
     return results_section(teacher_group, teacher_model, students, costs, setting)
 
 
+def best_run(group: Group) -> Run:
+    """The run of the group with the highest best top-1 (the first seed on a tie)."""
+    return max(group.runs, key=lambda r: r.best_acc)
+
+
+def robustness_and_pictures(out: str, teacher: Run, direction: Direction, seeds: Sequence[int], summary: dict,
+                            limit: int) -> str:
+    """The robustness table of the teacher, the student alone and the best distilled student, and the
+    saliency, confusion and curves pictures of them, written into `out`; returns the results.md section."""
+    import contextlib
+    import io
+
+    import robustness
+    import visualize
+
+    groups = {g.method: g for g in group_runs(read_run(os.path.join(out, direction.run_name(m, s)))
+                                              for m in direction.methods for s in seeds)}
+    distilled = [m for m in groups if m != "NONE"]
+    best = max(distilled, key=lambda m: summary["students"][m]["top1"]) if distilled else None
+    teacher_ckpt = os.path.join(teacher.path, "student_best")
+    chosen = [("teacher", teacher.key("DISTILLER.STUDENT"), teacher_ckpt)]
+    for method in [m for m in ("NONE", best) if m in groups]:
+        run = best_run(groups[method])
+        chosen.append((method, run.key("DISTILLER.STUDENT"), os.path.join(run.path, "student_best")))
+    ckpts = {role: ckpt for role, _, ckpt in chosen}
+    args = ["-d", teacher.key("DATASET.TYPE")] + [a for _, model, ckpt in chosen for a in ("-m", model, "-c", ckpt)]
+    args += ["--baseline", ckpts["NONE"]] if "NONE" in ckpts else []
+    args += ["--limit", str(limit)] if limit else []
+    print(f"== robustness of {', '.join(role for role, _, _ in chosen)} under 15 corruptions x 5 severities")
+    with contextlib.redirect_stdout(io.StringIO()):
+        robustness.main(args + ["--json", os.path.join(out, "robustness.json"),
+                                "--md", os.path.join(out, "robustness.md"), "--plot", os.path.join(out, "robustness.png")])
+        shown = ckpts.get(best, ckpts.get("NONE"))
+        alone = ["--student", ckpts["NONE"]] if best and "NONE" in ckpts else []
+        visualize.main(["saliency", "-c", shown, *alone, "--teacher", teacher_ckpt, "--out", out])
+        if alone:
+            visualize.main(["confusion", "-c", shown, *alone, "--out", out])
+        visualize.main(["curves", "-c", teacher.path] + [a for role, _, ckpt in chosen[1:]
+                                                         for a in ("-c", os.path.dirname(ckpt))] + ["--out", out])
+    with open(os.path.join(out, "robustness.md")) as f:
+        table = f.read().split("\n\n")[:2]
+    pictures = ["saliency.png (FreeKD eq. 15-16 saliency)"] + (["confusion.png"] if alone else []) + ["curves.png"]
+    return ("\n## Robustness under corruption\n\n" + "\n\n".join(table).rstrip("\n")
+            + "\n\nPer corruption and severity: robustness.md, robustness.json, robustness.png. Pictures: "
+            + ", ".join(pictures) + ".\n")
+
+
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Train a teacher and distil students on the digits data.")
     parser.add_argument("--methods", default=None, help=f"comma-separated distillers (default {','.join(DEFAULT_METHODS)}; "
@@ -301,6 +356,8 @@ def main(argv: Optional[List[str]] = None) -> None:
                         "the configs'; 1: the whole split)")
     parser.add_argument("--epochs", type=int, default=None,
                         help="override SOLVER.EPOCHS for every run (and cap the prompt methods' stage 1)")
+    parser.add_argument("--robustness-images", type=int, default=0,
+                        help="score robustness on the first N test images (default all; not with --hetero)")
     parser.add_argument("opts", nargs=argparse.REMAINDER, help="KEY VALUE config overrides for every run")
     args = parser.parse_args(argv)
     if args.epochs is not None and args.epochs < 1:
@@ -324,6 +381,7 @@ def main(argv: Optional[List[str]] = None) -> None:
     planned = [os.path.splitext(os.path.basename(c))[0] for c in teacher_configs]
     planned += [d.run_name(m, s) for d in directions for m in d.methods for s in seeds]
     planned += ["results.json", "results.md"] + [f for d in directions for f in d.plot_files()]
+    planned += [] if args.hetero else list(EXTRAS)
     remove_previous_outputs(out, planned)
 
     started = time.perf_counter()
@@ -335,9 +393,14 @@ def main(argv: Optional[List[str]] = None) -> None:
         write_results(out, text, {"seeds": seeds, "directions": {name: s[1] for name, s in sections.items()}})
     else:
         text, summary = sections[""]
+        text += robustness_and_pictures(out, teachers[teacher_configs[0]][1], directions[0], seeds, summary,
+                                        args.robustness_images)
+        with open(os.path.join(out, "robustness.json")) as f:
+            summary["robustness"] = json.load(f)["models"]
         write_results(out, text, summary)
     print("\n" + text)
-    print(f"Wrote {out}/results.json, results.md and {', '.join(f for d in directions for f in d.plot_files())} "
+    extras = [] if args.hetero else [f for f in EXTRAS if os.path.isfile(os.path.join(out, f))]
+    print(f"Wrote {out}/results.json, results.md and {', '.join([f for d in directions for f in d.plot_files()] + extras)} "
           f"in {time.perf_counter() - started:.0f} s.")
 
 

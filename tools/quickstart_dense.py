@@ -1,9 +1,11 @@
 """The dense quick start on the generated shapes set: train an FCOS ResNet-34-FPN teacher, then an
+"""The dense quick start on the generated shapes set: train an FCOS ResNet-34-FPN teacher, then an
 FCOS ResNet-18-FPN student alone and with each dense method; then the segmentation pair on the
 shapes label maps, a PSPNet ResNet-34 teacher and a PSPNet ResNet-18 student alone and with the
 methods that have a `configs/shapes/pspnet_<method>.yaml`; write
 `output/quickstart_dense/results.{json,md}` (COCO AP or mIoU per method, time per training step
-relative to the student alone).
+relative to the student alone, parameters of student, teacher and method modules, inference GFLOPs
+per image of student and teacher: mdistiller_dense/costs.py).
 
     python tools/quickstart_dense.py                       # every dense method (make demo-dense)
     python tools/quickstart_dense.py --methods CWD,PKD     # a chosen few
@@ -24,6 +26,7 @@ from mdistiller.engine.run import train_run
 from mdistiller.errors import ConfigError
 from mdistiller_dense.build import build_dense_run
 from mdistiller_dense.config import build_dense_cfg
+from mdistiller_dense.costs import dense_costs
 from mdistiller_dense.distillers import dense_distiller_dict
 
 CONFIG_DIR = os.path.join(_path.REPO_ROOT, "configs", "shapes")
@@ -80,17 +83,23 @@ def summarise(run_dir: str) -> Dict[str, float]:
 
 
 def write_table(results: Dict, path: str) -> str:
-    """One table per pair: the teacher's scores, then each student's."""
+    """One table per pair: the teacher's scores and costs, then each student's."""
     lines = []
     for pair, result in results.items():
         teacher = result["teacher"]
         metric, second = teacher["metric"], teacher["second_metric"]
-        lines += [f"{pair} pair. Teacher {teacher['model']}: {metric} {teacher['best']:.2f} ({second} {teacher['second']:.2f})",
-                  "", f"| method | student | {metric} (best) | {metric} (last) | {second} (best) | extra params | "
-                  "step time vs student |", "|---|---|---:|---:|---:|---:|---:|"]
+        distilled = next((r for r in result["students"].values() if r["teacher_gflops"] is not None), None)
+        cost = "" if distilled is None else (f", {distilled['teacher_params']:,} parameters, "
+                                             f"{distilled['teacher_gflops']:.2f} GFLOPs per "
+                                             f"{distilled['flops_image_size']} px image (inference)")
+        lines += [f"{pair} pair. Teacher {teacher['model']}: {metric} {teacher['best']:.2f} "
+                  f"({second} {teacher['second']:.2f}){cost}.",
+                  "", f"| method | student | {metric} (best) | {metric} (last) | {second} (best) | student params | "
+                  "method params | student GFLOPs | step time vs student |", "|---|---|---:|---:|---:|---:|---:|---:|---:|"]
         for method, row in result["students"].items():
             lines.append(f"| {method} | {row['model']} | {row['best']:.2f} | {row['last']:.2f} | {row['second']:.2f} | "
-                         f"{row['extra_params']:,} | {row['relative_step_time']:.2f}x |")
+                         f"{row['student_params']:,} | {row['method_params']:,} | {row['student_gflops']:.2f} | "
+                         f"{row['relative_step_time']:.2f}x |")
         lines.append("")
     lines.append(RANKING_NOTE)
     text = "\n".join(lines) + "\n"
@@ -116,8 +125,8 @@ def train_pair(pair: str, methods: List[str], common: List[str], args: argparse.
         cfg = build_dense_cfg(method_config(method, pair), opts)
         print(f"== {pair} {method}: {cfg.DISTILLER.TEACHER} -> {cfg.DISTILLER.STUDENT}")
         trainer = train_run(cfg, opts, build=build_dense_run, verbose=False, methods=dense_distiller_dict)
-        result["students"][method] = dict(model=cfg.DISTILLER.STUDENT, extra_params=trainer.distiller.get_extra_parameters(),
-                                          **summarise(trainer.run_dir))
+        result["students"][method] = dict(model=cfg.DISTILLER.STUDENT, **summarise(trainer.run_dir),
+                                          **dense_costs(trainer.distiller, cfg))
     base = result["students"]["NONE"]["epoch_seconds"]
     for row in result["students"].values():
         row["relative_step_time"] = row["epoch_seconds"] / base

@@ -26,6 +26,17 @@ def _pyplot():
 
 
 
+def metric_label(records: Sequence[Dict], metric: str = "test_acc") -> str:
+    """The axis label of `metric` in a run's records: a dense run's test_acc is its AP or mIoU."""
+    if metric == "test_acc" and records:
+        if "test_ap" in records[-1]:
+            return "test AP (%)"
+        if "test_miou" in records[-1]:
+            return "test mIoU (%)"
+        return "test top-1 (%)"
+    return metric
+
+
 def group_colors(count: int) -> List[tuple]:
     """Distinct colours for `count` groups (tab10, tab20 past ten)."""
     plt = _pyplot()
@@ -88,12 +99,13 @@ def plot_curves(pair: Pair, groups: Sequence[Group], path: str) -> None:
     if window:
         spread = max(window) - min(window)
         zoom.set_ylim(min(window) - 0.1 * spread - 0.05, max(window) + 0.1 * spread + 0.05)
-    full.set_title("test top-1 per epoch (mean ± std over seeds)", fontsize=10)
+    ylabel = metric_label(groups[0].runs[0].records)
+    full.set_title(f"{ylabel.replace(' (%)', '')} per epoch (mean ± std over seeds)", fontsize=10)
     zoom.set_title(f"epochs {start}-{last_epoch}, zoomed", fontsize=10)
     for ax in (full, zoom):
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
-        ax.set_ylabel("test top-1 (%)")
+        ax.set_ylabel(ylabel)
         ax.grid(alpha=0.3)
     full.legend(fontsize=8, loc="lower right")
     fig.suptitle(pair_title(pair))
@@ -133,8 +145,8 @@ def plot_bars(pair: Pair, groups: Sequence[Group], path: str) -> None:
         ax.text(x, bottom + 0.04 * (high + margin - bottom), f"{group.best.text()}\nn={len(group.runs)}",
                 ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(shown)), [bar_label(g, pair) for g in shown], fontsize=8)
-    ax.set_ylabel("best test top-1 (%)")
-    ax.set_title(f"{pair_title(pair)}: best top-1, mean ± std (axis cut at {bottom:.1f})", fontsize=10)
+    ax.set_ylabel("best " + metric_label(groups[0].runs[0].records))
+    ax.set_title(f"{pair_title(pair)}: best {metric_label(groups[0].runs[0].records)[5:-4]}, mean ± std (axis cut at {bottom:.1f})", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=3, frameon=False)
     fig.tight_layout()
