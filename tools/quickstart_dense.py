@@ -1,5 +1,4 @@
 """The dense quick start on the generated shapes set: train an FCOS ResNet-34-FPN teacher, then an
-"""The dense quick start on the generated shapes set: train an FCOS ResNet-34-FPN teacher, then an
 FCOS ResNet-18-FPN student alone and with each dense method; then the segmentation pair on the
 shapes label maps, a PSPNet ResNet-34 teacher and a PSPNet ResNet-18 student alone and with the
 methods that have a `configs/shapes/pspnet_<method>.yaml`; write
