@@ -7,7 +7,7 @@ train two epochs on 2 processes, resume to a third on 2 processes, then to a fou
 each 2-process run the two ranks' parameters, buffers (BatchNorm statistics, CRD's memory banks
 ...) and optimizer states are compared exactly; the resumed epoch must change the weights. The
 fast teacher is built at most once in a 2-epoch run on each rank (once for CRD and DOT_AT).
-The dense CWD student's COCO APs, and a segmenter's mIoU and pixel accuracy, in the 2-process
+The dense CWD student's COCO APs, and the segmenters' (FCN, CanKD-distilled PSPNet) mIoU and pixel accuracy, in the 2-process
 run's metrics equal those tools/eval_dense.py prints for the saved student in this one process.
 
 The default suite runs the short form (SHORT: one case per multi-process concern); MDISTILLER_E2E=full
@@ -47,8 +47,10 @@ REFUSED: dict = {}
 # parameter no loss reaches (frozen); CRD: memory banks updated from every process; OFD: the
 # teacher in train mode (its BatchNorm statistics); FREEKD: stage 1 under DDP; DOT_AT: DOT's two
 # gradients through feature hooks; dense CWD: a dense distiller, and the AP of the whole validation
-# set; dense segmenter: the mIoU of the whole set. MDISTILLER_E2E=full runs every case.
-SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "dense_CWD", "dense_segmenter"}
+# set; dense segmenter: the mIoU of the whole set; dense PSPNet CanKD: PSPNet's auxiliary head and a
+# distiller on a segmenter, its mIoU too. MDISTILLER_E2E=full runs every case.
+SHORT = {"SFAKD", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "dense_CWD", "dense_segmenter",
+         "dense_pspnet_CANKD"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
 # DEIT needs a student with a distillation token: a tiny timm distilled DeiT on the 16 px digits.
 EXTRA = {"CRD": ["CRD.NCE.K=64"],
@@ -109,6 +111,12 @@ def dense_cases(tmp_path):
     cases.append({"name": "dense_segmenter", "tool": "train_dense", "stage1": "",
                   "args": ["--cfg", os.path.join(SHAPES, "student.yaml"), *common, "DISTILLER.TYPE", "NONE",
                            "DISTILLER.STUDENT", "fcn_resnet18"]})
+    psp = dense_cfg(tmp_path, "NONE", "pspnet_resnet18", "pspnet_resnet18", extra=["MODEL.AUX_LOSS", "True"])
+    save_teacher(psp)
+    cases.append({"name": "dense_pspnet_CANKD", "tool": "train_dense", "stage1": "",  # PSPNet + aux head, distilled
+                  "args": ["--cfg", os.path.join(SHAPES, "pspnet_cankd.yaml"), *common, "DATASET.CROP_SIZE", "48",
+                           "DISTILLER.STUDENT", "pspnet_resnet18", "DISTILLER.TEACHER", "pspnet_resnet18",
+                           "DISTILLER.TEACHER_WEIGHTS", psp.DISTILLER.TEACHER_WEIGHTS]})
     return cases
 
 
@@ -185,7 +193,8 @@ def test_every_dense_method_under_two_processes_and_ap_of_the_whole_validation_s
     sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
     import eval_dense
 
-    for name, scores in (("dense_CWD", COCO_STATS), ("dense_segmenter", ("miou", "pixel_acc"))):
+    segmenter = ("miou", "pixel_acc")
+    for name, scores in (("dense_CWD", COCO_STATS), ("dense_segmenter", segmenter), ("dense_pspnet_CANKD", segmenter)):
         run = tmp_path / "dense" / name
         scored = read_metrics(str(run))[2]  # epoch 3, scored under 2 processes
         assert scored["test_" + scores[1]] > 0, name  # else the comparison below shows nothing
