@@ -245,3 +245,41 @@ def test_bf16_autocast_step_on_a_distilled_pspnet(tmp_path):
         assert grad is not None and grad.dtype == torch.float32 and torch.isfinite(grad).all(), name
     flat = lambda g: torch.cat([t.flatten() for t in g.values()])  # noqa: E731
     assert F.cosine_similarity(flat(grads), flat(fp32_grads), dim=0) > 0.9  # 0.948 measured (bf16 through 18 layers)
+
+
+MM_ARCH = {18: ("basic", (2, 2, 2, 2)), 101: ("bottleneck", (3, 4, 23, 3))}  # mmseg ResNet.arch_settings
+
+
+def mm_resnet_v1c_params(depth: int, stem: int = 64) -> int:
+    """mmsegmentation's ResNetV1c (mmseg/models/backbones/resnet.py) by its module definitions: the deep
+    stem (3x3 convs 3 -> stem/2 -> stem/2 -> stem, each with BN), then per stage i (planes 64 * 2^i)
+    BasicBlocks (3x3, 3x3) or Bottlenecks (1x1, 3x3, 1x1 to 4 planes), convs without bias, BN after each;
+    a 1x1 conv + BN downsample on the first block of a stage whose input width differs from its output
+    (every stage but a BasicBlock network's first; the same blocks as stride 2 would give); no fc."""
+    kind, blocks = MM_ARCH[depth]
+    total = 3 * (stem // 2) * 9 + (stem // 2) ** 2 * 9 + (stem // 2) * stem * 9 + 2 * (stem // 2 + stem // 2 + stem)
+    inplanes = stem
+    for i, count in enumerate(blocks):
+        planes = 64 * 2 ** i
+        out = planes if kind == "basic" else 4 * planes
+        for b in range(count):
+            width = inplanes if b == 0 else out
+            if kind == "basic":
+                total += width * planes * 9 + planes * planes * 9 + 4 * planes
+            else:
+                total += width * planes + planes * planes * 9 + planes * out + 2 * (planes + planes + out)
+            if b == 0 and width != out:
+                total += width * out + 2 * out
+        inplanes = out
+    return total
+
+
+@pytest.mark.parametrize("depth,c4,width,aux_width", [(18, 512, 128, 64), (101, 2048, 512, 256)])
+def test_full_size_pspnet_with_deep_stem_counts_as_mmsegmentations(depth, c4, width, aux_width):
+    """mmsegmentation's pspnet_r18-d8 / pspnet_r101-d8 (Cityscapes, 19 classes): ResNetV1c + PSPHead
+    (channels 128 / 512) + auxiliary FCNHead (64 / 256), as configs/pspnet/pspnet_r{18,50}-d8_*.py build
+    them; ours with MODEL.DEEP_STEM and MODEL.AUX_LOSS on the meta device has the same count."""
+    with torch.device("meta"):
+        model = build_segmenter(f"pspnet_resnet{depth}", 19, aux_loss=True, deep_stem=True)
+    mm = _psp_params(mm_resnet_v1c_params(depth), c4, width, aux_width, 19)
+    assert sum(p.numel() for p in model.parameters()) == mm
