@@ -13,7 +13,7 @@ import torch
 
 from conftest import REPO_ROOT
 from helpers import assert_ok, assert_user_error
-from test_dense_tools_e2e import records, run_dir_of
+from test_dense_tools_e2e import records, run_dir_of, trained_teacher
 
 pytestmark = pytest.mark.e2e
 
@@ -35,13 +35,8 @@ def tiny(tmp, name, *extra):
 
 @pytest.fixture(scope="module")
 def teacher(tmp_path_factory):
-    from conftest import run_tool
-
     tmp = tmp_path_factory.mktemp("pspnet_e2e")
-    result = run_tool(TRAIN, "--cfg", os.path.join(SHAPES, "pspnet_teacher.yaml"),
-                      *tiny(tmp, "teacher", "DISTILLER.STUDENT", "pspnet_resnet18"))
-    assert_ok(result)
-    return tmp, os.path.join(run_dir_of(result), "student_best")
+    return tmp, trained_teacher("pspnet_teacher.yaml", tiny(tmp, "teacher", "DISTILLER.STUDENT", "pspnet_resnet18"))
 
 
 def test_distilled_pspnet_evaluates_resumes_and_exports(tool, tool_in_process, teacher):
