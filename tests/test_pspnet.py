@@ -233,7 +233,7 @@ def test_bf16_autocast_step_on_a_distilled_pspnet(tmp_path):
         handle.remove()
         sum(losses.values()).backward()
         grads = {name: p.grad for name, p in student.named_parameters()}
-        return trainer.amp_dtype, dtypes[0], {k: float(v) for k, v in losses.items()}, grads
+        return trainer.amp_dtype, dtypes[0], {k: float(v.detach()) for k, v in losses.items()}, grads
 
     amp_dtype, out_dtype, losses, grads = step(True)
     assert amp_dtype == torch.bfloat16 and out_dtype == torch.bfloat16
