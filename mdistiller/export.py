@@ -43,7 +43,7 @@ models beyond these (a prediction path with Python control flow on the batch).
 import copy
 import os
 import warnings
-from typing import Callable, Dict, List, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -301,7 +301,23 @@ def export_checkpoint(path: str, out_dir: str, formats=FORMATS, batch_size: int 
     if unknown:
         raise ConfigError(f"Unknown export format {', '.join(unknown)}; choose from {', '.join(FORMATS)}.")
     model, reference_model, cfg, num_classes = from_checkpoint(path)
-    size = cfg.DATASET.IMAGE_SIZE
+
+    def deploy(target: str) -> Callable[[Tensor], Tensor]:
+        save_deployable(model, cfg, num_classes, target)
+        return load_deployable(target)
+
+    return export_model(model, reference_model, cfg.DATASET.IMAGE_SIZE, out_dir, path, formats, batch_size, seed,
+                        deploy)
+
+
+def export_model(model: nn.Module, reference_model: Callable[[Tensor], Tensor], size: int, out_dir: str, path: str,
+                 formats=FORMATS, batch_size: int = 4, seed: int = 0,
+                 deploy: Optional[Callable[[str], Callable[[Tensor], Tensor]]] = None) -> Dict[str, Dict[str, object]]:
+    """Export `model` (images (B, 3, size, size) -> one tensor) in each format into `out_dir`, the files
+    named after the checkpoint `path`, each checked against `reference_model` as
+    :func:`export_checkpoint` says; `deploy(target)` writes the ``deploy`` format and reads it back."""
+    if "deploy" in formats and deploy is None:
+        raise ConfigError(f"No deploy format for {path}: choose from {', '.join(f for f in FORMATS if f != 'deploy')}.")
     generator = torch.Generator().manual_seed(seed)
     batch = torch.randn(batch_size, 3, size, size, generator=generator)
     # Two images (three when the check batch has two): torch.export takes a batch of 1 for a constant.
@@ -324,8 +340,7 @@ def export_checkpoint(path: str, out_dir: str, formats=FORMATS, batch_size: int 
     for fmt in formats:
         target = stem + SUFFIX[fmt]
         if fmt == "deploy":
-            save_deployable(model, cfg, num_classes, target)
-            results[fmt] = checked(target, load_deployable(target))
+            results[fmt] = checked(target, deploy(target))
         elif fmt == "torchscript":
             results[fmt] = traced_or_error(model, example, target, checked)
             if not results[fmt]["ok"]:

@@ -7,7 +7,7 @@ train two epochs on 2 processes, resume to a third on 2 processes, then to a fou
 each 2-process run the two ranks' parameters, buffers (BatchNorm statistics, CRD's memory banks
 ...) and optimizer states are compared exactly; the resumed epoch must change the weights. The
 fast teacher is built at most once in a 2-epoch run on each rank (once for CRD and DOT_AT).
-The dense CWD student's COCO APs, and a segmenter's mIoU and pixel accuracy, in the 2-process
+The dense CWD student's COCO APs, and the segmenters' (FCN, CanKD-distilled PSPNet) mIoU and pixel accuracy, in the 2-process
 run's metrics equal those tools/eval_dense.py prints for the saved student in this one process.
 
 The default suite runs the short form (SHORT: one case per multi-process concern); MDISTILLER_E2E=full
@@ -51,11 +51,11 @@ REFUSED: dict = {}
 # without prefix tokens, whose branches must hold no parameter that no loss reaches (find_unused_parameters
 # is False for OFA); SFAKD_vit_pair: SFAKD through a ViT teacher's head, the ViT student's own head and
 # final norm frozen (no gradient reaches them); DOT_AT: DOT's two gradients through feature hooks; dense
-# CWD: a dense distiller, and the AP of the whole validation set; dense segmenter: the mIoU of the whole
-# set. MDISTILLER_E2E=full runs every case.
+# CWD: a dense distiller, and the AP of the whole validation set; dense PSPNet CanKD: PSPNet's auxiliary
+# head and a distiller on a segmenter, the mIoU of the whole set (it stands for the plain segmenter case
+# in the short form). MDISTILLER_E2E=full runs every case.
 SHORT = {"SFAKD", "SFAKD_vit_pair", "CRD", "OFD", "FREEKD", "DOT_AT", "OFA_vit_teacher", "OFA_swin_student",
-         "FREEKD_vit_teacher",
-         "dense_CWD", "dense_segmenter"}
+         "FREEKD_vit_teacher", "dense_CWD", "dense_pspnet_CANKD"}
 # Per-case settings for the tiny runs: CRD draws fewer negatives per sample (the drawing dominates its step).
 # DEIT needs a student with a distillation token: a tiny timm distilled DeiT on the 16 px digits.
 EXTRA = {"CRD": ["CRD.NCE.K=64"],
@@ -137,6 +137,12 @@ def dense_cases(tmp_path):
     cases.append({"name": "dense_segmenter", "tool": "train_dense", "stage1": "",
                   "args": ["--cfg", os.path.join(SHAPES, "student.yaml"), *common, "DISTILLER.TYPE", "NONE",
                            "DISTILLER.STUDENT", "fcn_resnet18"]})
+    psp = dense_cfg(tmp_path, "NONE", "pspnet_resnet18", "pspnet_resnet18", extra=["MODEL.AUX_LOSS", "True"])
+    save_teacher(psp)
+    cases.append({"name": "dense_pspnet_CANKD", "tool": "train_dense", "stage1": "",  # PSPNet + aux head, distilled
+                  "args": ["--cfg", os.path.join(SHAPES, "pspnet_cankd.yaml"), *common, "DATASET.CROP_SIZE", "48",
+                           "DISTILLER.STUDENT", "pspnet_resnet18", "DISTILLER.TEACHER", "pspnet_resnet18",
+                           "DISTILLER.TEACHER_WEIGHTS", psp.DISTILLER.TEACHER_WEIGHTS]})
     return cases
 
 
@@ -220,7 +226,8 @@ def test_every_dense_method_under_two_processes_and_ap_of_the_whole_validation_s
     sys.path.insert(0, os.path.join(REPO_ROOT, "tools"))
     import eval_dense
 
-    for name, scores in (("dense_CWD", COCO_STATS), ("dense_segmenter", ("miou", "pixel_acc"))):
+    segmenter = ("miou", "pixel_acc")
+    for name, scores in (("dense_CWD", COCO_STATS), ("dense_segmenter", segmenter), ("dense_pspnet_CANKD", segmenter)):
         run = tmp_path / "dense" / name
         scored = read_metrics(str(run))[2]  # epoch 3, scored under 2 processes
         assert scored["test_" + scores[1]] > 0, name  # else the comparison below shows nothing

@@ -43,15 +43,19 @@ def run_dir_of(result) -> str:
     return re.search(r"Run directory: (.*)", result.stdout).group(1).strip()
 
 
-@pytest.fixture(scope="module")
-def teacher(tmp_path_factory):
+def trained_teacher(config: str, opts) -> str:
+    """The student_best of configs/shapes/<config> trained by tools/train_dense.py as a subprocess."""
     from conftest import run_tool
 
-    tmp = tmp_path_factory.mktemp("dense_e2e")
-    result = run_tool(TRAIN, "--cfg", os.path.join(SHAPES, "teacher.yaml"),
-                      *tiny(tmp, "teacher", "DISTILLER.STUDENT", "fcos_resnet18_fpn"))
+    result = run_tool(TRAIN, "--cfg", os.path.join(SHAPES, config), *opts)
     assert_ok(result)
-    yield tmp, os.path.join(run_dir_of(result), "student_best")
+    return os.path.join(run_dir_of(result), "student_best")
+
+
+@pytest.fixture(scope="module")
+def teacher(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("dense_e2e")
+    yield tmp, trained_teacher("teacher.yaml", tiny(tmp, "teacher", "DISTILLER.STUDENT", "fcos_resnet18_fpn"))
     shutil.rmtree(tmp / "out", ignore_errors=True)
 
 

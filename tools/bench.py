@@ -52,9 +52,9 @@ def _number(value: Optional[float], digits: int) -> str:
 
 def _row(name: str, entry: Dict, vs_floor: Optional[float] = None, vs_student: Optional[float] = None,
          dense: bool = False) -> str:
-    """A subject's row; `dense` tables have one more cell, the method's own GFLOPs/img."""
+    """A subject's row; `dense` tables have one more cell, the method's own GFLOPs/img, and img/s to 0.1."""
     own = f" {_number(entry.get('method_gflops_per_img'), 3)} |" if dense else ""
-    return (f"| {name} | {_number(entry['img_per_s'], 0)} | {_number(entry['step_ms'], 1)} | "
+    return (f"| {name} | {_number(entry['img_per_s'], 1 if dense else 0)} | {_number(entry['step_ms'], 1)} | "
             f"{_number(entry['peak_mem_mb'], 0)} | {_number(entry['gflops_per_img'], 3)} |{own} "
             f"{entry['extra_params']:,} | {_number(vs_floor, 3)} | {_number(vs_student, 3)} |")
 

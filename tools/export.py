@@ -17,6 +17,8 @@ timm: / torchvision: models (MODEL.*_KWARGS included) export like the zoo's; whi
 family takes is in mdistiller/export.py. For methods predicting through modules beside the student
 (SFAKD), pass the full checkpoint 'best' / 'latest' (DEIT, whose two heads are the student's, also
 exports from 'student_best'). Exit status 1 when an export does not reproduce the logits.
+A segmenter's run of tools/train_dense.py exports its student as TorchScript, pt2 and ONNX
+(images of DATASET.CROP_SIZE, logits at the input size; mdistiller_dense/export.py).
 """
 
 import argparse
@@ -28,19 +30,25 @@ from typing import List, Optional
 import _path  # noqa: F401
 
 from mdistiller.cli import run_tool
+from mdistiller.engine.checkpoint import load_checkpoint
 from mdistiller.export import FORMATS, export_checkpoint, failed_formats
+from mdistiller_dense.export import DENSE_FORMATS, export_dense_checkpoint, is_dense_checkpoint
 
 
 def main(argv: Optional[List[str]] = None) -> None:
     parser = argparse.ArgumentParser(description="Export a checkpoint to deployable formats and check them.")
     parser.add_argument("-c", "--ckpt", required=True, help="checkpoint written by tools/train.py")
     parser.add_argument("-o", "--out", default=None, help="output directory (default <checkpoint dir>/export)")
-    parser.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated, from {','.join(FORMATS)}")
+    parser.add_argument("--formats", default="", help=f"comma-separated, from {','.join(FORMATS)} (default: all; "
+                        f"dense runs: {','.join(DENSE_FORMATS)})")
     parser.add_argument("-bs", "--batch-size", type=int, default=4, help="images in the random check batch")
     args = parser.parse_args(argv)
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(args.ckpt)), "export")
     formats = [f.strip() for f in args.formats.split(",") if f.strip()]
-    results = export_checkpoint(args.ckpt, out, formats, args.batch_size)
+    if is_dense_checkpoint(load_checkpoint(args.ckpt)):
+        results = export_dense_checkpoint(args.ckpt, out, formats, args.batch_size)
+    else:
+        results = export_checkpoint(args.ckpt, out, formats or FORMATS, args.batch_size)
     name = os.path.basename(os.path.normpath(args.ckpt))
     with open(os.path.join(out, f"{name}.export.json"), "w") as f:
         json.dump(results, f, indent=2)

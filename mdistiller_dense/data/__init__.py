@@ -15,8 +15,9 @@ from mdistiller_dense.data.shapes import CATEGORIES, ShapesSpec, ensure_shapes, 
 from mdistiller_dense.models import task_of
 from mdistiller_dense.sam.models import is_sam_model
 
-__all__ = ["build_dense_datasets", "build_dense_loaders", "dataset_paths", "shapes_spec", "CocoDetection",
-           "SA1BFolder", "SegmentationFolder", "ShapesSpec", "generate_shapes", "ensure_shapes", "detection_collate"]
+__all__ = ["build_dense_datasets", "build_dense_loaders", "dataset_paths", "segmentation_classes", "shapes_spec",
+           "CocoDetection", "SA1BFolder", "SegmentationFolder", "ShapesSpec", "generate_shapes", "ensure_shapes",
+           "detection_collate"]
 
 DATASET_TYPES = ("coco", "segmentation", "sa1b", "shapes")
 
@@ -61,6 +62,14 @@ def sam_datasets(cfg: CN) -> Tuple[Dataset, Dataset, int]:
     return (SA1BFolder(train_dir, size, True, masks, limit[0]), SA1BFolder(val_dir, size, False, masks, limit[1]), 1)
 
 
+def segmentation_classes(cfg: CN) -> int:
+    """Classes of the label maps: background + the shapes' categories, or DATASET.NUM_CLASSES."""
+    num_classes = len(CATEGORIES) + 1 if cfg.DATASET.TYPE == "shapes" else cfg.DATASET.NUM_CLASSES
+    if num_classes < 2:
+        raise ConfigError("Set DATASET.NUM_CLASSES to the number of classes in the label maps (Cityscapes: 19).")
+    return num_classes
+
+
 def build_dense_datasets(cfg: CN) -> Tuple[Dataset, Dataset, int]:
     """Train and val datasets for the student's task, and the number of classes the model predicts."""
     d = cfg.DATASET
@@ -78,9 +87,7 @@ def build_dense_datasets(cfg: CN) -> Tuple[Dataset, Dataset, int]:
         return train, val, train.num_classes
     if d.TYPE == "coco":
         raise ConfigError("A segmenter needs image + label-map folders: DATASET.TYPE segmentation or shapes.")
-    num_classes = len(CATEGORIES) + 1 if d.TYPE == "shapes" else d.NUM_CLASSES
-    if num_classes < 2:
-        raise ConfigError("Set DATASET.NUM_CLASSES to the number of classes in the label maps (Cityscapes: 19).")
+    num_classes = segmentation_classes(cfg)
     suffixes = (".png", ".png") if d.TYPE == "shapes" else (d.IMAGE_SUFFIX, d.MASK_SUFFIX)
     train = SegmentationFolder(paths["train_images"], paths["train_masks"], *suffixes, train=True,
                                flip_prob=d.FLIP_PROB, scale_range=d.SCALE_RANGE, crop_size=d.CROP_SIZE,
