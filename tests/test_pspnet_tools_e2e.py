@@ -85,7 +85,7 @@ def test_quickstart_trains_the_pspnet_pair_and_its_table_reads_back(tool_in_proc
         logged = records(str(out / "runs" / f"pspnet_{method.lower()}"))
         assert row["best"] == max(r["test_miou"] for r in logged) and row["metric"] == "mIoU"
         assert float(rows[method][2]) == pytest.approx(row["best"], abs=0.005) and rows[method][1] == "pspnet_resnet18"
-    assert results["pspnet"]["students"]["CANKD"]["extra_params"] > 0 == results["pspnet"]["students"]["NONE"]["extra_params"]
+    assert results["pspnet"]["students"]["CANKD"]["method_params"] > 0 == results["pspnet"]["students"]["NONE"]["method_params"]
     assert "pspnet pair. Teacher pspnet_resnet34: mIoU" in (out / "results.md").read_text()
 
 

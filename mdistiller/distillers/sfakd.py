@@ -175,14 +175,18 @@ class SFAKD(Distiller):
 def freeze_unreached(model: nn.Module, image_size: int) -> None:
     """``requires_grad`` False on each parameter of ``model`` its last feature map does not depend on
     (its own head: the classifier, a token model's final norm, ConvNeXt's head norm, EfficientNet's
-    ``conv_head``): found by one probe forward and backward in eval mode, mode restored."""
+    ``conv_head``): found by one probe forward and backward in eval mode, mode restored, also when
+    the distiller is built under ``torch.no_grad()`` (export, evaluation)."""
     params = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not params:
+        return
     param = params[0][1]
     was_training = model.training
     model.eval()
     try:
-        _, feats = model(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype))
-        grads = torch.autograd.grad(feats["feats"][-1].sum(), [p for _, p in params], allow_unused=True)
+        with torch.enable_grad():
+            _, feats = model(torch.zeros(1, 3, image_size, image_size, device=param.device, dtype=param.dtype))
+            grads = torch.autograd.grad(feats["feats"][-1].sum(), [p for _, p in params], allow_unused=True)
     finally:
         model.train(was_training)
     for (_, p), grad in zip(params, grads):
