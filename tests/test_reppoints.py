@@ -234,3 +234,14 @@ def test_nan_points_reach_the_outputs_without_crashing_the_deformable_convs():
     cls, init, refine = head.forward_level(torch.randn(1, 32, 4, 4))
     assert torch.isnan(init).any() and torch.isnan(refine).any()  # the losses see them
     assert torch.isfinite(cls).all()  # sampled at the location itself where the offset is NaN
+
+
+def test_names_on_every_backbone_and_a_near_miss():
+    from mdistiller.errors import UnknownNameError
+    from mdistiller_dense.models import BACKBONES, parse_model_name, task_of
+
+    for backbone in BACKBONES:
+        assert parse_model_name(f"reppoints_{backbone}_fpn") == ("reppoints", backbone)
+    assert task_of("reppoints_resnext101_64x4d_fpn") == "detection"
+    with pytest.raises(UnknownNameError, match="Did you mean reppoints_resnet50_fpn"):
+        parse_model_name("reppoints_resnet50")

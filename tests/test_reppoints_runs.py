@@ -34,7 +34,10 @@ def test_every_dense_method_steps_on_a_reppoints_pair(tmp_path, method, extra):
 
 
 def test_bf16_autocast_step_gives_finite_losses_and_gradients(tmp_path):
-    distiller, images, targets = _distiller(tmp_path, "CWD", STUDENT, TEACHER)
+    """At 160 px: CPU bf16 convs give NaN weight gradients, now and then, where the output is 1x1 (P7
+    of a 64 px batch), whatever the detector (tests/test_dense_tools_e2e.py runs without AMP for it)."""
+    distiller, images, targets = _distiller(tmp_path, "CWD", STUDENT, TEACHER, ["MODEL.MIN_SIZE", "160",
+                                                                               "MODEL.MAX_SIZE", "160"])
     distiller.train()
     with torch.autocast("cpu", dtype=torch.bfloat16):
         _, losses = distiller(image=images, target=targets, epoch=1)
