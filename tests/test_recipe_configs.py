@@ -1,12 +1,6 @@
 """Every dense recipe under configs/coco, configs/cityscapes and configs/shapes merges strictly into
 the dense config (every key exists) and its student and teacher build at full size on the meta device;
 the papers' values the configs cite are checked here (FreeKD supplement A, CanKD supplement Sec. 1, 2-5).
-
-PENDING lists the recipes that name models or keys other parts of issue 23 add (RepPoints, PSPNet,
-ResNeXt, MODEL.DCN_STAGES, MODEL.DEEP_STEM). Until those are merged such a file is checked as far as
-this branch can: it parses, every key outside PENDING_KEYS exists, and its unknown model names are among
-PENDING_NAMES. Once the registry knows the names and the keys exist, the same file gets the full check;
-the lead removes PENDING after the merge (then every file gets the full check).
 """
 
 import glob
@@ -17,34 +11,17 @@ import torch
 import yaml
 
 from conftest import REPO_ROOT
-from mdistiller.errors import UnknownNameError
 from mdistiller_dense.config import DENSE_CFG, build_dense_cfg
-from mdistiller_dense.models import build_dense_model, parse_model_name, task_of
+from mdistiller_dense.models import build_dense_model, task_of
 
 FILES = sorted(glob.glob(os.path.join(REPO_ROOT, "configs", "coco", "*", "*.yaml"))
                + glob.glob(os.path.join(REPO_ROOT, "configs", "cityscapes", "*", "*.yaml"))
                + [p for p in glob.glob(os.path.join(REPO_ROOT, "configs", "shapes", "*.yaml"))
                   if not os.path.basename(p).startswith("sam_")])  # SAM's: tests/test_sam.py
-PENDING_NAMES = {"pspnet_resnet101", "pspnet_resnet18"}
-PENDING_KEYS = {"MODEL.DCN_STAGES", "MODEL.DEEP_STEM"}
-PENDING = {
-    "cityscapes/freekd/pspnet_r101_r18.yaml",
-    "cityscapes/freekd/deeplabv3_r101_r18.yaml",
-    "cityscapes/cankd/pspnet_r101_r18.yaml",
-    "cityscapes/cankd/deeplabv3_r101_r18.yaml",
-}
 
 
 def rel(path: str) -> str:
     return os.path.relpath(path, os.path.join(REPO_ROOT, "configs"))
-
-
-def _keys(node: dict, prefix: str = ""):
-    for key, value in node.items():
-        if isinstance(value, dict):
-            yield from _keys(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}"
 
 
 def _known(key: str) -> bool:
@@ -56,41 +33,14 @@ def _known(key: str) -> bool:
     return True
 
 
-def _names_known(*names: str) -> bool:
-    try:
-        for name in names:
-            parse_model_name(name)
-    except UnknownNameError:
-        return False
-    return True
-
-
-def _load(path: str):
-    """The merged config, or None for a PENDING file this branch cannot merge yet (then checked as far
-    as it can be: only PENDING_KEYS unknown, only PENDING_NAMES unknown)."""
-    with open(path) as f:
-        raw = yaml.safe_load(f)
-    unknown = {key for key in _keys(raw) if not _known(key)}
-    distiller = raw.get("DISTILLER", {})
-    names = (distiller.get("STUDENT", DENSE_CFG.DISTILLER.STUDENT), distiller.get("TEACHER", DENSE_CFG.DISTILLER.TEACHER))
-    if rel(path) in PENDING and (unknown or not _names_known(*names)):
-        assert unknown <= PENDING_KEYS, unknown
-        assert {n for n in names if not _names_known(n)} <= PENDING_NAMES
-        return None
-    return build_dense_cfg(path)
-
-
-def test_every_recipe_is_found_and_pending_ones_exist():
+def test_every_recipe_is_found():
     assert len(FILES) == 21 + 5 + 8 + 9 + 2 + 1 + 6 + 4  # + 9 COCO (RepPoints, CanKD 2-GPU, AFPKD), 2 Cityscapes,
     # shapes AFPKD; + 6 shapes RepPoints (teacher, student, FREEKD, CANKD, CWD, PKD); + 4 shapes PSPNet
-    assert PENDING <= {rel(p) for p in FILES}
 
 
 @pytest.mark.parametrize("path", FILES, ids=rel)
 def test_recipe_merges_and_builds_on_meta(path):
-    cfg = _load(path)
-    if cfg is None:
-        return
+    cfg = build_dense_cfg(path)
     student, teacher = cfg.DISTILLER.STUDENT, cfg.DISTILLER.TEACHER
     assert task_of(student) == task_of(teacher)
     num_classes = 91 if task_of(student) == "detection" else max(cfg.DATASET.NUM_CLASSES, 4)
@@ -101,7 +51,7 @@ def test_recipe_merges_and_builds_on_meta(path):
 
 
 def _cfg(name: str):
-    """A recipe's raw YAML (so that a PENDING one can be read on this branch)."""
+    """A recipe's raw YAML, as written (before the defaults are merged)."""
     with open(os.path.join(REPO_ROOT, "configs", name)) as f:
         return yaml.safe_load(f)
 
