@@ -1,5 +1,6 @@
 """The dense quick start on the generated shapes set: train an FCOS ResNet-34-FPN teacher, then an
-FCOS ResNet-18-FPN student alone and with each dense method; then the segmentation pair on the
+FCOS ResNet-18-FPN student alone and with each dense method; then the RepPoints R34 -> R18 pair with
+the methods that have a `configs/shapes/reppoints_<method>.yaml`; then the segmentation pair on the
 shapes label maps, a PSPNet ResNet-34 teacher and a PSPNet ResNet-18 student alone and with the
 methods that have a `configs/shapes/pspnet_<method>.yaml`; write
 `output/quickstart_dense/results.{json,md}` (COCO AP or mIoU per method, time per training step
@@ -30,8 +31,9 @@ from mdistiller_dense.distillers import dense_distiller_dict
 
 CONFIG_DIR = os.path.join(_path.REPO_ROOT, "configs", "shapes")
 # The pairs, by the prefix of their files in configs/shapes: the FCOS pair's teacher.yaml, student.yaml and
-# <method>.yaml; the PSPNet pair's pspnet_teacher.yaml, pspnet_student.yaml and pspnet_<method>.yaml.
-PAIRS = {"fcos": "", "pspnet": "pspnet"}
+# <method>.yaml; the RepPoints and PSPNet pairs' <prefix>_teacher.yaml, <prefix>_student.yaml and
+# <prefix>_<method>.yaml.
+PAIRS = {"fcos": "", "reppoints": "reppoints", "pspnet": "pspnet"}
 # One seed of a short schedule on a few hundred generated images: the same command on two machines gave
 # the teacher AP 75.1 and 66.3 and CanKD 44.3 and 27.9 (issue 16), so the table is no ranking.
 RANKING_NOTE = ("This run checks that every method trains on a detector and a segmenter (finite losses, AP and "
