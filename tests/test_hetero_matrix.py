@@ -138,13 +138,10 @@ def test_method_on_slow_pair(method, teacher_key, student_key, models, tmp_path)
     check_method_on_pair(method, teacher_key, student_key, models, tmp_path)
 
 
-@pytest.mark.parametrize("upsample", [True, False])
-def test_freekd_pools_the_larger_map_down_unless_told_to_upsample(upsample, models, tmp_path):
-    """resnet8 -> ViT: the teacher's last two maps are 16x16 and 8x8, the student's ViT grid 8x8.
-    UPSAMPLE_STUDENT False pools the teacher's 16x16 map to 8x8 and leaves the student's alone."""
-    teacher, student = copy.deepcopy(models["resnet8"]), copy.deepcopy(models["vit"])
-    cfg = build_cfg(None, ["DISTILLER.TYPE=FREEKD", f"DATASET.IMAGE_SIZE={SIZE}", f"LOG.PREFIX={tmp_path}",
-                           f"FREEKD.UPSAMPLE_STUDENT={upsample}"])
+def freekd_aligned_maps(cfg, teacher, student):
+    """FREEKD built on the pair (its prompt file written first) and run on two images: the teacher's
+    features, the teacher's and student's maps as FREEKD compares them, and the student's last two
+    maps through FREEKD's align convs alone."""
     write_prompt_file(cfg, teacher)
     distiller = distiller_dict["FREEKD"](student, teacher, cfg, num_classes=NUM_CLASSES, num_data=64)
     image = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
@@ -153,6 +150,17 @@ def test_freekd_pools_the_larger_map_down_unless_told_to_upsample(upsample, mode
         _, feats_s = student(image)
         teacher_maps, student_maps = distiller.aligned_maps(feats_t, feats_s)
         aligned = [align(feats_s["feats"][i]) for align, i in zip(distiller.align, [2, 3])]
+    return feats_t, teacher_maps, student_maps, aligned
+
+
+@pytest.mark.parametrize("upsample", [True, False])
+def test_freekd_pools_the_larger_map_down_unless_told_to_upsample(upsample, models, tmp_path):
+    """resnet8 -> ViT: the teacher's last two maps are 16x16 and 8x8, the student's ViT grid 8x8.
+    UPSAMPLE_STUDENT False pools the teacher's 16x16 map to 8x8 and leaves the student's alone."""
+    teacher, student = copy.deepcopy(models["resnet8"]), copy.deepcopy(models["vit"])
+    cfg = build_cfg(None, ["DISTILLER.TYPE=FREEKD", f"DATASET.IMAGE_SIZE={SIZE}", f"LOG.PREFIX={tmp_path}",
+                           f"FREEKD.UPSAMPLE_STUDENT={upsample}"])
+    feats_t, teacher_maps, student_maps, aligned = freekd_aligned_maps(cfg, teacher, student)
     assert [tuple(t.shape[-2:]) for t in feats_t["feats"][2:]] == [(16, 16), (8, 8)]
     if upsample:
         torch.testing.assert_close(teacher_maps[0], feats_t["feats"][2])
@@ -174,14 +182,7 @@ def test_freekd_pools_a_level_more_than_twice_apart_instead_of_upsampling(tmp_pa
     teacher, student = build_model("resnet8"), build_model("swin")
     cfg = build_cfg(None, ["DISTILLER.TYPE=FREEKD", f"DATASET.IMAGE_SIZE={SIZE}", f"LOG.PREFIX={tmp_path}"])
     assert cfg.FREEKD.UPSAMPLE_STUDENT
-    write_prompt_file(cfg, teacher)
-    distiller = distiller_dict["FREEKD"](student, teacher, cfg, num_classes=NUM_CLASSES, num_data=64)
-    image = torch.randn(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(2))
-    with torch.no_grad():
-        _, feats_t = teacher(image)
-        _, feats_s = student(image)
-        teacher_maps, student_maps = distiller.aligned_maps(feats_t, feats_s)
-        aligned = [align(feats_s["feats"][i]) for align, i in zip(distiller.align, [2, 3])]
+    feats_t, teacher_maps, student_maps, aligned = freekd_aligned_maps(cfg, teacher, student)
     for level, (t, side) in enumerate(zip(feats_t["feats"][2:], (2, 1))):
         n, c, h, _ = t.shape
         block = h // side
