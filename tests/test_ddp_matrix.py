@@ -227,7 +227,10 @@ def test_every_dense_method_under_two_processes_and_ap_of_the_whole_validation_s
     import eval_dense
 
     segmenter = ("miou", "pixel_acc")
+    ran = {case["name"] for case in cases}
     for name, scores in (("dense_CWD", COCO_STATS), ("dense_segmenter", segmenter), ("dense_pspnet_CANKD", segmenter)):
+        if name not in ran:
+            continue
         run = tmp_path / "dense" / name
         scored = read_metrics(str(run))[2]  # epoch 3, scored under 2 processes
         assert scored["test_" + scores[1]] > 0, name  # else the comparison below shows nothing
