@@ -38,6 +38,7 @@ def test_every_recipe_is_found():
     # shapes AFPKD; + 6 shapes RepPoints (teacher, student, FREEKD, CANKD, CWD, PKD); + 4 shapes PSPNet
 
 
+@pytest.mark.slow  # 63 full-size meta builds, about 20 s: make test and CI run them, make test-fast does not
 @pytest.mark.parametrize("path", FILES, ids=rel)
 def test_recipe_merges_and_builds_on_meta(path):
     cfg = build_dense_cfg(path)
