@@ -20,6 +20,7 @@ from mdistiller.distillers import distiller_dict
 from mdistiller.engine import teacher_cache as tc
 from mdistiller.engine.build import build_distiller, build_model
 from mdistiller.engine.cfg import build_cfg
+from mdistiller.engine.checkpoint import load_checkpoint, save_checkpoint
 from mdistiller.errors import ConfigError
 
 CACHE_TOOL = os.path.join(REPO_ROOT, "tools", "cache_teacher.py")
@@ -245,9 +246,9 @@ def test_float32_cached_run_equals_the_online_run_after_two_epochs(tmp_path, amp
 @pytest.mark.slow
 def test_a_changed_teacher_builds_a_new_cache_of_its_own_outputs(tmp_path):
     first = kd_trainer(tmp_path, "a", 1, ["TEACHER_CACHE.MODE=views", "TEACHER_CACHE.DTYPE=float32"])
-    weights = torch.load(tmp_path / "teacher.pth")
+    weights = load_checkpoint(str(tmp_path / "teacher.pth"))
     weights["model"]["fc.bias"] += 1.0
-    torch.save(weights, tmp_path / "teacher.pth")
+    save_checkpoint(weights, str(tmp_path / "teacher.pth"))
     second = kd_trainer(tmp_path, "b", 1, ["TEACHER_CACHE.MODE=views", "TEACHER_CACHE.DTYPE=float32"])
     assert second.teacher_cache.directory != first.teacher_cache.directory
     a = first.teacher_cache.lookup(torch.tensor([3]), torch.tensor([2]))["logits"]
