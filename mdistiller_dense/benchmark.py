@@ -17,18 +17,17 @@ on the batch), the numbers CanKD's tables report.
 import copy
 import os
 import tempfile
-from typing import Dict, Iterable, List, Sequence, Union
+from typing import Dict, Iterable, List
 
 import torch
 from torch import Tensor, nn
-from torch.utils.flop_counter import FlopCounterMode
 from yacs.config import CfgNode as CN
 
-from mdistiller.benchmark import (CPU_ATTENTION_FLOPS, Subject, failure, measure_in_turns, overheads, run_settings,
-                                  with_values)
+from mdistiller.benchmark import Subject, failure, measure_in_turns, overheads, run_settings, with_values
 from mdistiller.engine.stages import stages_of
 from mdistiller.engine.utils import resolve_device
 from mdistiller_dense.build import build_dense_teacher
+from mdistiller_dense.costs import forward_flops, parameter_count
 from mdistiller_dense.data import build_dense_loaders
 from mdistiller_dense.distillers import DenseDistiller, dense_distiller_dict
 from mdistiller_dense.backbones import TORCHVISION
@@ -43,24 +42,6 @@ class DenseFloor(DenseDistiller):
 
     def distill(self, s_levels: List[Tensor], t_levels: List[Tensor], batch, **extra) -> Dict[str, Tensor]:
         return {}
-
-
-@torch.no_grad()
-def forward_flops(model: nn.Module, inputs: Union[Tensor, Sequence[Tensor]]) -> int:
-    """FLOPs of one eval-mode forward of ``model`` on ``inputs`` (a batch tensor, or a detector's
-    list of images), counted by torch.utils.flop_counter (a multiply-add is 2 FLOPs)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
-            model(inputs)
-    finally:
-        model.train(was_training)
-    return counter.get_total_flops()
-
-
-def _parameters(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
 
 
 def _teacher(cfg: CN, num_classes: int) -> nn.Module:
@@ -116,7 +97,7 @@ def run_dense_benchmark(cfg: CN, methods: Iterable[str], iters: int = 20, warmup
         "settings": run_settings(base.trainer, cfg),
         "iters": iters,
         "load_average_before": list(os.getloadavg()),
-        "models": {role: {"params": _parameters(model), "forward_gflops_per_img": per_image(forward_flops(model, images))}
+        "models": {role: {"params": parameter_count(model), "forward_gflops_per_img": per_image(forward_flops(model, images))}
                    for role, model in (("student", distiller.student), ("teacher", distiller.teacher))},
         "methods": {},
     }

@@ -8,16 +8,17 @@ to that short side), segmenters a ``DATASET.CROP_SIZE`` square (the segmenters' 
 there is no crop). The classification bench (mdistiller/benchmark.py) counts training steps instead.
 """
 
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Union
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 from torch.utils.flop_counter import FlopCounterMode
 from yacs.config import CfgNode as CN
 
+from mdistiller.benchmark import CPU_ATTENTION_FLOPS
 from mdistiller_dense.distillers._base import PROBE_SIZE
 
-__all__ = ["dense_costs", "inference_gflops", "parameter_count"]
+__all__ = ["dense_costs", "forward_flops", "inference_gflops", "parameter_count"]
 
 
 def parameter_count(module: Optional[nn.Module]) -> int:
@@ -26,16 +27,23 @@ def parameter_count(module: Optional[nn.Module]) -> int:
 
 
 @torch.no_grad()
+def forward_flops(model: nn.Module, inputs: Union[Tensor, Sequence[Tensor]]) -> int:
+    """FLOPs of one eval-mode forward of ``model`` on ``inputs`` (a batch tensor, or a detector's
+    list of images), counted by torch.utils.flop_counter (a multiply-add is 2 FLOPs)."""
+    was_training = model.training
+    model.eval()
+    try:
+        with FlopCounterMode(display=False, custom_mapping=CPU_ATTENTION_FLOPS) as counter:
+            model(inputs)
+    finally:
+        model.train(was_training)
+    return counter.get_total_flops()
+
+
 def inference_gflops(model: nn.Module, detection: bool, size: int) -> float:
     """GFLOPs of one eval-mode forward of `model` on one (3, size, size) image."""
-    device = next(model.parameters()).device
-    image = torch.zeros(3, size, size, device=device)
-    training = model.training
-    model.eval()
-    with FlopCounterMode(display=False) as counter:
-        model([image] if detection else image[None])
-    model.train(training)
-    return counter.get_total_flops() / 1e9
+    image = torch.zeros(3, size, size, device=next(model.parameters()).device)
+    return forward_flops(model, [image] if detection else image[None]) / 1e9
 
 
 def dense_costs(distiller: nn.Module, cfg: CN) -> Dict[str, float]:
